@@ -1,0 +1,227 @@
+"""The born-again sequence: a teacher, then generations of students, each taught by the last.
+
+    OUTPUT/
+      config.yaml            the resolved experiment config
+      gen0/ gen1/ ...        one complete training run each (see engine/fit.py); gen0 is the teacher
+      baseline/              optional: the student architecture trained from labels alone (Table 2)
+      results.json           generations, ensembles, baseline
+      table.md, table.csv    the paper's layout
+
+Generation k >= 1 is a fresh model with seed derive_seed(seed, "generation", k), trained
+with the teacher's exact schedule, taught by the *final* model of generation k-1, which
+is reloaded from its saved weights into a separate object, frozen (requires_grad False),
+kept in eval mode and run under inference_mode. Finished generations are never retrained
+on --resume; the interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+
+import torch
+
+from bornagain.config import config_to_dict, load_yaml, save_config
+from bornagain.engine.device import resolve_device
+from bornagain.engine.fit import RunSpec, count_parameters, fit, is_finished, load_probs
+from bornagain.engine.io import write_json
+from bornagain.engine.rng import derive_seed
+from bornagain.ensemble import evaluate_ensembles
+from bornagain.errors import UserError
+from bornagain.losses import born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts
+from bornagain.models import create_model
+from bornagain.engine.checkpoint import load_weights
+from bornagain.report import write_tables
+from bornagain.vision.config import VisionConfig
+from bornagain.vision.prepare import PreparedData, prepare_data
+
+
+def label_loss(student_logits, teacher_logits, labels):
+    """Generation 0 and baselines: plain cross-entropy on the labels."""
+    return born_again_loss_parts(student_logits, None, labels, label_weight=1.0, teacher_weight=0.0)
+
+
+def generation_loss(cfg: VisionConfig):
+    """The loss of generations >= 1 for the configured preset (ban+l, ban, cwtm, dkpp)."""
+    lw, tw, t = cfg.ban.weights()
+    if cfg.ban.loss == "cwtm":
+        return functools.partial(_cwtm, label_weight=lw)
+    if cfg.ban.loss == "dkpp":
+        # generator=None: the permutation draws from torch's global RNG, which checkpoints restore
+        return functools.partial(_dkpp, label_weight=lw, teacher_weight=tw, temperature=t)
+    return functools.partial(born_again_loss_parts, label_weight=lw, teacher_weight=tw, temperature=t)
+
+
+def _cwtm(student_logits, teacher_logits, labels, *, label_weight):
+    return cwtm_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight)
+
+
+def _dkpp(student_logits, teacher_logits, labels, **kw):
+    return dkpp_loss_parts(student_logits, teacher_logits, labels, **kw)
+
+
+def model_kwargs(cfg: VisionConfig, name: str) -> dict:
+    kwargs = {}
+    if cfg.model.dropout is not None and name.startswith(("wrn", "match-wrn")):
+        kwargs["dropout"] = cfg.model.dropout
+    if name.startswith("match-"):
+        kwargs["teacher"] = cfg.ban.student_teacher_name or cfg.model.teacher or cfg.model.name
+    return kwargs
+
+
+def build_model(cfg: VisionConfig, name: str, data: PreparedData) -> torch.nn.Module:
+    return create_model(name, data.num_classes, in_channels=data.in_channels, **model_kwargs(cfg, name))
+
+
+def generation_model_name(cfg: VisionConfig, generation: int) -> str:
+    if generation == 0:
+        return cfg.model.name
+    return cfg.ban.student_model or cfg.model.name
+
+
+def load_frozen_teacher(run_dir: Path, cfg: VisionConfig, name: str, data: PreparedData) -> torch.nn.Module:
+    """The final model of a finished generation as a new, frozen, eval-mode object."""
+    device = resolve_device(cfg.train.device)
+    teacher = build_model(cfg, name, data)
+    load_weights(teacher, run_dir / "model.safetensors")
+    teacher.requires_grad_(False)
+    teacher = teacher.to(device).eval()
+    if cfg.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def make_student_factory(cfg: VisionConfig, name: str, data: PreparedData, teacher: torch.nn.Module | None):
+    """Fresh student; with ban.share_stem_and_head its stem and classifier are the teacher's."""
+
+    def make() -> torch.nn.Module:
+        student = build_model(cfg, name, data)
+        if teacher is not None and cfg.ban.share_stem_and_head:
+            from bornagain.models.sharing import share_stem_and_head
+
+            share_stem_and_head(teacher, student, freeze=not cfg.ban.train_shared_layers)
+        return student
+
+    return make
+
+
+def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
+    """Build every architecture on the meta device (no memory) and check the shared layers fit:
+    a bad model name or a student that cannot take its teacher's layers fails before any training."""
+    with torch.device("meta"):
+        teacher = build_model(cfg, cfg.model.name, data)
+        if cfg.ban.generations > 0:
+            student = build_model(cfg, generation_model_name(cfg, 1), data)
+            if cfg.ban.share_stem_and_head:
+                from bornagain.models.sharing import check_shareable
+
+                check_shareable(teacher, student)
+
+
+def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
+    """Train (or resume) the teacher, the generations and the optional baseline; write results and tables."""
+    data = prepare_data(cfg.data, cfg.seed)
+    check_before_training(cfg, data)
+    output.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, output / "config.yaml")
+
+    generations = []
+    teacher = None
+    for g in range(cfg.ban.generations + 1):
+        name = generation_model_name(cfg, g)
+        run_dir = output / f"gen{g}"
+        lw, tw, t = cfg.ban.weights() if g else (1.0, 0.0, 1.0)
+        spec = RunSpec(
+            name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
+            loss_fn=generation_loss(cfg) if g else label_loss, teacher=teacher,
+            extra={"generation": g, "loss": cfg.ban.loss if g else "ce", "label_weight": lw, "teacher_weight": tw,
+                   "temperature": t, "teacher_dir": f"gen{g - 1}" if g else None},
+        )
+        t0 = time.perf_counter()
+        skip = resume and is_finished(run_dir)
+        result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
+                     resume=resume)
+        result.setdefault("wall_seconds", time.perf_counter() - t0)
+        if not skip:
+            write_json(run_dir / "results.json", result)
+        generations.append(result)
+        teacher = load_frozen_teacher(run_dir, cfg, name, data)  # the next generation's frozen teacher
+
+    baseline = None
+    if cfg.ban.student_baseline:
+        name = generation_model_name(cfg, 1)
+        spec = RunSpec(name="baseline", model_name=name, seed=derive_seed(cfg.seed, "baseline"), loss_fn=label_loss,
+                       extra={"generation": None, "loss": "ce"})
+        baseline = fit(output / "baseline", _run_config(cfg, name), data, spec,
+                       make_student_factory(cfg, name, data, None), resume=resume)
+
+    results = summarize(cfg, output, data, generations, baseline)
+    write_json(output / "results.json", results)
+    write_tables([results], output)
+    return results
+
+
+def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
+    """The config a single generation's run directory records (its own model name)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
+
+
+def summarize(cfg: VisionConfig, output: Path, data: PreparedData, generations: list[dict],
+              baseline: dict | None) -> dict:
+    probs = {}
+    labels = None
+    for g in range(len(generations)):
+        probs[g], labels = load_probs(output / f"gen{g}" / "test_probs.safetensors")
+    keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
+            "seed", "wall_seconds")
+    rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
+    return {
+        "dataset": data.name,
+        "model": cfg.model.name,
+        "student_model": cfg.ban.student_model or cfg.model.name,
+        "params": generations[0]["params"],
+        "student_params": generations[1]["params"] if len(generations) > 1 else None,
+        "loss": cfg.ban.loss,
+        "loss_weights": dict(zip(("label_weight", "teacher_weight", "temperature"), cfg.ban.weights())),
+        "kd_loss_reported_as": "T^2 * KL(teacher || student), batch mean",
+        "epochs": cfg.train.epochs,
+        "seed": cfg.seed,
+        "generations": rows,
+        "ensembles": evaluate_ensembles(probs, labels, cfg.ban.ensembles,
+                                        include_teacher=cfg.ban.include_teacher_in_ensembles),
+        "student_baseline": None if baseline is None else {
+            k: baseline.get(k) for k in ("model", "params", "test_error", "test_accuracy", "val_accuracy",
+                                         "test_nll", "test_ece")},
+        "reported_epoch": "last",
+    }
+
+
+def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
+    """Refuse to mix runs: a used directory needs --resume, and --resume needs the same config."""
+    if not output.exists() or not any(output.iterdir()):
+        if resume:
+            raise UserError(f"--resume: '{output}' holds no run to resume; drop --resume to start one")
+        return
+    if not resume:
+        raise UserError(f"output directory '{output}' is not empty: pass --resume to continue that run, "
+                        "or choose another --output")
+    saved_path = output / "config.yaml"
+    if saved_path.is_file():
+        saved, now = _flatten(load_yaml(saved_path)), _flatten(config_to_dict(cfg))
+        ignore = ("train.progress", "train.tensorboard", "train.num_threads", "output_dir")
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and not k.startswith(ignore))
+        if changed:
+            raise UserError(f"--resume with a different config than the run in '{output}' "
+                            f"(changed: {', '.join(changed)}); resume with the same settings or use a new --output")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,136 @@
+"""`bornagain` command line: one subcommand -> one function.
+
+    bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
+    bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
+    bornagain report RUN_DIR [RUN_DIR ...]                                    re-render tables from finished runs
+    bornagain models [--match-table]                                          registered models / Match parameter counts
+    bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
+    bornagain bam [...]                                                       multi-task students with teacher annealing
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bornagain.errors import UserError
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (see configs/); keys not given keep their defaults")
+    p.add_argument("--output", help="run directory (default: output_dir from the config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=10")
+
+
+def _vision_setup(args) -> tuple:
+    from bornagain.born_again import check_output_dir
+    from bornagain.config import load_config, replace
+    from bornagain.vision.config import VisionConfig
+
+    cfg = load_config(VisionConfig, args.config, args.overrides)
+    if args.output:
+        cfg = replace(cfg, output_dir=args.output)
+    output = Path(cfg.output_dir)
+    check_output_dir(output, cfg, resume=args.resume)
+    return cfg, output
+
+
+def cmd_ban(args) -> None:
+    from bornagain.born_again import run_ban
+
+    cfg, output = _vision_setup(args)
+    print(f"bornagain ban: {cfg.model.name} on {cfg.data.name}, {cfg.ban.generations} generation(s), "
+          f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
+    run_ban(cfg, output, resume=args.resume)
+    print((output / "table.md").read_text())
+    print(f"results: {output / 'results.json'}")
+
+
+def cmd_train(args) -> None:
+    from bornagain.born_again import build_model, label_loss
+    from bornagain.engine.fit import RunSpec, fit
+    from bornagain.vision.prepare import prepare_data
+
+    cfg, output = _vision_setup(args)
+    data = prepare_data(cfg.data, cfg.seed)
+    with __import__("torch").device("meta"):
+        build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
+    spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
+    results = fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=args.resume)
+    print(f"{cfg.model.name} on {data.name}: test error {results['test_error']:.2f}% "
+          f"(val accuracy {results['val_accuracy']:.2f}%), {results['params']:,} parameters -> {output}")
+
+
+def cmd_report(args) -> None:
+    from bornagain.report import report_command
+
+    print(report_command(args.run_dirs, args.output), end="")
+
+
+def cmd_models(args) -> None:
+    from bornagain.models import list_models
+
+    if args.match_table:
+        from bornagain.models.match import match_parameter_table, render_match_table
+
+        print(render_match_table(match_parameter_table(num_classes=args.num_classes)), end="")
+        return
+    for name in list_models():
+        print(name)
+
+
+def cmd_glue_teachers(args) -> None:
+    from bornagain.glue.teachers import glue_teachers_command
+
+    glue_teachers_command(args.config, args.output, args.resume, args.overrides)
+
+
+def cmd_bam(args) -> None:
+    from bornagain.glue.bam import bam_command
+
+    bam_command(args.config, args.output, args.resume, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bornagain", description="Born-again knowledge distillation (BAN, BAM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ban", help="teacher + born-again generations + ensembles + table (default: digits demo)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_ban)
+    p = sub.add_parser("train", help="train one classifier into a run directory")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("report", help="re-render tables from finished `ban` runs (one row per run)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--output", help="also write table.md and table.csv here")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("models", help="list registered model families")
+    p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("glue-teachers", help="fine-tune one single-task teacher per GLUE task; cache predictions")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_glue_teachers)
+    p = sub.add_parser("bam", help="born-again multi-task students with teacher annealing (and ablations)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_bam)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"bornagain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bornagain: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Frozen dataclass configs from plain YAML, with dotted ``key=value`` overrides.
+
+A config is a tree of frozen dataclasses: a field whose type is a dataclass is a
+section (``train``, ``ban``...). ``load_config(cls, path, overrides)`` reads the
+YAML file, applies each override (``train.lr=0.05``, ``ban.ensembles=[2,3]``;
+values are parsed as YAML scalars or flow lists) and checks every value against
+the field's annotation. Unknown keys and badly typed values raise ``UserError``
+naming the key and listing the valid ones. Sections validate their own values
+in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence, TypeVar, Union
+
+import yaml
+
+from bornagain.errors import UserError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, choices))}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+    if origin is tuple:
+        (item_tp, *rest) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a single value where a list is expected: `bam.targets=annealed`
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, prefix=key + ".")
+    raise UserError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+
+
+def _build(cls: type[T], values: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields:
+            valid = sorted(prefix + n for n in fields)
+            close = difflib.get_close_matches(prefix + str(name), valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(
+                f"unknown config key '{prefix}{name}'.{hint} Valid keys here: {', '.join(valid)}"
+            )
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value (for example train.lr=0.05)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"override '{text}': cannot parse the value as YAML ({e.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def _set_nested(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{p}' does not exist: check the path given to --config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"config file '{p}' is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{p}' must hold a mapping of keys to values at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build config ``cls`` from YAML file ``path`` (optional) plus ``key=value`` overrides."""
+    tree = load_yaml(path) if path is not None else {}
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _set_nested(tree, keys, value)
+    return _build(cls, tree)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict (lists, not tuples) of a config tree, for YAML/JSON output."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from bornagain.engine.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` re-exported: configs are frozen, derive new ones."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,31 @@
+"""Device and precision: passed in explicitly, never global."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from bornagain.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; "cuda" without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
+        return torch.device(name)
+    raise UserError(f"train.device={name!r} is not one of auto, cpu, cuda")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CPU or CUDA; fp32 is a no-op context."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise UserError(f"train.precision={precision!r} is not one of fp32, bf16")

@@ -1,0 +1,92 @@
+"""Run logs: ``metrics.jsonl`` (one JSON object per line) and TensorBoard events, plus progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+from bornagain.engine.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+class RunLogger:
+    """Appends metrics to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tb``).
+
+    ``enabled=False`` (non-zero ranks) makes every call a no-op.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, enabled: bool = True,
+                 filename: str = "metrics.jsonl"):
+        self.enabled = enabled
+        self.path = Path(run_dir) / filename
+        self._tb = None
+        self._tb_dir = Path(run_dir) / "tb"
+        self._want_tb = tensorboard and enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _writer(self):
+        if self._tb is None and self._want_tb:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: plain-file logs still work
+                self._want_tb = False
+                return None
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir))
+        return self._tb
+
+    def log(self, metrics: dict, *, step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **metrics}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._writer()
+        if writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    writer.add_scalar(k, v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (an interrupted epoch being redone on resume)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+        atomic_write_text(self.path, "".join(l + "\n" for l in kept))
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True,
+             leave: bool = False) -> Iterator[T]:
+    """A tqdm bar on stderr; off when disabled or when BORNAGAIN_NO_PROGRESS is set."""
+    if not enabled or os.environ.get("BORNAGAIN_NO_PROGRESS"):
+        return iter(iterable)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,119 @@
+"""Born-again distillation losses (SPEC section 1): plain functions of logits.
+
+All teacher terms compare *distributions*: the teacher's logits are turned into
+probabilities at temperature T and the student is pulled towards them with
+
+    KL(p_teacher || p_student) = sum_j p_t,j * (log p_t,j - log p_s,j)
+
+averaged over the batch (``reduction="batchmean"``) and multiplied by T^2, so the
+gradient scale does not change with T (Hinton et al. 2015). The reported
+``kd_loss`` is this KL (not the cross-entropy to the teacher, which is larger by
+the teacher's entropy, a constant for the student).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bornagain.errors import UserError
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher_probs || softmax(student/T)), batch mean. (b, c), (b, c) -> scalar."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)  # (b, c)
+    # kl_div takes log-probabilities as input and probabilities as target; xlogy makes 0*log 0 = 0.
+    kl = F.kl_div(log_p_student, teacher_probs.float(), reduction="batchmean")
+    return kl * temperature**2
+
+
+def born_again_loss_parts(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    label_weight: float = 1.0,
+    teacher_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """BAN loss and its parts (Eq. 2 of the paper, weighted):
+
+        loss = label_weight * CE(y, softmax(z_s)) + teacher_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))
+
+    Returns ``{"loss", "label_loss", "kd_loss"}`` (the parts unweighted).
+    ``teacher_logits`` may be None only when ``teacher_weight`` is 0 (generation 0).
+    """
+    _check_logits(student_logits, teacher_logits, labels)
+    label_loss = F.cross_entropy(student_logits.float(), labels)
+    if teacher_logits is None:
+        if teacher_weight != 0:
+            raise ValueError("born_again_loss needs teacher_logits when teacher_weight != 0")
+        kd = torch.zeros((), device=student_logits.device)
+    else:
+        teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=1)
+        kd = kd_kl(student_logits, teacher_probs, temperature)
+    loss = label_weight * label_loss + teacher_weight * kd
+    return {"loss": loss, "label_loss": label_loss.detach(), "kd_loss": kd.detach()}
+
+
+def born_again_loss(student_logits, teacher_logits, labels, *, label_weight=1.0, teacher_weight=1.0, temperature=1.0):
+    """Scalar BAN loss; see :func:`born_again_loss_parts`."""
+    return born_again_loss_parts(
+        student_logits, teacher_logits, labels,
+        label_weight=label_weight, teacher_weight=teacher_weight, temperature=temperature,
+    )["loss"]
+
+
+def cwtm_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                    *, label_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Confidence-Weighted by Teacher Max: label CE with per-example weights
+
+        w_s = max_j p_t(j|x_s) / sum_u max_j p_t(j|x_u)     (weights sum to 1 over the batch)
+
+    so loss = label_weight * sum_s w_s * CE(y_s, softmax(z_s)). No teacher distribution term.
+    """
+    _check_logits(student_logits, teacher_logits, labels)
+    confidence = F.softmax(teacher_logits.float(), dim=1).max(dim=1).values  # (b,)
+    weights = confidence / confidence.sum()
+    per_example = F.cross_entropy(student_logits.float(), labels, reduction="none")  # (b,)
+    weighted = (weights * per_example).sum()
+    return {"loss": label_weight * weighted, "label_loss": per_example.mean().detach(), "kd_loss": weighted.detach()}
+
+
+def permute_non_argmax(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DKPP's target: keep each row's argmax probability in place, randomly permute the rest
+    among the non-argmax classes. (b, c) -> (b, c), rows still sum to 1."""
+    b, c = probs.shape
+    top = probs.argmax(dim=1, keepdim=True)  # (b, 1)
+    keys = torch.rand(b, c, generator=generator, device="cpu").to(probs.device)
+    keys.scatter_(1, top, -1.0)  # the argmax sorts first, the others in random order
+    destination = keys.argsort(dim=1)  # (b, c): [argmax, random non-argmax order]
+    ordered = torch.arange(c, device=probs.device, dtype=torch.float).expand(b, c).clone()
+    ordered.scatter_(1, top, -1.0)
+    source = ordered.argsort(dim=1)  # (b, c): [argmax, non-argmax in index order]
+    out = torch.empty_like(probs)
+    out.scatter_(1, destination, probs.gather(1, source))
+    return out
+
+
+def dkpp_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+                    label_weight: float = 0.0, teacher_weight: float = 1.0, temperature: float = 1.0,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Dark Knowledge with Permuted Predictions: the teacher term of BAN with the teacher's
+    non-argmax probabilities permuted per example (see :func:`permute_non_argmax`)."""
+    _check_logits(student_logits, teacher_logits, labels)
+    teacher_probs = permute_non_argmax(F.softmax(teacher_logits.float() / temperature, dim=1), generator)
+    kd = kd_kl(student_logits, teacher_probs, temperature)
+    label_loss = F.cross_entropy(student_logits.float(), labels)
+    return {"loss": label_weight * label_loss + teacher_weight * kd,
+            "label_loss": label_loss.detach(), "kd_loss": kd.detach()}
+
+
+def _check_logits(student_logits, teacher_logits, labels) -> None:
+    if student_logits.dim() != 2:
+        raise ValueError(f"student logits must be (batch, classes), got {tuple(student_logits.shape)}")
+    if teacher_logits is not None and teacher_logits.shape != student_logits.shape:
+        raise UserError(
+            f"teacher outputs {tuple(teacher_logits.shape)} but student outputs {tuple(student_logits.shape)}: "
+            "teacher and student must predict the same number of classes on the same dataset"
+        )

@@ -1,0 +1,145 @@
+"""Configuration of image-classification runs (`bornagain train`, `bornagain ban`).
+
+Every field is a YAML key; sections are dotted (`train.lr`, `ban.generations`).
+The defaults are the embedded digits demo; `configs/` holds the paper's recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bornagain.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder."""
+    root: str | None = None
+    """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/)."""
+    download: bool = True
+    """Download the official CIFAR archive (MD5-checked) when `root` lacks it."""
+    val_size: int | float = 0.1
+    """Validation split held out from the training set: a fraction (0-1) or a count (>= 1). Stratified, seeded."""
+    augment: bool = True
+    """Random crop after zero padding (4 px at 32x32) and, where valid, horizontal flip."""
+    train_subset: int | None = None
+    """Train on a seeded stratified subset of this many training images (quick experiments)."""
+
+    def __post_init__(self):
+        if self.val_size < 0:
+            raise UserError(f"data.val_size={self.val_size} must be >= 0 (a fraction below 1 or a count)")
+        if self.name in ("imagefolder",) and not self.root:
+            raise UserError("data.name=imagefolder needs data.root=DIR (a folder with train/<class>/ and test/<class>/)")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise UserError(f"data.train_subset={self.train_subset} must be at least 2 (or null for all)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet-8"
+    """A registered model name: see `bornagain models` (densenet-bc-L-k, wrn-d-w, preresnet-d, resnet-d, match-*)."""
+    dropout: float | None = None
+    """Dropout for families that take it (WRN default 0.3); null keeps the family's default."""
+    teacher: str | None = None
+    """Match families only: the DenseNet-BC teacher whose block shapes the student matches."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["step", "cosine"] = "step"
+    """step: lr x gamma at each milestone (fractions of the epochs); cosine: to 0 over the run."""
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    """Step-schedule milestones as fractions of `epochs` (WRN CIFAR protocol: epochs 60/120/160 of 200)."""
+    gamma: float = 0.2
+    warmup_epochs: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
+    channels_last: bool = False
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    progress: bool = True
+    tensorboard: bool = True
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; null leaves torch's default."""
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"train.epochs={self.epochs} must be at least 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
+        if self.lr <= 0:
+            raise UserError(f"train.lr={self.lr} must be positive")
+        if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise UserError(f"train.milestones={list(self.milestones)} must be increasing fractions between 0 and 1")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
+
+
+BAN_LOSS_PRESETS = {
+    # name: (label_weight, teacher_weight, temperature)
+    "ban+l": (1.0, 1.0, 1.0),  # the seed paper's Eq. 2: labels + teacher
+    "ban": (0.0, 1.0, 1.0),  # teacher only (best for CIFAR-100 DenseNets in the longer paper)
+    "cwtm": (1.0, 0.0, 1.0),  # label CE weighted per example by the teacher's confidence
+    "dkpp": (0.0, 1.0, 1.0),  # teacher-only target with non-argmax probabilities permuted
+}
+
+
+@dataclass(frozen=True)
+class BanConfig:
+    generations: int = 2
+    """Students trained after the teacher (generation 0)."""
+    loss: Literal["ban+l", "ban", "cwtm", "dkpp"] = "ban+l"
+    label_weight: float | None = None
+    """Weight of CE(labels, student); null takes the preset's value."""
+    teacher_weight: float | None = None
+    """Weight of T^2 KL(teacher || student); null takes the preset's value."""
+    temperature: float | None = None
+    ensembles: tuple[int, ...] = (2, 3)
+    """Ens*k averages the probabilities of the last k students."""
+    include_teacher_in_ensembles: bool = False
+    student_model: str | None = None
+    """Architecture of generations >= 1; null = the teacher's model.name."""
+    student_teacher_name: str | None = None
+    """For Match students: the DenseNet-BC name they match (default: the teacher's model.name)."""
+    share_stem_and_head: bool = False
+    """Copy the teacher's stem conv and classifier into each student (cross-architecture BAN)."""
+    train_shared_layers: bool = False
+    """Let the shared stem/classifier train (default: frozen)."""
+    student_baseline: bool = False
+    """Also train the student architecture from labels alone (Table 2's Baseline column)."""
+
+    def __post_init__(self):
+        if self.generations < 0:
+            raise UserError(f"ban.generations={self.generations} must be >= 0")
+        if any(k < 1 for k in self.ensembles):
+            raise UserError(f"ban.ensembles={list(self.ensembles)}: window sizes must be >= 1")
+        if self.temperature is not None and self.temperature <= 0:
+            raise UserError(f"ban.temperature={self.temperature} must be positive")
+
+    def weights(self) -> tuple[float, float, float]:
+        """(label_weight, teacher_weight, temperature) after applying the preset."""
+        lw, tw, t = BAN_LOSS_PRESETS[self.loss]
+        return (
+            lw if self.label_weight is None else self.label_weight,
+            tw if self.teacher_weight is None else self.teacher_weight,
+            t if self.temperature is None else self.temperature,
+        )
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    seed: int = 0
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ban: BanConfig = field(default_factory=BanConfig)

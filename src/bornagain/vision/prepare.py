@@ -1,0 +1,68 @@
+"""From a data config to the tensors a run trains on: train / validation / test, in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bornagain.errors import UserError
+from bornagain.vision.augment import default_crop_pad
+from bornagain.vision.config import DataConfig
+from bornagain.vision.datasets import channel_stats, load_vision_data
+from bornagain.vision.splits import train_val_split
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Everything a classification run reads. Images (n, c, h, w) uint8, labels (n,) int64."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    crop_pad: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+def prepare_data(data: DataConfig, seed: int) -> PreparedData:
+    """Load the dataset, hold out a stratified validation split (seeded), optionally subsample training.
+
+    The split depends only on ``seed`` and the data, so every generation of a
+    BAN sequence sees the same train/validation partition.
+    """
+    vd = load_vision_data(data.name, data.root, download=data.download)
+    images, labels = vd.train.images, vd.train.labels
+    if data.train_subset is not None and data.train_subset < labels.shape[0]:
+        keep, _ = train_val_split(labels, labels.shape[0] - data.train_subset, seed=seed + 1)
+        images, labels = images[keep], labels[keep]
+    val_size = data.val_size
+    if isinstance(val_size, int) and val_size >= labels.shape[0]:
+        raise UserError(f"data.val_size={val_size} is not smaller than the {labels.shape[0]} training images")
+    train_idx, val_idx = train_val_split(labels, val_size, seed=seed)
+    if len(train_idx) == 0:
+        raise UserError("no training images are left after the validation split: lower data.val_size")
+    # normalisation statistics from the training part only: validation and test images shape nothing
+    mean, std = channel_stats(images[train_idx])
+    return PreparedData(
+        name=vd.name, classes=tuple(vd.classes),
+        train_images=images[train_idx], train_labels=labels[train_idx],
+        val_images=images[val_idx], val_labels=labels[val_idx],
+        test_images=vd.test.images, test_labels=vd.test.labels,
+        mean=tuple(mean), std=tuple(std), hflip=vd.hflip,
+        crop_pad=default_crop_pad(int(images.shape[2])),
+    )
