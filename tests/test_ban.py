@@ -154,3 +154,19 @@ def test_report_renders_several_runs(tmp_path, capsys):
     assert out.count("| resnet-8 |") == 2
     assert (tmp_path / "rep" / "table.csv").read_text().startswith("Network,Parameters,Baseline,BAN-1")
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_teacher_run_is_reused_not_retrained(tmp_path, capsys):
+    from bornagain.errors import UserError
+
+    first = run_ban(_cfg("train.epochs=1", "ban.generations=0"), tmp_path / "teacher", resume=False)
+    weights = tmp_path / "teacher" / "gen0" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    cfg = _cfg("train.epochs=1", "ban.generations=1", f"ban.teacher_run={tmp_path / 'teacher' / 'gen0'}")
+    results = run_ban(cfg, tmp_path / "student", resume=False)
+    assert weights.stat().st_mtime_ns == stamp and not (tmp_path / "student" / "gen0").exists()
+    assert results["generations"][0]["test_error"] == first["generations"][0]["test_error"]
+    wrong = _cfg("train.epochs=1", "ban.generations=1", "model.name=resnet-14",
+                 f"ban.teacher_run={tmp_path / 'teacher' / 'gen0'}")
+    with pytest.raises(UserError, match="resnet-8"):
+        run_ban(wrong, tmp_path / "other", resume=False)

@@ -26,7 +26,7 @@ import torch
 from bornagain.config import config_to_dict, load_yaml, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.fit import RunSpec, count_parameters, fit, is_finished, load_probs
-from bornagain.engine.io import write_json
+from bornagain.engine.io import read_json, write_json
 from bornagain.engine.rng import derive_seed
 from bornagain.ensemble import evaluate_ensembles
 from bornagain.errors import UserError
@@ -129,9 +129,14 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
 
     generations = []
     teacher = None
-    for g in range(cfg.ban.generations + 1):
+    run_dirs = [Path(cfg.ban.teacher_run) if cfg.ban.teacher_run else output / "gen0"]
+    run_dirs += [output / f"gen{g}" for g in range(1, cfg.ban.generations + 1)]
+    for g, run_dir in enumerate(run_dirs):
         name = generation_model_name(cfg, g)
-        run_dir = output / f"gen{g}"
+        if g == 0 and cfg.ban.teacher_run:
+            generations.append(_reuse_teacher(run_dir, name))
+            teacher = load_frozen_teacher(run_dir, cfg, name, data)
+            continue
         lw, tw, t = cfg.ban.weights() if g else (1.0, 0.0, 1.0)
         spec = RunSpec(
             name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
@@ -157,7 +162,7 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
         baseline = fit(output / "baseline", _run_config(cfg, name), data, spec,
                        make_student_factory(cfg, name, data, None), resume=resume)
 
-    results = summarize(cfg, output, data, generations, baseline)
+    results = summarize(cfg, run_dirs, data, generations, baseline)
     write_json(output / "results.json", results)
     write_tables([results], output)
     return results
@@ -168,12 +173,27 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
 
 
-def summarize(cfg: VisionConfig, output: Path, data: PreparedData, generations: list[dict],
+def _reuse_teacher(run_dir: Path, name: str) -> dict:
+    """Generation 0 from an earlier finished run (ban.teacher_run), checked to be the configured teacher."""
+    if not is_finished(run_dir):
+        raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
+                        "finish it first, or unset ban.teacher_run to train the teacher here")
+    result = read_json(run_dir / "results.json")
+    if result.get("model") != name:
+        raise UserError(f"ban.teacher_run={run_dir} holds a {result.get('model')} but model.name={name}: "
+                        "point it at a run of the same model")
+    return {**result, "generation": 0, "teacher_run": str(run_dir)}
+
+
+def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, generations: list[dict],
               baseline: dict | None) -> dict:
     probs = {}
     labels = None
-    for g in range(len(generations)):
-        probs[g], labels = load_probs(output / f"gen{g}" / "test_probs.safetensors")
+    for g, run_dir in enumerate(run_dirs):
+        probs[g], labels = load_probs(run_dir / "test_probs.safetensors")
+        if labels.shape[0] != data.test_labels.shape[0] or not torch.equal(labels, data.test_labels):
+            raise UserError(f"'{run_dir}' was evaluated on another test set than this run's data; "
+                            "its probabilities cannot join the ensemble")
     keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
             "seed", "wall_seconds")
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]

@@ -130,7 +130,8 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         stats = train_one_epoch(
             model, spec.loss_fn, optimizer, data.train_images, data.train_labels, train_pipe,
             batch_size=train.batch_size, generator=generator, precision=train.precision, teacher=spec.teacher,
-            first_step=epoch * steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{train.epochs}", show_progress=show,
+            first_step=epoch * steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{train.epochs}", run_name=spec.name,
+            show_progress=show,
         )
         seconds = time.perf_counter() - t0
         scheduler.step()

@@ -47,13 +47,14 @@ class BatchPipeline:
         return x
 
 
-def _fault_injection(step: int) -> None:
-    """Test hook: BORNAGAIN_KILL_AT_STEP=N makes the process SIGKILL itself before global step N.
-
-    Used by the resume tests to kill a run in the middle of an epoch, exactly where chosen.
-    """
+def _fault_injection(step: int, run_name: str) -> None:
+    """Test hook: BORNAGAIN_KILL_AT_STEP=N (or RUN:N, e.g. gen1:5) makes the process SIGKILL itself
+    before global step N (of run RUN). The resume tests use it to kill a run exactly mid-epoch."""
     at = os.environ.get("BORNAGAIN_KILL_AT_STEP")
-    if at is not None and step == int(at):
+    if at is None:
+        return
+    name, _, number = at.rpartition(":")
+    if step == int(number) and name in ("", run_name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -71,6 +72,7 @@ def train_one_epoch(
     teacher: torch.nn.Module | None = None,
     first_step: int = 0,
     desc: str = "train",
+    run_name: str = "",
     show_progress: bool = True,
 ) -> dict[str, float]:
     """Train ``model`` for one pass over (images, labels); return mean loss parts and accuracy.
@@ -89,7 +91,7 @@ def train_one_epoch(
     bar = progress(batches, total=(n + batch_size - 1) // batch_size, desc=desc, enabled=show_progress)
     step = first_step
     for index in bar:
-        _fault_injection(step)
+        _fault_injection(step, run_name)
         x = pipeline(images[index], generator)  # (b, c, h, w)
         y = labels[index].to(pipeline.device, non_blocking=True)  # (b,)
         teacher_logits = None

@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 512
     lr: float = 0.1
@@ -116,6 +116,9 @@ class BanConfig:
     """Let the shared stem/classifier train (default: frozen)."""
     student_baseline: bool = False
     """Also train the student architecture from labels alone (Table 2's Baseline column)."""
+    teacher_run: str | None = None
+    """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
+    instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
 
     def __post_init__(self):
         if self.generations < 0:
