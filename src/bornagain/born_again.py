@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 
 import torch
 
 from bornagain.config import config_to_dict, load_yaml, save_config
 from bornagain.engine.device import resolve_device
+from bornagain.engine.distributed import barrier, current
 from bornagain.engine.fit import RunSpec, count_parameters, fit, is_finished, load_probs
 from bornagain.engine.io import read_json, write_json
 from bornagain.engine.rng import derive_seed
@@ -124,8 +124,10 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     """Train (or resume) the teacher, the generations and the optional baseline; write results and tables."""
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output / "config.yaml")
+    main = current().is_main
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output / "config.yaml")
 
     generations = []
     teacher = None
@@ -144,13 +146,8 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
             extra={"generation": g, "loss": cfg.ban.loss if g else "ce", "label_weight": lw, "teacher_weight": tw,
                    "temperature": t, "teacher_dir": f"gen{g - 1}" if g else None},
         )
-        t0 = time.perf_counter()
-        skip = resume and is_finished(run_dir)
         result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
                      resume=resume)
-        result.setdefault("wall_seconds", time.perf_counter() - t0)
-        if not skip:
-            write_json(run_dir / "results.json", result)
         generations.append(result)
         teacher = load_frozen_teacher(run_dir, cfg, name, data)  # the next generation's frozen teacher
 
@@ -163,8 +160,10 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
                        make_student_factory(cfg, name, data, None), resume=resume)
 
     results = summarize(cfg, run_dirs, data, generations, baseline)
-    write_json(output / "results.json", results)
-    write_tables([results], output)
+    if main:
+        write_json(output / "results.json", results)
+        write_tables([results], output)
+    barrier()
     return results
 
 
@@ -195,7 +194,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
             raise UserError(f"'{run_dir}' was evaluated on another test set than this run's data; "
                             "its probabilities cannot join the ensemble")
     keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
-            "seed", "wall_seconds")
+            "seed", "train_seconds")
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
     return {
         "dataset": data.name,

@@ -27,25 +27,32 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _vision_setup(args) -> tuple:
     from bornagain.born_again import check_output_dir
     from bornagain.config import load_config, replace
+    from bornagain.engine.device import resolve_device
+    from bornagain.engine.distributed import barrier, init_distributed
     from bornagain.vision.config import VisionConfig
 
     cfg = load_config(VisionConfig, args.config, args.overrides)
     if args.output:
         cfg = replace(cfg, output_dir=args.output)
     output = Path(cfg.output_dir)
+    # under torchrun every rank checks before any rank writes, then they meet
+    info = init_distributed(resolve_device(cfg.train.device).type)
     check_output_dir(output, cfg, resume=args.resume)
-    return cfg, output
+    barrier()
+    return cfg, output, info
 
 
 def cmd_ban(args) -> None:
     from bornagain.born_again import run_ban
 
-    cfg, output = _vision_setup(args)
-    print(f"bornagain ban: {cfg.model.name} on {cfg.data.name}, {cfg.ban.generations} generation(s), "
-          f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
+    cfg, output, info = _vision_setup(args)
+    if info.is_main:
+        print(f"bornagain ban: {cfg.model.name} on {cfg.data.name}, {cfg.ban.generations} generation(s), "
+              f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
     run_ban(cfg, output, resume=args.resume)
-    print((output / "table.md").read_text())
-    print(f"results: {output / 'results.json'}")
+    if info.is_main:
+        print((output / "table.md").read_text())
+        print(f"results: {output / 'results.json'}")
 
 
 def cmd_train(args) -> None:
@@ -53,14 +60,15 @@ def cmd_train(args) -> None:
     from bornagain.engine.fit import RunSpec, fit
     from bornagain.vision.prepare import prepare_data
 
-    cfg, output = _vision_setup(args)
+    cfg, output, info = _vision_setup(args)
     data = prepare_data(cfg.data, cfg.seed)
     with __import__("torch").device("meta"):
         build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
     spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
     results = fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=args.resume)
-    print(f"{cfg.model.name} on {data.name}: test error {results['test_error']:.2f}% "
-          f"(val accuracy {results['val_accuracy']:.2f}%), {results['params']:,} parameters -> {output}")
+    if info.is_main:
+        print(f"{cfg.model.name} on {data.name}: test error {results['test_error']:.2f}% "
+              f"(val accuracy {results['val_accuracy']:.2f}%), {results['params']:,} parameters -> {output}")
 
 
 def cmd_report(args) -> None:

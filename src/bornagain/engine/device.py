@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -12,12 +13,14 @@ from bornagain.errors import UserError
 def resolve_device(name: str) -> torch.device:
     """"auto" -> cuda when available else cpu; "cuda" without a GPU is a UserError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         return torch.device(name)
     raise UserError(f"train.device={name!r} is not one of auto, cpu, cuda")
 

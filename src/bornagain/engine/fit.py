@@ -25,8 +25,9 @@ from safetensors.torch import load_file
 from bornagain.config import save_config
 from bornagain.engine.checkpoint import _atomic_save_tensors, load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.device import resolve_device
+from bornagain.engine.distributed import barrier, init_distributed
 from bornagain.engine.io import read_json, write_json
-from bornagain.engine.logging import RunLogger
+from bornagain.engine.logging import RunLogger, read_metrics
 from bornagain.engine.loop import BatchPipeline, LossFn, classification_metrics, predict_logits, train_one_epoch
 from bornagain.engine.rng import derive_seed, seed_everything
 from bornagain.errors import UserError
@@ -97,13 +98,16 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
 
+    dist_info = init_distributed(device.type)
+    main = dist_info.is_main
+
     seed_everything(spec.seed)
-    model = make_model().to(device)  # fresh initialisation from this run's seed
+    model = make_model().to(device)  # fresh initialisation from this run's seed (identical on every rank)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train)
     scheduler = build_scheduler(optimizer, train)
-    logger = RunLogger(run_dir, tensorboard=train.tensorboard)
+    logger = RunLogger(run_dir, tensorboard=train.tensorboard, enabled=main)
 
     start_epoch = 0
     ckpt = run_dir / CHECKPOINT
@@ -111,11 +115,19 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         start_epoch = int(extra["epoch"])
         logger.truncate_after(start_epoch)
-    elif not resume:
+    elif not resume and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (ckpt, run_dir / "metrics.jsonl"):
             stale.unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    train_model = model
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if dist_info.rank > 0:  # other dropout masks than rank 0's; rank 0 keeps the single-process stream
+            seed_everything(derive_seed(spec.seed, "rank", dist_info.rank))
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_pipe = BatchPipeline(data.mean, data.std, device, augment=cfg.data.augment, pad=data.crop_pad,
                                hflip=data.hflip, channels_last=train.channels_last)
@@ -128,30 +140,35 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         generator = torch.Generator().manual_seed(derive_seed(spec.seed, "epoch", epoch))
         t0 = time.perf_counter()
         stats = train_one_epoch(
-            model, spec.loss_fn, optimizer, data.train_images, data.train_labels, train_pipe,
+            train_model, spec.loss_fn, optimizer, data.train_images, data.train_labels, train_pipe,
             batch_size=train.batch_size, generator=generator, precision=train.precision, teacher=spec.teacher,
             first_step=epoch * steps_per_epoch, desc=f"{spec.name} epoch {epoch + 1}/{train.epochs}", run_name=spec.name,
-            show_progress=show,
+            show_progress=show, dist_info=dist_info,
         )
         seconds = time.perf_counter() - t0
         scheduler.step()
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": stats["loss"], "train_label_loss": stats["label_loss"],
                   "train_kd_loss": stats["kd_loss"], "train_accuracy": stats["accuracy"],
                   "images_per_second": data.train_labels.shape[0] / seconds, "epoch_seconds": seconds}
-        if data.val_labels.numel():
+        if data.val_labels.numel() and main:
             val_logits = predict_logits(model, data.val_images, eval_pipe, batch_size=train.eval_batch_size,
                                         precision=train.precision)
             val = classification_metrics(val_logits.softmax(dim=1), data.val_labels)
             record.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
         logger.log(record, step=epoch + 1)
         logger.flush()
-        save_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, extra={"epoch": epoch + 1})
-        if show:
+        if main:
+            save_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, extra={"epoch": epoch + 1})
+        barrier()
+        if show and main:
             val_txt = f" val_acc {record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""
             print(f"[{spec.name}] epoch {epoch + 1}/{train.epochs} loss {stats['loss']:.4f} "
                   f"train_acc {stats['accuracy']:.2f}%{val_txt} ({record['images_per_second']:.0f} img/s)", flush=True)
     logger.close()
-    return _finish(run_dir, cfg, data, spec, model, eval_pipe)
+    if main:
+        _finish(run_dir, cfg, data, spec, model, eval_pipe)
+    barrier()  # the other ranks read what rank 0 wrote
+    return read_json(run_dir / RESULTS)
 
 
 def _finish(run_dir: Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec, model: torch.nn.Module,
@@ -175,6 +192,8 @@ def _finish(run_dir: Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
         "test_accuracy": test["accuracy"], "test_error": test["error"], "test_nll": test["nll"], "test_ece": test["ece"],
         "val_accuracy": val["accuracy"], "val_nll": val["nll"],
         "reported_epoch": "last",  # never the best epoch: nothing is selected on the test set
+        # training time summed over the epochs' records, so it survives a resume
+        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in read_metrics(run_dir / "metrics.jsonl")),
         **(spec.extra or {}),
     }
     write_json(run_dir / RESULTS, results)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bornagain.engine.device import autocast
+from bornagain.engine.distributed import DistInfo, all_reduce_sum, shard
 from bornagain.engine.logging import progress
 from bornagain.vision.augment import normalize, random_crop_flip
 from bornagain.vision.splits import iterate_batches
@@ -74,11 +75,13 @@ def train_one_epoch(
     desc: str = "train",
     run_name: str = "",
     show_progress: bool = True,
+    dist_info: DistInfo = DistInfo(),
 ) -> dict[str, float]:
     """Train ``model`` for one pass over (images, labels); return mean loss parts and accuracy.
 
     The teacher, when given, is frozen: it runs in eval mode under inference_mode on the
     same augmented batch as the student, and no gradient can reach it.
+    Under torchrun each rank trains on its slice of every global batch of ``batch_size``.
     """
     model.train()
     if teacher is not None:
@@ -88,10 +91,14 @@ def train_one_epoch(
     correct = 0
     seen = 0
     batches = iterate_batches(n, batch_size, shuffle=True, generator=generator, drop_last=False)
-    bar = progress(batches, total=(n + batch_size - 1) // batch_size, desc=desc, enabled=show_progress)
+    bar = progress(batches, total=(n + batch_size - 1) // batch_size, desc=desc,
+                   enabled=show_progress and dist_info.is_main)
     step = first_step
     for index in bar:
         _fault_injection(step, run_name)
+        if len(index) < dist_info.world_size:
+            continue  # a last batch too small to give every rank an example: skipped on all ranks alike
+        index = shard(index, dist_info)
         x = pipeline(images[index], generator)  # (b, c, h, w)
         y = labels[index].to(pipeline.device, non_blocking=True)  # (b,)
         teacher_logits = None
@@ -113,6 +120,9 @@ def train_one_epoch(
         step += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    keys = list(totals)
+    summed = all_reduce_sum([totals[k] for k in keys] + [correct, seen], pipeline.device)
+    totals, correct, seen = dict(zip(keys, summed[:-2])), summed[-2], summed[-1]
     out = {key: value / max(seen, 1) for key, value in totals.items()}
     out["accuracy"] = 100.0 * correct / max(seen, 1)
     out["steps"] = step - first_step
