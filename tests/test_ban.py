@@ -106,6 +106,8 @@ def test_ban_sequence_writes_generations_ensembles_and_tables(tmp_path):
     table = (tmp_path / "run" / "table.md").read_text()
     assert "| Network | Parameters | Baseline | BAN-1 | BAN-2 | BAN-3 | Ens*2 | Ens*3 | All |" in table
     assert json.loads((tmp_path / "run" / "results.json").read_text())["generations"][1]["ece"] >= 0
+    for png in ("curves.png", "generations.png"):
+        assert (tmp_path / "run" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # gen1's logged loss parts: the teacher term is really there
     rec = [json.loads(l) for l in (tmp_path / "run" / "gen1" / "metrics.jsonl").read_text().splitlines()]
     assert rec[0]["train_kd_loss"] > 0

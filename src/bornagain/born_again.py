@@ -33,6 +33,7 @@ from bornagain.errors import UserError
 from bornagain.losses import born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts
 from bornagain.models import create_model
 from bornagain.engine.checkpoint import load_weights
+from bornagain.plots import plot_run
 from bornagain.report import write_tables
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
@@ -163,6 +164,7 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     if main:
         write_json(output / "results.json", results)
         write_tables([results], output)
+        plot_run(output, results)
     barrier()
     return results
 

@@ -74,7 +74,7 @@ def cmd_train(args) -> None:
 def cmd_report(args) -> None:
     from bornagain.report import report_command
 
-    print(report_command(args.run_dirs, args.output), end="")
+    print(report_command(args.run_dirs, args.output, plots=args.plots), end="")
 
 
 def cmd_models(args) -> None:
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render tables from finished `ban` runs (one row per run)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="also write table.md and table.csv here")
+    p.add_argument("--plots", action="store_true", help="(re)draw curves.png and generations.png in each run")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("models", help="list registered model families")
     p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")

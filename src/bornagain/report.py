@@ -102,11 +102,16 @@ def load_run_results(run_dir: str | Path) -> dict:
     return results
 
 
-def report_command(run_dirs: list[str], output: str | None = None) -> str:
+def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False) -> str:
     """Re-render tables from finished runs (several runs = several rows); print, and write if asked."""
     if not run_dirs:
         raise UserError("bornagain report needs at least one run directory")
     results = [load_run_results(d) for d in run_dirs]
+    if plots:
+        from bornagain.plots import plot_run
+
+        for run_dir, r in zip(run_dirs, results):
+            plot_run(run_dir, r)
     md, csv_out = render(results)
     if output:
         Path(output).mkdir(parents=True, exist_ok=True)
