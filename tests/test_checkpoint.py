@@ -78,3 +78,16 @@ def test_weights_file_is_plain_safetensors_and_checks_shapes(tmp_path):
         load_weights(other, tmp_path / "m.safetensors")
     with pytest.raises(UserError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_files_get_the_ordinary_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from bornagain.engine.io import file_mode, write_json
+
+    model, opt, _ = _trained_pair()
+    save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=opt)
+    write_json(tmp_path / "r.json", {"a": 1})
+    for name in ("c.safetensors", "r.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == file_mode()

@@ -61,3 +61,11 @@ def test_saved_config_loads_back_identically(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(VisionConfig, tmp_path / "c.yaml") == cfg
     assert config_to_dict(cfg)["ban"]["ensembles"] == [2]
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    # YAML 1.1 reads 5e-5 as a string; a float field still takes it
+    cfg = load_config(VisionConfig, None, ["train.lr=5e-5", "train.weight_decay=1e-4"])
+    assert cfg.train.lr == 5e-5 and cfg.train.weight_decay == 1e-4
+    with pytest.raises(UserError, match="train.lr"):
+        load_config(VisionConfig, None, ["train.lr=fast"])

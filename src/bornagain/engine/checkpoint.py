@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from bornagain.engine.io import _fsync_dir
+from bornagain.engine.io import _fsync_dir, file_mode
 from bornagain.engine.rng import capture_rng_state, restore_rng_state
 from bornagain.errors import UserError
 
@@ -88,6 +88,7 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

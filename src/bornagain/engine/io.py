@@ -24,6 +24,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600; run files are as readable as any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -48,6 +49,13 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"'{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"'{path}' is corrupt (not valid JSON: {e}); delete it and rerun the stage that writes it") from None
+
+
+def file_mode() -> int:
+    """0666 minus the process umask: the mode an ordinary open() would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:
