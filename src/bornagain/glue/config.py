@@ -1,0 +1,166 @@
+"""The NLP experiment config: GLUE data, encoder, optimiser, teachers, BAM student.
+
+Frozen dataclasses read by `bornagain.config.load_config(GlueExperimentConfig,
+path, overrides)`; every field is a YAML key (`glue.tasks=[CoLA,RTE]`,
+`encoder.from_scratch=true`, `optim.lr=3e-5`). Defaults are the BAM paper's
+single-task teacher settings (SPEC section 2) on `bert-base-uncased`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bornagain.errors import UserError
+from bornagain.glue.bam_config import BamConfig
+from bornagain.glue.tasks import BAM_TASKS, canonical_task_names
+
+
+@dataclass(frozen=True)
+class GlueDataConfig:
+    """Where the GLUE tasks come from (`glue.*` keys)."""
+
+    data_dir: str | None = None
+    """Folder with one sub-folder per task in the classic TSV layout (CoLA/train.tsv, ...);
+    needed when source=tsv."""
+    tasks: tuple[str, ...] = BAM_TASKS
+    """GLUE tasks to train, e.g. [CoLA, SST-2, MRPC, STS-B, RTE]."""
+    source: Literal["tsv", "hub"] = "tsv"
+    """tsv: read `data_dir`; hub: Hugging Face `datasets` ("glue", <task>), needs internet."""
+    max_train_examples: int | None = None
+    """For quick runs: keep a seeded, label-stratified subsample of at most this many
+    training examples per task (ids and order of the kept examples unchanged). None = all."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", canonical_task_names(self.tasks))
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise UserError(f"glue.max_train_examples={self.max_train_examples} must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The shared encoder (`encoder.*` keys)."""
+
+    name_or_path: str = "bert-base-uncased"
+    """A Hugging Face checkpoint: local directory or hub name (its config when from_scratch)."""
+    from_scratch: bool = False
+    """Build the encoder from the checkpoint's config with random weights (no weights needed)."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub name; defaults to name_or_path."""
+    head_dropout: float = 0.1
+    """Dropout on the pooled output, before each task head."""
+    hidden_dropout: float | None = None
+    """Override the encoder config's hidden_dropout_prob (None: keep the checkpoint's)."""
+    attention_dropout: float | None = None
+    """Override the encoder config's attention_probs_dropout_prob."""
+    num_hidden_layers: int | None = None
+    """From-scratch size overrides (refused with pretrained weights, which fix the size)."""
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.name_or_path
+
+    def size_overrides(self) -> dict[str, int]:
+        sizes = {
+            "num_hidden_layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+        }
+        return {k: v for k, v in sizes.items() if v is not None}
+
+    def __post_init__(self) -> None:
+        if self.size_overrides() and not self.from_scratch:
+            raise UserError(
+                f"encoder size overrides {sorted(self.size_overrides())} need encoder.from_scratch=true:"
+                " pretrained weights fix the encoder's size"
+            )
+        for name in ("head_dropout", "hidden_dropout", "attention_dropout"):
+            p = getattr(self, name)
+            if p is not None and not 0.0 <= p < 1.0:
+                raise UserError(f"encoder.{name}={p} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with layer-wise lr decay, linear warmup then linear decay (`optim.*`)."""
+
+    lr: float = 5e-5
+    """Peak learning rate of the task heads (single-task teachers: 5e-5)."""
+    layerwise_lr_decay: float = 0.9
+    """Depth d gets lr * decay^(L + 2 - d); 1.0 turns the decay off."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; LayerNorm weights and biases are excluded."""
+    adam_eps: float = 1e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    warmup_fraction: float = 0.1
+    """Fraction of the total steps spent warming the lr up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise UserError(f"optim.lr={self.lr} must be > 0")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise UserError(f"optim.layerwise_lr_decay={self.layerwise_lr_decay} must lie in (0, 1]")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"optim.warmup_fraction={self.warmup_fraction} must lie in [0, 1)")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise UserError("optim.weight_decay and optim.max_grad_norm must be >= 0")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Single-task teacher fine-tuning (`teacher.*`)."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    bucket_by_length: bool = True
+    """Group training examples of similar length into batches (less padding; see tokenize.py)."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
+    log_every_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("teacher.epochs, teacher.batch_size and teacher.eval_batch_size must be >= 1")
+        if self.checkpoint_every_steps < 0 or self.log_every_steps < 1:
+            raise UserError("teacher.checkpoint_every_steps must be >= 0 and teacher.log_every_steps >= 1")
+
+
+@dataclass(frozen=True)
+class NlpTrainConfig:
+    """Where and how to run (`train.*`)."""
+
+    device: str = "auto"
+    """auto | cpu | cuda (or cuda:N)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    progress: bool = True
+    """Show progress bars on stderr."""
+    num_threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+
+
+@dataclass(frozen=True)
+class GlueExperimentConfig:
+    """The whole NLP experiment: `bornagain glue-teachers` and `bornagain bam` read this."""
+
+    seed: int = 0
+    output_dir: str = "runs/glue"
+    max_seq_length: int = 128
+    """Longer inputs are truncated (longest sequence first for pairs)."""
+    glue: GlueDataConfig = field(default_factory=GlueDataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: NlpTrainConfig = field(default_factory=NlpTrainConfig)
+    bam: BamConfig = field(default_factory=BamConfig)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_seq_length <= 4096:
+            raise UserError(f"max_seq_length={self.max_seq_length} must lie in [8, 4096]")

@@ -1,0 +1,85 @@
+"""Model outputs on a whole split, dev metrics, and the majority-class baseline.
+
+Shared by the single-task teachers and the BAM student. Outputs come back in the
+split's example order: (n, num_labels) logits, or (n,) regression outputs on
+the [0, 1] scale, as float32 CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from bornagain.engine.device import autocast
+from bornagain.engine.logging import progress
+from bornagain.glue.data import GlueExample, majority_label
+from bornagain.glue.metrics import compute_metrics, predictions_from_outputs, task_score
+from bornagain.glue.model import MultiTaskModel
+from bornagain.glue.tasks import GlueTask
+from bornagain.glue.tokenize import EncodedSplit, eval_batch_indices, iterate_batches
+
+
+@torch.inference_mode()
+def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, *, device: torch.device,
+                    precision: str = "fp32", batch_size: int = 128, pad_token_id: int = 0,
+                    show_progress: bool = False) -> torch.Tensor:
+    """Outputs of `task`'s head on every example of `split` (eval mode: no dropout)."""
+    was_training = model.training
+    model.eval()
+    shape = (len(split),) if task.is_regression else (len(split), task.num_labels)
+    outputs = torch.empty(shape, dtype=torch.float32)
+    batches = eval_batch_indices(split.lengths, batch_size)  # sorted by length: least padding
+    for batch in progress(iterate_batches(split, batches, pad_token_id, device), total=len(batches),
+                          desc=f"predict {task.name}", enabled=show_progress):
+        with autocast(device, precision):
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task.name)
+        outputs[batch["index"].cpu()] = out.float().cpu()  # scatter back to example order
+    model.train(was_training)
+    return outputs
+
+
+def split_metrics(task: GlueTask, split_name: str, outputs: torch.Tensor,
+                  labels: torch.Tensor) -> dict[str, float]:
+    """The task's metrics on one labelled split (MNLI dev sets get '_m' / '_mm' suffixes)."""
+    pred = predictions_from_outputs(task, outputs.numpy())
+    return compute_metrics(task, pred, labels.numpy(), suffix=task.metric_suffix(split_name))
+
+
+def evaluate_dev(model: MultiTaskModel, dev_splits: dict[str, EncodedSplit], task: GlueTask, *,
+                 device: torch.device, precision: str = "fp32", batch_size: int = 128,
+                 pad_token_id: int = 0) -> dict[str, float]:
+    """All dev metrics of a task plus its GLUE `score` (mean of its metrics)."""
+    metrics: dict[str, float] = {}
+    for name, split in dev_splits.items():
+        outputs = predict_outputs(model, split, task, device=device, precision=precision,
+                                  batch_size=batch_size, pad_token_id=pad_token_id)
+        metrics.update(split_metrics(task, name, outputs, split.labels))
+    metrics["score"] = task_score(task, metrics)
+    return metrics
+
+
+def majority_baseline(task: GlueTask, train_examples: list[GlueExample],
+                      dev_examples: dict[str, list[GlueExample]]) -> dict[str, float | None]:
+    """Dev metrics of always predicting the most frequent training class.
+
+    For regression a constant prediction has no correlation: metrics are None (JSON null).
+    """
+    if task.is_regression:
+        out: dict[str, float | None] = {k: None for k in task.score_keys}
+        out["score"] = 0.0
+        return out
+    majority = majority_label(train_examples)
+    metrics: dict[str, float | None] = {}
+    for name, examples in dev_examples.items():
+        labels = np.asarray([e.label for e in examples])
+        metrics.update(compute_metrics(task, np.full_like(labels, majority), labels,
+                                       suffix=task.metric_suffix(name)))
+    metrics["score"] = task_score(task, metrics)
+    return metrics
+
+
+def json_safe(metrics: dict) -> dict:
+    """NaN and inf become None so the dict is valid JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -1,0 +1,132 @@
+"""Encoder + task heads, layer-wise learning-rate groups, weight-decay exclusion, schedule, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bornagain.config import load_config
+from bornagain.errors import UserError
+from bornagain.glue.config import GlueExperimentConfig
+from bornagain.glue.model import build_model
+from bornagain.glue.optim import (
+    build_optimizer, build_scheduler, layerwise_lr_groups, parameter_depths, warmup_linear_decay,
+)
+
+
+def tiny_bert_dir(tmp_path, layers: int = 3):
+    config = {
+        "model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": layers,
+        "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32, "type_vocab_size": 2,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "pad_token_id": 0,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def tiny_cfg(encoder_dir, *extra: str) -> GlueExperimentConfig:
+    return load_config(GlueExperimentConfig, None, [f"encoder.name_or_path={encoder_dir}",
+                                                    "encoder.from_scratch=true", *extra])
+
+
+def test_heads_output_logits_or_regression_and_pass_token_types(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(tiny_bert_dir(tmp_path)), ["MNLI", "STS-B", "CoLA"])
+    ids = torch.randint(1, 50, (4, 7))
+    mask = torch.ones_like(ids)
+    model.eval()
+    assert model(ids, mask, torch.zeros_like(ids), "MNLI").shape == (4, 3)
+    assert model(ids, mask, torch.zeros_like(ids), "STS-B").shape == (4,)
+    assert model(ids, mask, None, "CoLA").shape == (4, 2)
+    # sentence-pair segment ids reach the encoder
+    assert not torch.allclose(model(ids, mask, torch.ones_like(ids), "MNLI"), model(ids, mask, torch.zeros_like(ids), "MNLI"))
+    assert model.heads["MNLI"].dropout.p == 0.1
+    with pytest.raises(KeyError, match="no head for task 'RTE'"):
+        model(ids, mask, None, "RTE")
+
+
+def test_local_checkpoint_loads_its_weights(tmp_path):
+    torch.manual_seed(0)
+    scratch = build_model(tiny_cfg(tiny_bert_dir(tmp_path / "cfg")), ["RTE"])
+    scratch.encoder.save_pretrained(tmp_path / "ckpt")
+    cfg = load_config(GlueExperimentConfig, None, [f"encoder.name_or_path={tmp_path / 'ckpt'}"])
+    loaded = build_model(cfg, ["RTE"])
+    for (name, a), (_, b) in zip(scratch.encoder.state_dict().items(), loaded.encoder.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match="from_scratch"):
+        build_model(load_config(GlueExperimentConfig, None, [f"encoder.name_or_path={tmp_path / 'cfg'}"]), ["RTE"])
+    with pytest.raises(UserError, match="encoder.name_or_path"):
+        build_model(tiny_cfg(tmp_path / "missing"), ["RTE"])
+
+
+def test_from_scratch_size_overrides(tmp_path):
+    cfg = tiny_cfg(tiny_bert_dir(tmp_path), "encoder.num_hidden_layers=1", "encoder.hidden_dropout=0.0")
+    model = build_model(cfg, ["RTE"])
+    assert model.encoder.config.num_hidden_layers == 1 and model.encoder.config.hidden_dropout_prob == 0.0
+    with pytest.raises(UserError, match="from_scratch=true"):
+        load_config(GlueExperimentConfig, None, ["encoder.num_hidden_layers=1"])
+
+
+def test_layerwise_lr_decay_gives_each_parameter_its_depth_rate(tmp_path):
+    model = build_model(tiny_cfg(tiny_bert_dir(tmp_path, layers=3)), ["CoLA", "STS-B"])
+    L, lr, decay = 3, 1e-3, 0.9
+    groups = layerwise_lr_groups(model, lr=lr, layerwise_lr_decay=decay, weight_decay=0.01)
+    rate = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(rate) == len(named)  # every parameter in exactly one group
+
+    def lr_of(name):
+        return rate[id(named[name])][0]
+
+    assert lr_of("encoder.embeddings.word_embeddings.weight") == pytest.approx(lr * decay ** (L + 2))
+    assert lr_of("encoder.embeddings.LayerNorm.weight") == pytest.approx(lr * decay ** (L + 2))
+    for i in range(L):  # layer i has depth i + 1
+        assert lr_of(f"encoder.encoder.layer.{i}.attention.self.query.weight") == pytest.approx(lr * decay ** (L + 1 - i))
+        assert lr_of(f"encoder.encoder.layer.{i}.output.dense.bias") == pytest.approx(lr * decay ** (L + 1 - i))
+    assert lr_of("encoder.pooler.dense.weight") == pytest.approx(lr * decay)
+    for head in ("CoLA", "STS-B"):  # every head gets the full rate
+        assert lr_of(f"heads.{head}.out.weight") == pytest.approx(lr)
+    depths = parameter_depths(model)
+    assert depths["encoder.encoder.layer.2.intermediate.dense.weight"] == 3
+    assert depths["heads.STS-B.out.bias"] == L + 2
+
+
+def test_layernorm_and_biases_are_not_decayed(tmp_path):
+    model = build_model(tiny_cfg(tiny_bert_dir(tmp_path)), ["RTE"])
+    groups = layerwise_lr_groups(model, lr=1e-3, layerwise_lr_decay=0.9, weight_decay=0.01)
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 0.0 if name.endswith("bias") or "LayerNorm" in name else 0.01
+        assert decay[id(p)] == expected, name
+    assert any(v == 0.01 for v in decay.values()) and any(v == 0.0 for v in decay.values())
+
+
+def test_warmup_then_linear_decay(tmp_path):
+    model = build_model(tiny_cfg(tiny_bert_dir(tmp_path)), ["RTE"])
+    cfg = tiny_cfg(tmp_path)
+    optimizer = build_optimizer(model, cfg.optim, lr=1e-3)
+    scheduler = build_scheduler(optimizer, total_steps=20, warmup_fraction=0.1)  # 2 warmup steps
+    head_lrs, ratios = [], []
+    for _ in range(20):
+        head_lrs.append(optimizer.param_groups[-1]["lr"])
+        ratios.append(optimizer.param_groups[0]["lr"] / max(head_lrs[-1], 1e-30))
+        optimizer.step()
+        scheduler.step()
+    assert head_lrs[:4] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3 * 17 / 18])
+    assert head_lrs[-1] == pytest.approx(1e-3 / 18)
+    assert warmup_linear_decay(20, total_steps=20, warmup_steps=2) == 0.0
+    # the schedule keeps the layer-wise ratios: embeddings (depth 0) / heads = 0.9^(L + 2), L = 3
+    assert ratios[1:] == pytest.approx([0.9 ** 5] * 19)
+
+
+def test_config_defaults_are_the_paper_teacher_settings():
+    cfg = load_config(GlueExperimentConfig)
+    assert (cfg.optim.lr, cfg.optim.layerwise_lr_decay, cfg.optim.weight_decay, cfg.optim.adam_eps) == (5e-5, 0.9, 0.01, 1e-6)
+    assert (cfg.optim.warmup_fraction, cfg.optim.max_grad_norm, cfg.max_seq_length) == (0.1, 1.0, 128)
+    assert (cfg.teacher.epochs, cfg.teacher.batch_size, cfg.encoder.head_dropout) == (3, 32, 0.1)
+    assert load_config(GlueExperimentConfig, None, ["glue.tasks=[cola,STSB]"]).glue.tasks == ("CoLA", "STS-B")
+    with pytest.raises(UserError, match="twice"):
+        load_config(GlueExperimentConfig, None, ["glue.tasks=[CoLA,cola]"])
