@@ -8,7 +8,8 @@ OUTPUT/teachers/<TASK>/:
 
     config.yaml                 the resolved experiment config
     teacher_settings.json       the settings that define the teacher (checked on resume/reuse)
-    checkpoint.safetensors      training state after each epoch (and every N steps), for --resume
+    checkpoint.safetensors      training state after each epoch (and every N steps), for --resume;
+                                removed once the teacher is finished
     metrics.jsonl, tb/          training loss, lr, dev metrics per epoch
     weights.safetensors         the final teacher
     dev_metrics.json            its dev metrics and the majority-class baseline
@@ -259,6 +260,7 @@ def _finish_teacher(cfg, task: GlueTask, run_dir: Path, model, tokenizer, train_
         "num_train_examples": len(train_examples), "train_seconds": train_seconds,
         "submission_files": submissions,
     })
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: the final weights replace the resume point
     return TeacherRun(task.name, run_dir, dev, baseline, fingerprint, train_seconds)
 
 
