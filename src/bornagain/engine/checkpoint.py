@@ -14,8 +14,6 @@ moment leaves either the previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from bornagain.engine.io import _fsync_dir, file_mode
+from bornagain.engine.io import atomic_write
 from bornagain.engine.rng import capture_rng_state, restore_rng_state
 from bornagain.errors import UserError
 
@@ -80,21 +78,9 @@ def unpack_state(tensors: dict[str, torch.Tensor], skeleton: str) -> Any:
     return dec(json.loads(skeleton))
 
 
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A plain safetensors file (flat tensors + string metadata), written atomically."""
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -114,7 +100,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
         "extra": extra or {},
     }
     tensors, skeleton = pack_state(state)
-    _atomic_save_tensors(tensors, Path(path), {"format": FORMAT, "state": skeleton})
+    save_tensors(tensors, Path(path), {"format": FORMAT, "state": skeleton})
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -156,7 +142,7 @@ def save_weights(model_or_state: torch.nn.Module | dict, path: str | Path, metad
     """Final model weights as a plain safetensors file (loadable by any safetensors reader)."""
     state = _unwrap(model_or_state).state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    _atomic_save_tensors(tensors, Path(path), {"format": "pt", **(metadata or {})})
+    save_tensors(tensors, Path(path), {"format": "pt", **(metadata or {})})
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = True) -> torch.nn.Module:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from bornagain.config import save_config
-from bornagain.engine.checkpoint import _atomic_save_tensors, load_checkpoint, save_checkpoint, save_weights
+from bornagain.engine.checkpoint import save_tensors, load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, init_distributed
 from bornagain.engine.io import read_json, write_json
@@ -179,10 +179,10 @@ def _finish(run_dir: Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
     val = {"accuracy": float("nan"), "nll": float("nan")}
     if data.val_labels.numel():
         val_probs = predict_logits(model, data.val_images, eval_pipe, batch_size=bs, precision=precision).softmax(1)
-        _atomic_save_tensors({"probs": val_probs, "labels": data.val_labels}, run_dir / "val_probs.safetensors", {})
+        save_tensors({"probs": val_probs, "labels": data.val_labels}, run_dir / "val_probs.safetensors", {})
         val = classification_metrics(val_probs, data.val_labels)
     test_probs = predict_logits(model, data.test_images, eval_pipe, batch_size=bs, precision=precision).softmax(1)
-    _atomic_save_tensors({"probs": test_probs, "labels": data.test_labels}, run_dir / "test_probs.safetensors", {})
+    save_tensors({"probs": test_probs, "labels": data.test_labels}, run_dir / "test_probs.safetensors", {})
     test = classification_metrics(test_probs, data.test_labels)
     results = {
         "run": spec.name, "model": spec.model_name, "dataset": data.name, "seed": spec.seed,
