@@ -47,7 +47,7 @@ def cmd_ban(args) -> None:
 
     cfg, output, info = _vision_setup(args)
     if info.is_main:
-        print(f"bornagain ban: {cfg.model.name} on {cfg.data.name}, {cfg.ban.generations} generation(s), "
+        print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
               f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
     run_ban(cfg, output, resume=args.resume)
     if info.is_main:

@@ -50,8 +50,8 @@ def plot_run(run_dir: str | Path, results: dict) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     gens = [g["generation"] for g in results["generations"]]
     ax.plot(gens, [g["test_error"] for g in results["generations"]], "o-", label="single model")
-    for e in results.get("ensembles", []):
-        ax.axhline(e["test_error"], linestyle="--", alpha=0.7, label=f"{e['name']} {e['members']}")
+    for i, e in enumerate(results.get("ensembles", [])):
+        ax.axhline(e["test_error"], linestyle="--", color=f"C{i + 1}", label=f"{e['name']} {e['members']}")
     ax.set_xticks(gens, ["teacher" if g == 0 else f"BAN-{g}" for g in gens])
     ax.set(ylabel="test error (%)", title=f"{results['model']} on {results['dataset']}")
     ax.grid(alpha=0.3)

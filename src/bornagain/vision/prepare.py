@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -59,7 +60,8 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     # normalisation statistics from the training part only: validation and test images shape nothing
     mean, std = channel_stats(images[train_idx])
     return PreparedData(
-        name=vd.name, classes=tuple(vd.classes),
+        name=f"{Path(data.root).resolve().name} (imagefolder)" if data.name == "imagefolder" else vd.name,
+        classes=tuple(vd.classes),
         train_images=images[train_idx], train_labels=labels[train_idx],
         val_images=images[val_idx], val_labels=labels[val_idx],
         test_images=vd.test.images, test_labels=vd.test.labels,
