@@ -18,7 +18,7 @@ from bornagain.errors import UserError
 def format_params(n: int | None) -> str:
     if n is None:
         return ""
-    return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n / 1e3:.1f} K"
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
 
 
 def _cell(x: float | None) -> str:
