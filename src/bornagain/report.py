@@ -33,6 +33,7 @@ def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         for e in r["ensembles"]:
             if e["name"] not in ens_names:
                 ens_names.append(e["name"])
+    ens_names.sort(key=lambda n: (n == "All", int(n[4:]) if n.startswith("Ens*") else 0))  # Ens*2, Ens*3, ..., All
     header = ["Network", "Parameters", "Baseline", *[f"BAN-{k}" for k in range(1, max_gen + 1)], *ens_names]
     rows = []
     for r in results:
