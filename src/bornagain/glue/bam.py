@@ -1,0 +1,187 @@
+"""`bornagain bam`: single-task teachers -> cached predictions -> multi-task students -> table.
+
+    OUTPUT/
+      bam_config.yaml                      the resolved config
+      teachers/<TASK>/                     teachers of seed = config `seed` (what `glue-teachers` writes)
+      teachers/seed<k>/<TASK>/             teachers of seed k != `seed` (bam.teacher_per_seed=true)
+      students/<arm>/seed<k>/              one resumable student run each (see student.py):
+                                           checkpoint, metrics.jsonl (lambda every step), model,
+                                           student_settings.json, dev_metrics.json (written last)
+      results.json                         every seed's per-task metrics, summaries, paired tests
+      table.md, table.csv                  the table (bam_report.py)
+
+Seeds and pairing. Student seed k fixes the student's initialisation and its task-mixing
+order; every arm with seed k starts from the same initial weights and sees the same
+examples in the same order, so arms differ only in their targets. With
+``bam.teacher_per_seed`` (default) the seed-k student learns from teachers trained with
+seed k, on the training subsample of seed k (``glue.max_train_examples``), so "BAM vs
+teachers" pairs seed-k scores with seed-k scores. Otherwise one set of teachers (the
+config's ``seed``) teaches every student seed and the teachers' row has n = 1.
+
+Resume. Finished teachers and students are reused (their settings are checked first);
+an interrupted one continues from its checkpoint with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from bornagain.config import config_to_dict, load_config, save_config
+from bornagain.engine.device import resolve_device
+from bornagain.engine.io import atomic_write_text, read_json, write_json
+from bornagain.engine.rng import derive_seed, seed_everything
+from bornagain.errors import UserError
+from bornagain.glue.annealing import TEACHER_ARMS
+from bornagain.glue.bam_report import build_results, json_safe, render_csv, render_markdown
+from bornagain.glue.config import GlueExperimentConfig
+from bornagain.glue.data import load_split, load_train_examples
+from bornagain.glue.metrics import glue_score
+from bornagain.glue.model import build_model
+from bornagain.glue.student import StudentData, train_student
+from bornagain.glue.tasks import get_task
+from bornagain.glue.teachers import TeacherRun, train_teacher
+from bornagain.glue.tokenize import encode_examples, load_tokenizer
+
+SWAP_TASKS = ("MRPC", "STS-B")
+"""Tasks trained in both sentence orders with ``bam.both_orders`` (their labels are symmetric)."""
+SETTINGS = "student_settings.json"
+
+
+def teacher_dir(output_dir: Path, cfg: GlueExperimentConfig, task: str, teacher_seed: int) -> Path:
+    """Where the teacher of (task, seed) lives; the config's own seed uses `glue-teachers`' layout."""
+    if teacher_seed == cfg.seed:
+        return output_dir / "teachers" / task
+    return output_dir / "teachers" / f"seed{teacher_seed}" / task
+
+
+def teacher_seed_of(cfg: GlueExperimentConfig, student_seed: int) -> int:
+    """The seed of the teachers (and of the training subsample) that student seed k learns from."""
+    return student_seed if cfg.bam.teacher_per_seed else cfg.seed
+
+
+def ensure_seed_teachers(cfg: GlueExperimentConfig, output_dir: Path, teacher_seed: int, *,
+                         resume: bool) -> dict[str, TeacherRun]:
+    """One finished single-task teacher per task for ``teacher_seed`` (trained when missing)."""
+    seeded = dataclasses.replace(cfg, seed=teacher_seed)
+    return {task: train_teacher(seeded, task, teacher_dir(output_dir, cfg, task, teacher_seed), resume=resume)
+            for task in cfg.glue.tasks}
+
+
+def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, TeacherRun] | None) -> StudentData:
+    """Tokenised training and dev sets of every task, the swapped MRPC/STS-B pairs, and the
+    teachers' cached outputs aligned with the training rows by example id (fingerprint checked).
+
+    ``cfg.seed`` selects the training subsample, exactly as for the teachers of that seed.
+    """
+    train, dev, swapped, teacher_outputs, label_means = {}, {}, {}, {}, {}
+    for name in cfg.glue.tasks:
+        task = get_task(name)
+        examples = load_train_examples(cfg, task)
+        train[name] = encode_examples(task, examples, tokenizer, cfg.max_seq_length)
+        if cfg.bam.both_orders and name in SWAP_TASKS:
+            flipped = [dataclasses.replace(e, text_a=e.text_b, text_b=e.text_a) for e in examples]
+            swapped[name] = encode_examples(task, flipped, tokenizer, cfg.max_seq_length)
+        dev[name] = {split: encode_examples(task, load_split(task, split, data_dir=cfg.glue.data_dir,
+                                                             source=cfg.glue.source), tokenizer, cfg.max_seq_length)
+                     for split in task.dev_splits}
+        if task.is_regression:
+            label_means[name] = float(torch.nanmean(train[name].labels))
+        if teachers is not None:
+            cache = teachers[name].load_predictions(examples, tokenizer=tokenizer, max_seq_length=cfg.max_seq_length)
+            teacher_outputs[name] = cache.lookup(train[name].ids)  # row r <-> train[name].ids[r]
+    return StudentData(tasks=tuple(cfg.glue.tasks), train=train, dev=dev, swapped=swapped,
+                       teacher_outputs=teacher_outputs if teachers is not None else None, label_means=label_means)
+
+
+def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
+    """What defines one student run (checked before a finished or interrupted run is reused)."""
+    tree = config_to_dict(cfg)
+    for key in ("output_dir", "train", "teacher"):
+        tree.pop(key)
+    for key in ("targets", "seeds", "eval_batch_size", "checkpoint_every_steps", "paired_test"):
+        tree["bam"].pop(key)
+    tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
+    tree["seed"] = seed
+    tree["precision"] = cfg.train.precision
+    tree["arm"] = arm
+    if arm in TEACHER_ARMS and teachers is not None:
+        tree["teacher_predictions"] = {task: run.prediction_fingerprint for task, run in teachers.items()}
+    return tree
+
+
+def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
+    settings_path = run_dir / SETTINGS
+    if settings_path.exists():
+        saved = read_json(settings_path)
+        if saved != settings:
+            diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise UserError(f"student run '{run_dir}' was made with other settings (differences in: "
+                            f"{', '.join(diff)}); use the same config, or a new --output directory")
+    if (run_dir / "checkpoint.safetensors").exists() and not (run_dir / "dev_metrics.json").exists() and not resume:
+        raise UserError(f"'{run_dir}' holds an unfinished student: pass --resume to continue it, "
+                        "or choose another --output")
+    if not settings_path.exists():
+        write_json(settings_path, settings)
+
+
+def _nan_for_none(metrics: dict) -> dict:
+    return {k: math.nan if v is None else v for k, v in metrics.items()}
+
+
+def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
+    """Teachers, students of every arm and seed, and the results; returns the results dict."""
+    output_dir = Path(output_dir)
+    save_config(cfg, output_dir / "bam_config.yaml")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
+    pad_id = tokenizer.pad_token_id or 0
+    runs: dict[str, dict[int, dict]] = {"majority": {}, "teachers": {}, **{arm: {} for arm in cfg.bam.targets}}
+    started = time.perf_counter()
+    for seed in cfg.bam.seeds:
+        teacher_seed = teacher_seed_of(cfg, seed)
+        teachers = ensure_seed_teachers(cfg, output_dir, teacher_seed, resume=resume)
+        runs["teachers"][teacher_seed] = {task: _nan_for_none(run.dev_metrics) for task, run in teachers.items()}
+        if not runs["majority"]:  # a reference row: always predicting the most frequent training class
+            runs["majority"][teacher_seed] = {task: _nan_for_none(run.majority_baseline) for task, run in teachers.items()}
+        data_cfg = dataclasses.replace(cfg, seed=teacher_seed)
+        data = None  # tokenised only when a student of this seed still has to train
+        for arm in cfg.bam.targets:
+            run_dir = output_dir / "students" / arm / f"seed{seed}"
+            _check_student_dir(run_dir, student_settings(data_cfg, arm, seed, teachers), resume)
+            if (run_dir / "dev_metrics.json").exists():
+                metrics, note = read_json(run_dir / "dev_metrics.json"), "finished earlier, reused"
+            else:
+                if data is None:
+                    data = load_student_data(data_cfg, tokenizer, teachers if cfg.bam.needs_teachers else None)
+                # Every arm of one seed starts from the same weights (paired comparison across arms).
+                seed_everything(derive_seed(seed, "bam-student"))
+                model = build_model(cfg, cfg.glue.tasks)
+                metrics = train_student(model, data, arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim,
+                                        run_dir=run_dir, device=device, precision=cfg.train.precision,
+                                        pad_token_id=pad_id, resume=True, show_progress=cfg.train.progress)
+                note = f"{time.perf_counter() - started:.0f} s since start"
+            runs[arm][seed] = {task: _nan_for_none(values) for task, values in metrics.items()}
+            print(f"student {arm} seed {seed}: GLUE {100 * glue_score(runs[arm][seed]):.1f} ({note})", flush=True)
+    results = build_results(runs, tuple(cfg.glue.tasks), test=cfg.bam.paired_test)
+    results["teacher_seeds"] = {str(seed): teacher_seed_of(cfg, seed) for seed in cfg.bam.seeds}
+    results["config"] = config_to_dict(cfg)
+    write_json(output_dir / "results.json", json_safe(results))
+    atomic_write_text(output_dir / "table.md", render_markdown(results))
+    atomic_write_text(output_dir / "table.csv", render_csv(results))
+    return results
+
+
+def bam_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
+    """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
+    cfg = load_config(GlueExperimentConfig, config, overrides)
+    output_dir = Path(output or cfg.output_dir)
+    results = run_bam(cfg, output_dir, resume=resume)
+    print(render_markdown(results))
+    print(f"results in {output_dir}: results.json, table.md, table.csv")

@@ -1,0 +1,139 @@
+"""Statistics over seeds: mean +- standard deviation and paired significance tests.
+
+Used by both pipelines (BAN generations over seeds, BAM arms over seeds), so the
+functions take plain sequences of numbers and know nothing about models or tasks.
+
+Conventions
+- The standard deviation is the *sample* standard deviation (ddof = 1), the
+  spread one expects between independent repetitions; it is NaN for a single value.
+- Paired tests compare two methods run with the *same* seeds: value ``a[i]`` and
+  ``b[i]`` come from seed i. Two tests are offered:
+  * ``"t"``: the paired t-test (``scipy.stats.ttest_rel``) on d_i = a_i - b_i,
+    t = mean(d) / (std(d) / sqrt(n)) with n - 1 degrees of freedom. It assumes
+    roughly normal differences; with few seeds that is an assumption, not a fact.
+  * ``"wilcoxon"``: the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, exact
+    distribution for small n). It assumes no normality but, with n pairs, its
+    two-sided p-value can never go below 2 / 2^n: with 3 seeds the smallest
+    possible p is 0.25 and with 5 seeds 0.0625, so it needs n >= 6 to ever reach
+    p < 0.05 (see :func:`wilcoxon_min_p`).
+- Degenerate inputs get defined answers instead of warnings: fewer than two
+  pairs give p = NaN; differences that are all exactly zero give p = 1.0 (no
+  evidence of a difference).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from bornagain.errors import UserError
+
+PAIRED_TESTS = ("t", "wilcoxon")
+TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample standard deviation (ddof=1) and count of a set of values."""
+
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Result of a paired test of ``a`` against ``b`` (same seeds, same order)."""
+
+    test: str
+    """"t" or "wilcoxon"."""
+    statistic: float
+    p_value: float
+    n: int
+    """Number of pairs."""
+    mean_difference: float
+    """mean(a - b): positive means ``a`` scored higher."""
+
+
+def _as_array(values: Sequence[float], what: str) -> np.ndarray:
+    array = np.asarray(list(values), dtype=np.float64)
+    if array.ndim != 1:
+        raise UserError(f"{what} must be a flat list of numbers, got shape {array.shape}")
+    return array
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Return (mean, sample std with ddof=1); std is NaN for one value, both NaN for none."""
+    array = _as_array(values, "values")
+    if array.size == 0:
+        return math.nan, math.nan
+    std = float(np.std(array, ddof=1)) if array.size > 1 else math.nan
+    return float(np.mean(array)), std
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean, sample std and count of ``values`` (one value per seed)."""
+    mean, std = mean_std(values)
+    return Summary(mean=mean, std=std, n=len(list(values)))
+
+
+def wilcoxon_min_p(n: int) -> float:
+    """Smallest two-sided p-value the exact Wilcoxon signed-rank test can give with n pairs: 2 / 2^n."""
+    if n < 1:
+        return math.nan
+    return min(1.0, 2.0 / 2.0**n)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], *, test: str = "t") -> PairedTest:
+    """Paired test of ``a`` against ``b`` (two-sided), pairs matched by position (seed).
+
+    ``test="t"``: t = mean(d) / (s_d / sqrt(n)), d = a - b, df = n - 1.
+    ``test="wilcoxon"``: signed-rank statistic on d, exact null distribution.
+    """
+    if test not in PAIRED_TESTS:
+        raise UserError(f"unknown paired test {test!r}: choose one of {', '.join(PAIRED_TESTS)}")
+    first, second = _as_array(a, "a"), _as_array(b, "b")
+    if first.shape != second.shape:
+        raise UserError(
+            f"a paired test needs the same number of values on both sides (one per seed), "
+            f"got {first.size} and {second.size}: run both methods with the same seeds"
+        )
+    n = int(first.size)
+    difference = first - second
+    mean_difference = float(np.mean(difference)) if n else math.nan
+    if n < 2:
+        return PairedTest(test, math.nan, math.nan, n, mean_difference)
+    if np.all(difference == 0):
+        return PairedTest(test, 0.0, 1.0, n, mean_difference)
+    with warnings.catch_warnings():
+        # scipy warns about precision on nearly identical inputs; the result is still defined.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if test == "t":
+            result = scipy_stats.ttest_rel(first, second)
+        else:
+            result = scipy_stats.wilcoxon(first, second)
+    return PairedTest(test, float(result.statistic), float(result.pvalue), n, mean_difference)
+
+
+def format_mean_std(summary: Summary, *, scale: float = 1.0, digits: int = 1) -> str:
+    """'mean +- std' with ``digits`` decimals after multiplying by ``scale`` ('-' when empty)."""
+    if summary.n == 0 or math.isnan(summary.mean):
+        return "-"
+    mean = summary.mean * scale
+    if summary.n < 2 or math.isnan(summary.std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} +- {summary.std * scale:.{digits}f}"
+
+
+def format_p_value(p_value: float) -> str:
+    """A p-value for a table: 3 decimals, '<0.001' below that, '-' when undefined."""
+    if math.isnan(p_value):
+        return "-"
+    if p_value < 0.001:
+        return "<0.001"
+    return f"{p_value:.3f}"

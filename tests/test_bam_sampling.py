@@ -1,0 +1,79 @@
+"""Task mixing: shares proportional to |D|^0.75, mixed minibatches, a known number of steps."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bornagain.errors import UserError
+from bornagain.glue.sampling import allocate_counts, plan_epoch, steps_per_epoch, task_shares, total_steps
+
+SIZES = {"CoLA": 855, "SST-2": 6735, "MRPC": 367, "STS-B": 575, "RTE": 249}
+
+
+def test_shares_follow_the_exponent():
+    shares = task_shares(SIZES, 0.75)
+    weights = {t: n**0.75 for t, n in SIZES.items()}
+    for task in SIZES:
+        assert shares[task] == pytest.approx(weights[task] / sum(weights.values()))
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # Small tasks get more than their proportional share, the largest less.
+    assert shares["RTE"] > SIZES["RTE"] / sum(SIZES.values())
+    assert shares["SST-2"] < SIZES["SST-2"] / sum(SIZES.values())
+    assert task_shares(SIZES, 0.0)["RTE"] == pytest.approx(0.2)
+
+
+def test_counts_add_up():
+    counts = allocate_counts(task_shares(SIZES, 0.75), 1001)
+    assert sum(counts.values()) == 1001
+
+
+def test_measured_shares_over_many_draws_match_the_exponent():
+    """Count the tasks of every example the sampler draws over several epochs and batches."""
+    drawn = Counter()
+    for epoch in range(5):
+        plan = plan_epoch(SIZES, 0.75, 32, seed=3, epoch=epoch)
+        for b in range(plan.num_batches):
+            drawn.update(task for task, _, _ in plan.batch(b))
+    total = sum(drawn.values())
+    expected = task_shares(SIZES, 0.75)
+    proportional = {t: n / sum(SIZES.values()) for t, n in SIZES.items()}
+    for task in SIZES:
+        assert drawn[task] / total == pytest.approx(expected[task], abs=2e-3)
+        assert abs(drawn[task] / total - proportional[task]) > 0.01  # distinguishable from alpha = 1
+
+
+def test_minibatches_mix_tasks_and_rows_are_valid():
+    plan = plan_epoch(SIZES, 0.75, 64, seed=0, epoch=0)
+    assert plan.num_batches == steps_per_epoch(SIZES, 64)
+    mixed = [len({t for t, _, _ in plan.batch(b)}) for b in range(plan.num_batches)]
+    assert np.mean(mixed) > 3  # most minibatches hold several tasks
+    for b in range(plan.num_batches):
+        for task, row, _ in plan.batch(b):
+            assert 0 <= row < SIZES[task]
+    # A small task's examples are all visited (repeated), not a random subset with gaps.
+    rte_rows = {row for b in range(plan.num_batches) for t, row, _ in plan.batch(b) if t == "RTE"}
+    assert rte_rows == set(range(SIZES["RTE"]))
+
+
+def test_plan_is_deterministic_per_seed_and_epoch():
+    a = plan_epoch(SIZES, 0.75, 64, seed=1, epoch=2)
+    b = plan_epoch(SIZES, 0.75, 64, seed=1, epoch=2)
+    c = plan_epoch(SIZES, 0.75, 64, seed=1, epoch=3)
+    assert np.array_equal(a.example_index, b.example_index) and np.array_equal(a.task_index, b.task_index)
+    assert not np.array_equal(a.example_index, c.example_index)
+
+
+def test_both_orders_swaps_only_the_chosen_tasks_about_half_the_time():
+    plan = plan_epoch(SIZES, 0.75, 64, seed=0, epoch=0, swap_tasks=("MRPC", "STS-B"))
+    triples = [x for b in range(plan.num_batches) for x in plan.batch(b)]
+    swapped = [s for t, _, s in triples if t in ("MRPC", "STS-B")]
+    assert 0.4 < np.mean(swapped) < 0.6
+    assert not any(s for t, _, s in triples if t not in ("MRPC", "STS-B"))
+
+
+def test_total_steps_and_errors():
+    assert total_steps(SIZES, 64, 2.0) == 2 * steps_per_epoch(SIZES, 64)
+    assert total_steps(SIZES, 64, 0.5) == -(-steps_per_epoch(SIZES, 64) // 2)
+    with pytest.raises(UserError, match="no training examples"):
+        task_shares({"RTE": 0}, 0.75)

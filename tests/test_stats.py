@@ -1,0 +1,68 @@
+"""Statistics over seeds: mean/std, paired tests and their edge cases."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from bornagain.errors import UserError
+from bornagain.stats import (
+    Summary,
+    format_mean_std,
+    format_p_value,
+    mean_std,
+    paired_test,
+    summarize,
+    wilcoxon_min_p,
+)
+
+
+def test_mean_std_uses_sample_std():
+    mean, std = mean_std([1.0, 2.0, 3.0, 6.0])
+    assert mean == pytest.approx(3.0)
+    assert std == pytest.approx(np.std([1, 2, 3, 6], ddof=1))  # 2.160..., not the ddof=0 value 1.87
+    assert std != pytest.approx(np.std([1, 2, 3, 6], ddof=0))
+
+
+def test_single_value_has_undefined_std_and_empty_is_nan():
+    assert mean_std([0.7]) == (0.7, pytest.approx(math.nan, nan_ok=True))
+    assert math.isnan(mean_std([])[0])
+    assert summarize([0.5, 0.7]).n == 2
+
+
+def test_paired_t_matches_scipy_and_sign_of_difference():
+    a = [0.81, 0.79, 0.84, 0.80]
+    b = [0.78, 0.77, 0.80, 0.79]
+    result = paired_test(a, b, test="t")
+    reference = scipy_stats.ttest_rel(a, b)
+    assert result.p_value == pytest.approx(reference.pvalue)
+    assert result.statistic == pytest.approx(reference.statistic)
+    assert result.n == 4 and result.mean_difference == pytest.approx(0.025)
+    # Pairing matters: the unpaired test on the same numbers is far less significant.
+    assert result.p_value < scipy_stats.ttest_ind(a, b).pvalue
+
+
+def test_wilcoxon_cannot_reach_005_with_three_seeds():
+    a, b = [0.9, 0.8, 0.85], [0.1, 0.2, 0.15]
+    result = paired_test(a, b, test="wilcoxon")
+    assert result.p_value == pytest.approx(0.25)
+    assert wilcoxon_min_p(3) == pytest.approx(0.25)
+    assert wilcoxon_min_p(6) < 0.05 < wilcoxon_min_p(5)
+
+
+def test_degenerate_pairs_are_defined():
+    assert paired_test([0.5, 0.6], [0.5, 0.6]).p_value == 1.0  # identical: no evidence of a difference
+    assert math.isnan(paired_test([0.5], [0.4]).p_value)  # one pair: no test
+    with pytest.raises(UserError, match="same number"):
+        paired_test([0.5, 0.6], [0.5])
+    with pytest.raises(UserError, match="unknown paired test"):
+        paired_test([0.5, 0.6], [0.5, 0.7], test="z")
+
+
+def test_formatting():
+    assert format_mean_std(Summary(0.8123, 0.0156, 3), scale=100) == "81.2 +- 1.6"
+    assert format_mean_std(Summary(0.8123, math.nan, 1), scale=100) == "81.2"
+    assert format_mean_std(Summary(math.nan, math.nan, 0)) == "-"
+    assert format_p_value(0.0004) == "<0.001" and format_p_value(0.0312) == "0.031"
+    assert format_p_value(math.nan) == "-"
