@@ -44,7 +44,7 @@ from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
 from bornagain.glue.student import StudentData, train_student
 from bornagain.glue.tasks import get_task
-from bornagain.glue.teachers import TeacherRun, train_teacher
+from bornagain.glue.teachers import TeacherRun, preflight, train_teacher
 from bornagain.glue.tokenize import encode_examples, load_tokenizer
 
 SWAP_TASKS = ("MRPC", "STS-B")
@@ -181,6 +181,7 @@ def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool =
 def bam_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
     """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
     cfg = load_config(GlueExperimentConfig, config, overrides)
+    preflight(cfg)  # a wrong path or name fails here, before any file is written
     output_dir = Path(output or cfg.output_dir)
     results = run_bam(cfg, output_dir, resume=resume)
     print(render_markdown(results))

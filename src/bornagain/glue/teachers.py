@@ -286,11 +286,28 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def preflight(cfg: GlueExperimentConfig) -> None:
+    """Check what a user can get wrong before any file is written: the tokenizer, the encoder's
+    config, and every task's train and dev files (local TSVs; the hub is checked when loaded)."""
+    from bornagain.glue.model import _encoder_config  # noqa: PLC0415
+
+    load_tokenizer(cfg.encoder.tokenizer_name)
+    _encoder_config(cfg.encoder)
+    if cfg.glue.source != "tsv":
+        return
+    for name in cfg.glue.tasks:
+        task = get_task(name)
+        for split in ("train", *task.dev_splits):
+            if not has_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source):
+                load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)  # raises its UserError
+
+
 def glue_teachers_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
     """`bornagain glue-teachers [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
     from bornagain.glue.metrics import glue_score  # noqa: PLC0415
 
     cfg = load_config(GlueExperimentConfig, config, overrides)
+    preflight(cfg)
     output_dir = Path(output or cfg.output_dir)
     runs = ensure_teachers(cfg, output_dir, resume=resume)
     summary = {

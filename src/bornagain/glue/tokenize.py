@@ -27,8 +27,13 @@ from bornagain.glue.tasks import GlueTask
 
 def load_tokenizer(name_or_path: str):
     """A (fast) Hugging Face tokenizer from a local directory or a hub name."""
+    import logging  # noqa: PLC0415
+
     from transformers import AutoTokenizer  # noqa: PLC0415  (heavy import)
 
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # offline retries would print warnings before our one-line error
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
@@ -36,6 +41,8 @@ def load_tokenizer(name_or_path: str):
             f"cannot load a tokenizer from {name_or_path!r} ({e.__class__.__name__}: {str(e).splitlines()[0]});"
             " set encoder.tokenizer to a local tokenizer directory, or a hub name while online"
         ) from None
+    finally:
+        hub_log.setLevel(level)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
