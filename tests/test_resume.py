@@ -62,3 +62,13 @@ def test_ban_killed_in_a_student_generation_resumes_identically(tmp_path):
     drop = lambda g: {k: v for k, v in g.items() if k != "train_seconds"}
     assert [drop(g) for g in run_gens] == [drop(g) for g in ref_gens]
     assert _same_weights(tmp_path / "ref" / "gen1" / "model.safetensors", tmp_path / "run" / "gen1" / "model.safetensors")
+
+
+def test_killed_before_the_first_checkpoint_restarts_cleanly(tmp_path):
+    killed = _run("train", tmp_path / "run", kill_at=2)  # inside epoch 1: no checkpoint yet
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+    resumed = _run("train", tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]

@@ -115,10 +115,9 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         start_epoch = int(extra["epoch"])
         logger.truncate_after(start_epoch)
-    elif not resume and main:
+    elif main:  # a fresh start, also when a resumed run died before its first checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (ckpt, run_dir / "metrics.jsonl"):
-            stale.unlink(missing_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if main:
         save_config(cfg, run_dir / "config.yaml")
     train_model = model
