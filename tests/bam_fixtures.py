@@ -40,7 +40,7 @@ def write_tiny_glue(root: Path, n_train: int = 24, n_dev: int = 12, seed: int = 
     return root
 
 
-def write_tiny_encoder(root: Path) -> Path:
+def write_tiny_encoder(root: Path, num_hidden_layers: int = 1) -> Path:
     """A directory holding a tiny BERT config.json and a WordPiece vocabulary (tokenizer files)."""
     root.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
@@ -48,7 +48,7 @@ def write_tiny_encoder(root: Path) -> Path:
     (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
     config = {
         "model_type": "bert", "architectures": ["BertModel"], "vocab_size": len(vocab), "hidden_size": 16,
-        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
+        "num_hidden_layers": num_hidden_layers, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
         "type_vocab_size": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
     }

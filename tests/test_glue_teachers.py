@@ -10,6 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bam_fixtures  # noqa: E402
+
 from bornagain.config import load_config
 from bornagain.engine.checkpoint import load_weights
 from bornagain.errors import UserError
@@ -53,16 +58,7 @@ def write_tiny_glue(root: Path, n_train: int = 24, n_dev: int = 10) -> Path:
 
 
 def write_tiny_encoder(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
-    (root / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": len(vocab), "hidden_size": 16, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "type_vocab_size": 2,
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "pad_token_id": 0,
-    }))
-    return root
+    return bam_fixtures.write_tiny_encoder(root, num_hidden_layers=2)
 
 
 @pytest.fixture

@@ -25,13 +25,14 @@ import torch
 from bornagain.config import config_to_dict, load_yaml, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
-from bornagain.engine.fit import RunSpec, count_parameters, fit, is_finished, load_probs
+from bornagain.engine.fit import RunSpec, fit, is_finished, load_probs
 from bornagain.engine.io import read_json, write_json
 from bornagain.engine.rng import derive_seed
 from bornagain.ensemble import evaluate_ensembles
 from bornagain.errors import UserError
 from bornagain.losses import born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts
 from bornagain.models import create_model
+from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
 from bornagain.plots import plot_run
 from bornagain.report import write_tables
@@ -48,19 +49,11 @@ def generation_loss(cfg: VisionConfig):
     """The loss of generations >= 1 for the configured preset (ban+l, ban, cwtm, dkpp)."""
     lw, tw, t = cfg.ban.weights()
     if cfg.ban.loss == "cwtm":
-        return functools.partial(_cwtm, label_weight=lw)
+        return functools.partial(cwtm_loss_parts, label_weight=lw)
     if cfg.ban.loss == "dkpp":
         # generator=None: the permutation draws from torch's global RNG, which checkpoints restore
-        return functools.partial(_dkpp, label_weight=lw, teacher_weight=tw, temperature=t)
+        return functools.partial(dkpp_loss_parts, label_weight=lw, teacher_weight=tw, temperature=t)
     return functools.partial(born_again_loss_parts, label_weight=lw, teacher_weight=tw, temperature=t)
-
-
-def _cwtm(student_logits, teacher_logits, labels, *, label_weight):
-    return cwtm_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight)
-
-
-def _dkpp(student_logits, teacher_logits, labels, **kw):
-    return dkpp_loss_parts(student_logits, teacher_logits, labels, **kw)
 
 
 def model_kwargs(cfg: VisionConfig, name: str) -> dict:
@@ -100,8 +93,6 @@ def make_student_factory(cfg: VisionConfig, name: str, data: PreparedData, teach
     def make() -> torch.nn.Module:
         student = build_model(cfg, name, data)
         if teacher is not None and cfg.ban.share_stem_and_head:
-            from bornagain.models.sharing import share_stem_and_head
-
             share_stem_and_head(teacher, student, freeze=not cfg.ban.train_shared_layers)
         return student
 
@@ -116,8 +107,6 @@ def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
         if cfg.ban.generations > 0:
             student = build_model(cfg, generation_model_name(cfg, 1), data)
             if cfg.ban.share_stem_and_head:
-                from bornagain.models.sharing import check_shareable
-
                 check_shareable(teacher, student)
 
 
@@ -150,7 +139,8 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
         result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
                      resume=resume)
         generations.append(result)
-        teacher = load_frozen_teacher(run_dir, cfg, name, data)  # the next generation's frozen teacher
+        if g < len(run_dirs) - 1:
+            teacher = load_frozen_teacher(run_dir, cfg, name, data)  # the next generation's frozen teacher
 
     baseline = None
     if cfg.ban.student_baseline:

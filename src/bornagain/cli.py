@@ -62,7 +62,9 @@ def cmd_train(args) -> None:
 
     cfg, output, info = _vision_setup(args)
     data = prepare_data(cfg.data, cfg.seed)
-    with __import__("torch").device("meta"):
+    import torch
+
+    with torch.device("meta"):
         build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
     spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
     results = fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=args.resume)

@@ -15,7 +15,6 @@ import hashlib
 import multiprocessing
 import os
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bornagain.engine.io import atomic_write
 from bornagain.errors import UserError
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
@@ -188,32 +188,16 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, 
 
 def _write_cache(path: Path, fingerprint: str, train: Split, test: Split, classes: tuple[str, ...]) -> None:
     """Write atomically (temporary file + rename) so readers never see half a cache."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, fingerprint=np.array(fingerprint), classes=np.array(classes, dtype=str),
+                     train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    except OSError as err:
-        warnings.warn(f"cannot write the image cache in {path.parent} ({err}); the next load decodes again")
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                fingerprint=np.array(fingerprint),
-                classes=np.array(classes, dtype=str),
-                train_images=train[0],
-                train_labels=train[1],
-                test_images=test[0],
-                test_labels=test[1],
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache must be readable by others
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as err:
         warnings.warn(f"cannot write the image cache {path} ({err}); the next load decodes again")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_image_folder(
