@@ -32,7 +32,7 @@ from bornagain.glue.config import OptimConfig
 from bornagain.glue.model import MultiTaskModel, TaskHead
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch
-from bornagain.glue.student import StudentData, mixed_batch, train_step
+from bornagain.pipelines.bam_student import StudentData, mixed_batch, train_step
 from bornagain.glue.tasks import get_task
 from bornagain.glue.tokenize import EncodedSplit
 

@@ -14,7 +14,7 @@ from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue  # 
 
 from bornagain.config import load_config  # noqa: E402
 from bornagain.errors import UserError  # noqa: E402
-from bornagain.glue.bam import ensure_seed_teachers, load_student_data, run_bam  # noqa: E402
+from bornagain.pipelines.bam import ensure_seed_teachers, load_student_data, run_bam  # noqa: E402
 from bornagain.glue.cache import load_teacher_predictions, save_teacher_predictions  # noqa: E402
 from bornagain.glue.config import GlueExperimentConfig  # noqa: E402
 from bornagain.glue.tokenize import load_tokenizer  # noqa: E402
@@ -145,7 +145,7 @@ def test_teacher_cache_is_looked_up_by_id_and_misalignment_is_refused(bam_run):
 
 
 def test_bam_command_prints_the_table(bam_run, capsys):
-    from bornagain.glue.bam import bam_command
+    from bornagain.cli import bam_command
 
     _, out, _, overrides = bam_run
     bam_command(None, str(out), True, [*overrides, f"bam.targets=[{','.join(ARMS)}]"])  # all reused
@@ -167,6 +167,7 @@ def test_unfinished_student_needs_resume_and_a_rerun_is_deterministic(bam_run):
     assert not (run_dir / "checkpoint.safetensors").exists()  # finished: the resume state is deleted
     saved = json.loads((run_dir / "dev_metrics.json").read_text())
     (run_dir / "dev_metrics.json").unlink()  # as if killed before the end...
+    (run_dir / "results.json").unlink()  # (results.json is the finished marker)
     (run_dir / "checkpoint.safetensors").write_bytes(b"")  # ...with a checkpoint on disk
     with pytest.raises(UserError, match="pass --resume"):
         run_bam(cfg, out, resume=False)

@@ -7,7 +7,7 @@ from torch import nn
 
 from bornagain.glue.annealing import classification_target, soft_cross_entropy, squared_error
 from bornagain.glue.model import MultiTaskModel, TaskHead
-from bornagain.glue.student import StudentData, mixed_batch, student_loss
+from bornagain.pipelines.bam_student import StudentData, mixed_batch, student_loss
 from bornagain.glue.tokenize import EncodedSplit
 
 transformers = pytest.importorskip("transformers")
@@ -122,7 +122,7 @@ def one_thread():
 def _train(run_dir, *, resume=False):
     from bornagain.glue.bam_config import BamConfig
     from bornagain.glue.config import OptimConfig
-    from bornagain.glue.student import train_student
+    from bornagain.pipelines.bam_student import train_student
 
     bam = BamConfig(batch_size=4, epochs=2.0, checkpoint_every_steps=3)
     return train_student(tiny_model(), fake_data(), arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
@@ -135,7 +135,7 @@ def test_interrupted_student_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     from safetensors.torch import load_file
 
-    import bornagain.glue.student as student
+    import bornagain.pipelines.bam_student as student
 
     _train(tmp_path / "straight")
     real_lambda = student.annealing_lambda

@@ -84,7 +84,7 @@ def test_files_get_the_ordinary_umask_mode(tmp_path):
     import os
     import stat
 
-    from bornagain.engine.io import file_mode, write_json
+    from bornagain.files import file_mode, write_json
 
     model, opt, _ = _trained_pair()
     save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=opt)

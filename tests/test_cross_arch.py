@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bornagain.born_again import run_ban
+from bornagain.pipelines.ban import run_ban
 from bornagain.config import load_config
 from bornagain.errors import UserError
 from bornagain.vision.config import VisionConfig

@@ -18,7 +18,8 @@ import bam_fixtures  # noqa: E402
 from bornagain.config import load_config
 from bornagain.engine.checkpoint import load_weights
 from bornagain.errors import UserError
-from bornagain.glue import teachers
+from bornagain import cli
+from bornagain.pipelines import glue_teachers as teachers
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_train_examples
 from bornagain.glue.evaluation import predict_outputs
@@ -74,7 +75,7 @@ def setup(tmp_path):
 def test_teachers_end_to_end(setup, capsys):
     tmp_path, overrides = setup
     out = tmp_path / "run"
-    teachers.glue_teachers_command(None, str(out), False, overrides)
+    cli.glue_teachers_command(None, str(out), False, overrides)
     assert "GLUE average over 3 task(s)" in capsys.readouterr().out
     cfg = load_config(GlueExperimentConfig, None, overrides)
     tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
@@ -111,16 +112,16 @@ def test_teachers_end_to_end(setup, capsys):
 def test_finished_teacher_is_not_retrained_and_settings_are_checked(setup, monkeypatch):
     tmp_path, overrides = setup
     overrides = [*overrides, "glue.tasks=[RTE]", "teacher.epochs=1"]
-    teachers.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
+    cli.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished teacher was retrained")
 
     monkeypatch.setattr(teachers, "build_model", no_training)
-    teachers.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
-    teachers.glue_teachers_command(None, str(tmp_path / "run"), True, [*overrides, "train.progress=true"])
+    cli.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
+    cli.glue_teachers_command(None, str(tmp_path / "run"), True, [*overrides, "train.progress=true"])
     with pytest.raises(UserError, match="other settings.*optim"):
-        teachers.glue_teachers_command(None, str(tmp_path / "run"), False, [*overrides, "optim.lr=0.01"])
+        cli.glue_teachers_command(None, str(tmp_path / "run"), False, [*overrides, "optim.lr=0.01"])
 
 
 class Interrupted(Exception):
@@ -131,41 +132,43 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
     tmp_path, overrides = setup
     # 24 examples / batch 8 = 3 steps per epoch; a checkpoint at step 2 falls mid-epoch
     overrides = [*overrides, "glue.tasks=[RTE]", "teacher.checkpoint_every_steps=2"]
-    teachers.glue_teachers_command(None, str(tmp_path / "straight"), False, overrides)
+    cli.glue_teachers_command(None, str(tmp_path / "straight"), False, overrides)
 
     # killed before any checkpoint (step 1 logged): a plain rerun starts over, without stale log lines
-    real_step, steps_done = teachers.train_step, []
+    real_loss, steps_done = teachers.TeacherTask.loss, []
 
     def step_then_die(*args, **kwargs):
         if len(steps_done) == 1:
             raise Interrupted
         steps_done.append(1)
-        return real_step(*args, **kwargs)
+        return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(teachers, "train_step", step_then_die)
+    monkeypatch.setattr(teachers.TeacherTask, "loss", step_then_die)
     with pytest.raises(Interrupted):
-        teachers.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
+        cli.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
     assert (tmp_path / "resumed" / "teachers" / "RTE" / "metrics.jsonl").read_text().count("\n") == 1
-    monkeypatch.setattr(teachers, "train_step", real_step)
+    monkeypatch.setattr(teachers.TeacherTask, "loss", real_loss)
 
-    real_save, calls = teachers.save_checkpoint, []
+    import bornagain.engine.trainer as trainer
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls.append(kwargs["extra"])
+    real_save, calls = trainer._save, []
+
+    def save_then_die(path, model, optimizer, scheduler, extra):
+        real_save(path, model, optimizer, scheduler, extra)
+        calls.append(extra)
         if len(calls) == 1:
             raise Interrupted  # killed right after the mid-epoch checkpoint
 
-    monkeypatch.setattr(teachers, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "_save", save_then_die)
     with pytest.raises(Interrupted):
-        teachers.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
+        cli.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
     assert calls[0]["epoch"] == 0 and calls[0]["batch"] == 2
     with pytest.raises(UserError, match="--resume"):
-        teachers.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
-    teachers.glue_teachers_command(None, str(tmp_path / "resumed"), True, overrides)
+        cli.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
+    cli.glue_teachers_command(None, str(tmp_path / "resumed"), True, overrides)
 
-    a = load_file(str(tmp_path / "straight" / "teachers" / "RTE" / "weights.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "teachers" / "RTE" / "weights.safetensors"))
+    a = load_file(str(tmp_path / "straight" / "teachers" / "RTE" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "teachers" / "RTE" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logs = [(tmp_path / d / "teachers" / "RTE" / "metrics.jsonl").read_text() for d in ("straight", "resumed")]
     steps = [[json.loads(line)["step"] for line in log.splitlines()] for log in logs]
@@ -210,7 +213,7 @@ def test_teacher_from_the_hub_source(setup, monkeypatch):
 
     monkeypatch.setattr(glue_data, "_load_hub_dataset", fake_hub)
     overrides = [*overrides, "glue.source=hub", "glue.data_dir=null", "glue.tasks=[RTE]", "teacher.epochs=1"]
-    teachers.glue_teachers_command(None, str(tmp_path / "hub"), False, overrides)
+    cli.glue_teachers_command(None, str(tmp_path / "hub"), False, overrides)
     run_dir = tmp_path / "hub" / "teachers" / "RTE"
     assert json.loads((run_dir / "results.json").read_text())["num_train_examples"] == 16
     assert [i for i, _ in read_submission(run_dir / "submission" / "RTE.tsv")] == [0, 1, 2, 3]

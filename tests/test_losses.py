@@ -54,9 +54,17 @@ def test_teacher_only_preset_ignores_labels():
 
 
 def test_presets_and_overrides():
-    assert BanConfig(loss="ban+l").weights() == (1.0, 1.0, 1.0)
-    assert BanConfig(loss="ban", temperature=2.0).weights() == (0.0, 1.0, 2.0)
-    assert BanConfig(loss="ban+l", teacher_weight=0.5).weights() == (1.0, 0.5, 1.0)
+    paper = dict(normalize_loss_weights=False)  # Eq. 2 exactly
+    assert BanConfig(loss="ban+l", **paper).weights() == (1.0, 1.0, 1.0)
+    assert BanConfig(loss="ban", temperature=2.0, **paper).weights() == (0.0, 1.0, 2.0)
+    assert BanConfig(loss="ban+l", teacher_weight=0.5, **paper).weights() == (1.0, 0.5, 1.0)
+
+
+def test_default_normalises_the_weights_to_sum_one():
+    assert BanConfig(loss="ban+l").weights() == (0.5, 0.5, 1.0)
+    assert BanConfig(loss="ban", temperature=2.0).weights() == (0.0, 1.0, 2.0)  # one zero weight: unchanged
+    assert BanConfig(loss="cwtm").weights() == (1.0, 0.0, 1.0)
+    assert BanConfig(loss="ban+l", label_weight=1.0, teacher_weight=3.0).weights() == (0.25, 0.75, 1.0)
 
 
 def test_cwtm_weights_examples_by_teacher_confidence():

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _vision_setup(args) -> tuple:
-    from bornagain.born_again import check_output_dir
+    from bornagain.pipelines.ban import check_output_dir
     from bornagain.config import load_config, replace
     from bornagain.engine.device import resolve_device
     from bornagain.engine.distributed import barrier, init_distributed
@@ -43,7 +44,7 @@ def _vision_setup(args) -> tuple:
 
 
 def cmd_ban(args) -> None:
-    from bornagain.born_again import run_ban
+    from bornagain.pipelines.ban import run_ban
 
     cfg, output, info = _vision_setup(args)
     if info.is_main:
@@ -56,20 +57,12 @@ def cmd_ban(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from bornagain.born_again import build_model, label_loss
-    from bornagain.engine.fit import RunSpec, fit
-    from bornagain.vision.prepare import prepare_data
+    from bornagain.pipelines.ban import run_train
 
     cfg, output, info = _vision_setup(args)
-    data = prepare_data(cfg.data, cfg.seed)
-    import torch
-
-    with torch.device("meta"):
-        build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
-    spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
-    results = fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=args.resume)
+    results = run_train(cfg, output, resume=args.resume)
     if info.is_main:
-        print(f"{cfg.model.name} on {data.name}: test error {results['test_error']:.2f}% "
+        print(f"{cfg.model.name} on {results['dataset']}: test error {results['test_error']:.2f}% "
               f"(val accuracy {results['val_accuracy']:.2f}%), {results['params']:,} parameters -> {output}")
 
 
@@ -91,15 +84,47 @@ def cmd_models(args) -> None:
         print(name)
 
 
-def cmd_glue_teachers(args) -> None:
-    from bornagain.glue.teachers import glue_teachers_command
+def glue_teachers_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
+    """`bornagain glue-teachers [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
+    from bornagain.config import load_config
+    from bornagain.engine.distributed import current
+    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain.pipelines import glue_teachers
 
+    cfg = load_config(GlueExperimentConfig, config, overrides)
+    glue_teachers.preflight(cfg)  # a wrong path or name fails here, before any file is written
+    output_dir = Path(output or cfg.output_dir)
+    runs = glue_teachers.run(cfg, output_dir, resume=resume)
+    if current().is_main:
+        summary = json.loads((output_dir / "teachers" / "summary.json").read_text())
+        print(glue_teachers.format_teacher_table(runs))
+        print(f"GLUE average over {len(runs)} task(s): {100 * summary['glue_score_of_these_tasks']:.1f}")
+        print(f"teachers in {output_dir / 'teachers'}")
+
+
+def bam_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
+    """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
+    from bornagain.config import load_config
+    from bornagain.engine.distributed import current
+    from bornagain.glue.bam_report import render_markdown
+    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain.pipelines import bam
+    from bornagain.pipelines.glue_teachers import preflight
+
+    cfg = load_config(GlueExperimentConfig, config, overrides)
+    preflight(cfg)  # a wrong path or name fails here, before any file is written
+    output_dir = Path(output or cfg.output_dir)
+    results = bam.run(cfg, output_dir, resume=resume)
+    if current().is_main:
+        print(render_markdown(results))
+        print(f"results in {output_dir}: results.json, table.md, table.csv")
+
+
+def cmd_glue_teachers(args) -> None:
     glue_teachers_command(args.config, args.output, args.resume, args.overrides)
 
 
 def cmd_bam(args) -> None:
-    from bornagain.glue.bam import bam_command
-
     bam_command(args.config, args.output, args.resume, args.overrides)
 
 
@@ -130,10 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting key=value overrides stand on both sides of options
+    (`bornagain ban seed=1 --config F train.epochs=2`): argparse alone takes only the first run."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    from bornagain.engine.trainer import TrainingInterrupted
+
     try:
         args.func(args)
+    except TrainingInterrupted as e:  # SIGTERM/SIGINT: the step finished and a checkpoint was written
+        print(f"bornagain: {e}", file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         print(f"bornagain: error: {e}", file=sys.stderr)
         return 2

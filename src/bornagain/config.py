@@ -168,7 +168,7 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from bornagain.engine.io import atomic_write_text
+    from bornagain.files import atomic_write_text  # noqa: PLC0415
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 

@@ -11,7 +11,7 @@ import csv
 import io
 from pathlib import Path
 
-from bornagain.engine.io import atomic_write_text, read_json
+from bornagain.files import atomic_write_text, read_json
 from bornagain.errors import UserError
 
 

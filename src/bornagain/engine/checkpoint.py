@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from bornagain.engine.io import atomic_write
+from bornagain.files import atomic_write
 from bornagain.engine.rng import capture_rng_state, restore_rng_state
 from bornagain.errors import UserError
 
@@ -90,13 +90,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    extra: dict | None = None) -> None:
-    """Write the whole training state to ``path`` (one safetensors file), atomically."""
+                    extra: dict | None = None, with_rng: bool = True) -> None:
+    """Write the whole training state to ``path`` (one safetensors file), atomically.
+    ``with_rng=False``: the caller keeps RNG states in ``extra`` (the engine: one per rank)."""
     state = {
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": capture_rng_state(),
+        "rng": capture_rng_state() if with_rng else None,
         "extra": extra or {},
     }
     tensors, skeleton = pack_state(state)
@@ -133,7 +134,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
-    if restore_rng:
+    if restore_rng and state["rng"] is not None:
         restore_rng_state(state["rng"])
     return state["extra"]
 

@@ -72,3 +72,21 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def shard(index: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """This rank's slice of a global batch of indices: (B,) -> (~B/world,)."""
     return index[info.rank :: info.world_size] if info.enabled else index
+
+
+def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum (or max) a tensor over ranks in place; identity outside torchrun. gloo reduces CPU tensors,
+    nccl device tensors: the tensor stays where it is."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (e.g. RNG states for rank 0 to checkpoint); [obj] alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-from bornagain.engine.io import atomic_write_text
+from bornagain.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -52,14 +52,16 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     writer.add_scalar(k, v, step)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records logged after ``step`` (an interrupted epoch being redone on resume)."""
+    def truncate_after(self, step: int, keep=None) -> None:
+        """Drop records logged after ``step`` (an interrupted epoch being redone on resume);
+        ``keep(record)``, when given, decides instead."""
         if not self.enabled or not self.path.exists():
             return
+        keep = keep or (lambda record: record["step"] <= step)
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line)["step"] <= step:
+                if keep(json.loads(line)):
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a kill

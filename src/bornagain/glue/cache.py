@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from bornagain.engine.io import atomic_write_bytes
+from bornagain.files import atomic_write_bytes
 from bornagain.errors import UserError
 from bornagain.glue.data import GlueExample
 

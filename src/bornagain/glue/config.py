@@ -144,6 +144,8 @@ class NlpTrainConfig:
     """Show progress bars on stderr."""
     num_threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    tensorboard: bool = True
+    """TensorBoard event files beside metrics.jsonl in every run directory."""
 
 
 @dataclass(frozen=True)

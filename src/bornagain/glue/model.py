@@ -60,8 +60,16 @@ class MultiTaskModel(nn.Module):
         return pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None, task: str) -> torch.Tensor:
-        """Logits (b, num_labels) of `task`, or its regression output (b,)."""
+                token_type_ids: torch.Tensor | None, task: str | dict[str, torch.Tensor]):
+        """Logits (b, num_labels) of `task`, or its regression output (b,).
+
+        A mixed-task batch passes ``task={name: rows}`` (rows: positions in the batch) and gets
+        ``{name: head_name(pooled[rows])}``: one encoder pass, each example through its own head,
+        and one forward call, as DistributedDataParallel needs.
+        """
+        if isinstance(task, dict):
+            pooled = self.pooled(input_ids, attention_mask, token_type_ids)  # (b, hidden)
+            return {name: self.heads[name](pooled[rows]) for name, rows in task.items()}
         if task not in self.heads:
             raise KeyError(f"this model has no head for task {task!r}; it has {list(self.heads)}")
         return self.heads[task](self.pooled(input_ids, attention_mask, token_type_ids))

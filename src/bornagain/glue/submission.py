@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bornagain.engine.io import atomic_write_text
+from bornagain.files import atomic_write_text
 from bornagain.glue.data import GlueExample
 from bornagain.glue.tasks import GlueTask, get_task
 

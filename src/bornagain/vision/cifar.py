@@ -69,19 +69,84 @@ CIFAR_LAYOUTS = {
 }
 
 
+def _latin1_encode(text, encoding="latin1"):
+    """`_codecs.encode` as protocol-2 pickles written by Python 3 use it: str -> bytes in latin-1, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode called with {type(text).__name__}, {encoding!r}")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR python-version file may name. The official files are
+# pickled dicts of bytes keys -> lists (labels, filenames, label names), bytes
+# and ints, plus one numpy array (b"data"); only the array needs globals:
+#   numpy.core.multiarray._reconstruct  ndarray.__reduce__ as the official files
+#                                       (Python 2, numpy 1.x) spell it
+#   numpy._core.multiarray._reconstruct the same function as numpy >= 2 spells it
+#   numpy.ndarray, numpy.dtype          the array type and its dtype, arguments
+#                                       of _reconstruct / rebuilt from their state
+#   numpy._core.numeric._frombuffer     how ndarray.__reduce_ex__ rebuilds arrays
+#   numpy.core.numeric._frombuffer      under pickle protocol 5 (numpy 2 / 1.x);
+#                                       protocol 5 is pickle's default from Python 3.14
+#   _codecs.encode                      how protocol 2 (the official files' protocol)
+#                                       stores bytes when written by Python 3; served
+#                                       by `_latin1_encode`, which only encodes to latin-1
+# Anything else (os.system, builtins.exec, ...) is refused before it is looked up.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The file names a global that no official CIFAR file contains."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can only rebuild dicts, lists, bytes, ints and numpy arrays."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR files are pickles (the official format). Unpickling runs code from
-    # the file, so the only files we ever *create* come from the official archive
-    # after its MD5 matched (see `download_and_extract`); a directory the user
-    # points us at is trusted as the user's own data.
+    # The CIFAR files are pickles (the official format). A plain pickle.load would run
+    # any code a crafted file names, so `_CifarUnpickler` only lets through the globals
+    # that the official files need (`_ALLOWED_GLOBALS`) and refuses anything else.
+    # encoding="bytes" as in the official loader: Python 2 strings come back as bytes.
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as err:
+        raise UserError(
+            f"refusing to load {path}: it is not an official CIFAR batch file (it refers to {err}, which the "
+            "official files never contain, and loading it could run code); delete it (or its whole folder) and let bornagain download the "
+            "dataset again, or re-extract the official archive"
+        ) from None
+    except (
+        OSError, pickle.UnpicklingError, EOFError, ValueError,
+        TypeError, AttributeError, ImportError, IndexError, KeyError, MemoryError, RecursionError,
+    ) as err:
         raise UserError(
             f"cannot read CIFAR file {path} ({err}): it is corrupt or not a CIFAR python pickle; "
             "delete its folder and let bornagain download it again"
         ) from None
+    if not isinstance(obj, dict):
+        raise UserError(
+            f"CIFAR file {path} holds a {type(obj).__name__}, not a dict: it is not an official CIFAR batch file; "
+            "delete its folder and let bornagain download it again"
+        )
+    return obj
 
 
 def _read_split(directory: Path, files: tuple[str, ...], label_key: bytes) -> Split:

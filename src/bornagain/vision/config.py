@@ -70,8 +70,12 @@ class TrainConfig:
     tensorboard: bool = True
     num_threads: int | None = None
     """torch intra-op threads on CPU; null leaves torch's default."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
 
     def __post_init__(self):
+        if self.checkpoint_every_steps < 0:
+            raise UserError(f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0")
         if self.epochs < 1:
             raise UserError(f"train.epochs={self.epochs} must be at least 1")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -116,6 +120,13 @@ class BanConfig:
     """Let the shared stem/classifier train (default: frozen)."""
     student_baseline: bool = False
     """Also train the student architecture from labels alone (Table 2's Baseline column)."""
+    student_warmup_epochs: float = 0.0
+    """Linear lr warm-up of every student (generations >= 1), per step over this many epochs."""
+    normalize_loss_weights: bool = True
+    """Divide label_weight and teacher_weight by their sum (BAN+L: 0.5 / 0.5 instead of the paper's 1 / 1).
+    On by default: with a confident teacher the KL term is about as large as the label term, and the
+    paper's summed loss doubles the gradient at the recipe's lr (students that start far behind their
+    teacher; see the README). false gives the paper's Eq. 2 exactly."""
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
@@ -125,17 +136,19 @@ class BanConfig:
             raise UserError(f"ban.generations={self.generations} must be >= 0")
         if any(k < 1 for k in self.ensembles):
             raise UserError(f"ban.ensembles={list(self.ensembles)}: window sizes must be >= 1")
+        if self.student_warmup_epochs < 0:
+            raise UserError(f"ban.student_warmup_epochs={self.student_warmup_epochs} must be >= 0")
         if self.temperature is not None and self.temperature <= 0:
             raise UserError(f"ban.temperature={self.temperature} must be positive")
 
     def weights(self) -> tuple[float, float, float]:
         """(label_weight, teacher_weight, temperature) after applying the preset."""
         lw, tw, t = BAN_LOSS_PRESETS[self.loss]
-        return (
-            lw if self.label_weight is None else self.label_weight,
-            tw if self.teacher_weight is None else self.teacher_weight,
-            t if self.temperature is None else self.temperature,
-        )
+        lw = lw if self.label_weight is None else self.label_weight
+        tw = tw if self.teacher_weight is None else self.teacher_weight
+        if self.normalize_loss_weights and lw + tw > 0:
+            lw, tw = lw / (lw + tw), tw / (lw + tw)
+        return lw, tw, t if self.temperature is None else self.temperature
 
 
 @dataclass(frozen=True)

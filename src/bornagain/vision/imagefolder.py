@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bornagain.engine.io import atomic_write
+from bornagain.files import atomic_write
 from bornagain.errors import UserError
 
 # (images (n, c, h, w) uint8, labels (n,) int64)

@@ -4,9 +4,10 @@
       bam_config.yaml                      the resolved config
       teachers/<TASK>/                     teachers of seed = config `seed` (what `glue-teachers` writes)
       teachers/seed<k>/<TASK>/             teachers of seed k != `seed` (bam.teacher_per_seed=true)
-      students/<arm>/seed<k>/              one resumable student run each (see student.py):
-                                           checkpoint, metrics.jsonl (lambda every step), model,
-                                           student_settings.json, dev_metrics.json (written last)
+      students/<arm>/seed<k>/              one resumable student run each (see bam_student.py and the
+                                           engine's run-directory contract): checkpoint, metrics.jsonl
+                                           (lambda every step), model, student_settings.json,
+                                           dev_metrics.json, results.json (written last)
       results.json                         every seed's per-task metrics, summaries, paired tests
       table.md, table.csv                  the table (bam_report.py)
 
@@ -31,10 +32,14 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, load_config, save_config
+from bornagain.config import config_to_dict, save_config
 from bornagain.engine.device import resolve_device
-from bornagain.engine.io import atomic_write_text, read_json, write_json
-from bornagain.engine.rng import derive_seed, seed_everything
+from bornagain.engine.distributed import barrier, current, init_distributed
+from bornagain.engine.lock import run_lock
+from bornagain.files import atomic_write_text, read_json, write_json
+from bornagain.engine.rng import derive_seed
+from bornagain.engine.settings import check_or_record
+from bornagain.engine.trainer import RESULTS
 from bornagain.errors import UserError
 from bornagain.glue.annealing import TEACHER_ARMS
 from bornagain.glue.bam_report import build_results, json_safe, render_csv, render_markdown
@@ -42,9 +47,9 @@ from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_split, load_train_examples
 from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
-from bornagain.glue.student import StudentData, train_student
+from bornagain.pipelines.bam_student import StudentData, train_student
 from bornagain.glue.tasks import get_task
-from bornagain.glue.teachers import TeacherRun, preflight, train_teacher
+from bornagain.pipelines.glue_teachers import TeacherRun, preflight, train_teacher
 from bornagain.glue.tokenize import encode_examples, load_tokenizer
 
 SWAP_TASKS = ("MRPC", "STS-B")
@@ -114,19 +119,20 @@ def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: d
     return tree
 
 
+def _finished_student(run_dir: Path) -> dict | None:
+    """Dev metrics of a finished student (results.json; dev_metrics.json alone in runs made before the one engine)."""
+    if (run_dir / RESULTS).exists():
+        return read_json(run_dir / RESULTS)["dev_metrics"]
+    if (run_dir / "dev_metrics.json").exists() and not (run_dir / "checkpoint.safetensors").exists():
+        return read_json(run_dir / "dev_metrics.json")
+    return None
+
+
 def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
-    settings_path = run_dir / SETTINGS
-    if settings_path.exists():
-        saved = read_json(settings_path)
-        if saved != settings:
-            diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            raise UserError(f"student run '{run_dir}' was made with other settings (differences in: "
-                            f"{', '.join(diff)}); use the same config, or a new --output directory")
-    if (run_dir / "checkpoint.safetensors").exists() and not (run_dir / "dev_metrics.json").exists() and not resume:
+    check_or_record(run_dir / SETTINGS, settings, write=current().is_main)
+    if (run_dir / "checkpoint.safetensors").exists() and _finished_student(run_dir) is None and not resume:
         raise UserError(f"'{run_dir}' holds an unfinished student: pass --resume to continue it, "
                         "or choose another --output")
-    if not settings_path.exists():
-        write_json(settings_path, settings)
 
 
 def _nan_for_none(metrics: dict) -> dict:
@@ -136,10 +142,18 @@ def _nan_for_none(metrics: dict) -> dict:
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Teachers, students of every arm and seed, and the results; returns the results dict."""
     output_dir = Path(output_dir)
-    save_config(cfg, output_dir / "bam_config.yaml")
+    with run_lock(output_dir, enabled=current().is_main):
+        return _run_bam(cfg, output_dir, resume=resume)
+
+
+def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> dict:
+    main = current().is_main
+    if main:
+        save_config(cfg, output_dir / "bam_config.yaml")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
+    init_distributed(device.type)
     tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
     pad_id = tokenizer.pad_token_id or 0
     runs: dict[str, dict[int, dict]] = {"majority": {}, "teachers": {}, **{arm: {} for arm in cfg.bam.targets}}
@@ -155,34 +169,32 @@ def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool =
         for arm in cfg.bam.targets:
             run_dir = output_dir / "students" / arm / f"seed{seed}"
             _check_student_dir(run_dir, student_settings(data_cfg, arm, seed, teachers), resume)
-            if (run_dir / "dev_metrics.json").exists():
-                metrics, note = read_json(run_dir / "dev_metrics.json"), "finished earlier, reused"
+            metrics = _finished_student(run_dir)
+            if metrics is not None:
+                note = "finished earlier, reused"
             else:
                 if data is None:
                     data = load_student_data(data_cfg, tokenizer, teachers if cfg.bam.needs_teachers else None)
-                # Every arm of one seed starts from the same weights (paired comparison across arms).
-                seed_everything(derive_seed(seed, "bam-student"))
-                model = build_model(cfg, cfg.glue.tasks)
-                metrics = train_student(model, data, arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim,
+                # Every arm of one seed starts from the same weights (paired comparison across arms):
+                # the engine seeds the global RNG with derive_seed(seed, "bam-student"), then builds.
+                metrics = train_student(None, data, arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim,
                                         run_dir=run_dir, device=device, precision=cfg.train.precision,
-                                        pad_token_id=pad_id, resume=True, show_progress=cfg.train.progress)
+                                        pad_token_id=pad_id, resume=True, show_progress=cfg.train.progress,
+                                        build=lambda: build_model(cfg, cfg.glue.tasks),
+                                        init_seed=derive_seed(seed, "bam-student"), tensorboard=cfg.train.tensorboard)
                 note = f"{time.perf_counter() - started:.0f} s since start"
             runs[arm][seed] = {task: _nan_for_none(values) for task, values in metrics.items()}
-            print(f"student {arm} seed {seed}: GLUE {100 * glue_score(runs[arm][seed]):.1f} ({note})", flush=True)
+            if main:
+                print(f"student {arm} seed {seed}: GLUE {100 * glue_score(runs[arm][seed]):.1f} ({note})", flush=True)
     results = build_results(runs, tuple(cfg.glue.tasks), test=cfg.bam.paired_test)
     results["teacher_seeds"] = {str(seed): teacher_seed_of(cfg, seed) for seed in cfg.bam.seeds}
     results["config"] = config_to_dict(cfg)
-    write_json(output_dir / "results.json", json_safe(results))
-    atomic_write_text(output_dir / "table.md", render_markdown(results))
-    atomic_write_text(output_dir / "table.csv", render_csv(results))
+    if main:  # only rank 0 writes
+        write_json(output_dir / "results.json", json_safe(results))
+        atomic_write_text(output_dir / "table.md", render_markdown(results))
+        atomic_write_text(output_dir / "table.csv", render_csv(results))
+    barrier()
     return results
 
 
-def bam_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
-    """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
-    cfg = load_config(GlueExperimentConfig, config, overrides)
-    preflight(cfg)  # a wrong path or name fails here, before any file is written
-    output_dir = Path(output or cfg.output_dir)
-    results = run_bam(cfg, output_dir, resume=resume)
-    print(render_markdown(results))
-    print(f"results in {output_dir}: results.json, table.md, table.csv")
+run = run_bam  # the pipeline's entry point: run(cfg, output, *, resume)

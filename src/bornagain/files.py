@@ -1,4 +1,4 @@
-"""The one place that writes run files: every write is atomic (tmp, flush, fsync, rename).
+"""The one place that writes files: every write is atomic (tmp, flush, fsync, rename).
 
 A reader never sees half a file: either the old version or the new one. Only
 rank 0 of a distributed run calls these (the callers check).
@@ -28,6 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _kill_in_write(path.name)
         os.chmod(tmp, file_mode())  # mkstemp creates 0600; run files are as readable as any other file
         os.replace(tmp, path)
     except BaseException:
@@ -35,6 +36,25 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+_writes: dict[str, int] = {}
+
+
+def _kill_in_write(name: str) -> None:
+    """Test hook: BORNAGAIN_KILL_IN_WRITE=NAME:K SIGKILLs the process during its K-th write of a file
+    called NAME, after the temporary file is complete and before the rename (a kill mid-checkpoint)."""
+    spec = os.environ.get("BORNAGAIN_KILL_IN_WRITE")
+    if not spec:
+        return
+    target, _, k = spec.rpartition(":")
+    if target != name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if _writes[name] == int(k):
+        import signal  # noqa: PLC0415
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

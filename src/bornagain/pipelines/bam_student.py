@@ -24,12 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from bornagain.engine.device import autocast
-from bornagain.engine.io import read_json, write_json
-from bornagain.engine.logging import RunLogger, progress
+from bornagain.engine.distributed import current
 from bornagain.engine.rng import derive_seed
-from bornagain.errors import UserError
+from bornagain.engine.trainer import RESULTS, EngineSettings, StepOutput, train
+from bornagain.files import read_json, write_json
 from bornagain.glue.annealing import (
     TEACHER_ARMS,
     annealing_lambda,
@@ -41,7 +39,7 @@ from bornagain.glue.annealing import (
 )
 from bornagain.glue.evaluation import evaluate_dev, json_safe
 from bornagain.glue.model import MultiTaskModel
-from bornagain.glue.optim import build_optimizer, build_scheduler, clip_gradients
+from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch, steps_per_epoch, total_steps
 from bornagain.glue.tasks import get_task
 from bornagain.glue.tokenize import EncodedSplit
@@ -124,14 +122,16 @@ def student_loss(model: MultiTaskModel, batch: dict, *, arm: str, annealing: flo
                  label_means: dict[str, float] | None = None) -> dict:
     """Mean over the batch of each example's loss through its own task's head.
 
-    Returns {"loss": scalar tensor, "task_loss": {task: float mean loss}, "count": {task: b_task}}.
+    Returns {"loss": scalar tensor, "task_loss": {task: mean loss tensor}, "count": {task: b_task}}.
+    One forward call (``model(..., {task: rows})``) so DistributedDataParallel sees the whole step.
     """
-    pooled = model.pooled(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (b, hidden)
-    total = pooled.new_zeros(())
+    outputs = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                    {name: part["rows"] for name, part in batch["tasks"].items()})  # {task: (b_task, c) or (b_task,)}
+    total = batch["input_ids"].new_zeros((), dtype=torch.float32)
     task_loss, count = {}, {}
     for task_name, part in batch["tasks"].items():
         task = get_task(task_name)
-        output = model.heads[task_name](pooled[part["rows"]])  # (b_task, c) or (b_task,)
+        output = outputs[task_name]
         teacher = part["teacher"] if arm in TEACHER_ARMS else None
         if task.is_regression:
             target = regression_target(arm, part["labels"], teacher, (label_means or {}).get(task_name, 0.5),
@@ -144,7 +144,7 @@ def student_loss(model: MultiTaskModel, batch: dict, *, arm: str, annealing: flo
         total = total + per_example.sum()
         task_loss[task_name] = per_example.detach().mean()
         count[task_name] = int(per_example.shape[0])
-    return {"loss": total / pooled.shape[0], "task_loss": task_loss, "count": count}
+    return {"loss": total / batch["input_ids"].shape[0], "task_loss": task_loss, "count": count}
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -163,100 +163,92 @@ def evaluate_student(model: MultiTaskModel, dev: dict[str, dict[str, EncodedSpli
 # --- training ----------------------------------------------------------------------------------
 
 
-def train_step(model: MultiTaskModel, batch: dict, optimizer, scheduler, *, arm: str, annealing: float,
-               distill_weight: float, label_means: dict[str, float], max_grad_norm: float, device: torch.device,
-               precision: str) -> dict:
-    """One optimiser update on one mixed minibatch; returns ``student_loss``'s parts plus the
-    gradient norm before clipping and the heads' lr this update used."""
-    with autocast(device, precision):
-        parts = student_loss(model, batch, arm=arm, annealing=annealing, distill_weight=distill_weight,
-                             label_means=label_means)
-    parts["loss"].backward()
-    parts["lr"] = optimizer.param_groups[-1]["lr"]  # the heads' group: the full lr
-    parts["grad_norm"] = clip_gradients(model, max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    parts["loss"] = parts["loss"].detach()
-    return parts
+class StudentTask:
+    """The engine's view of one student arm with one seed (see the engine's Task protocol).
+
+    Step t (0-based) of ``total`` uses lambda = t / total; the batches of an epoch are the
+    task-mixing plan of (seed, epoch), each rank taking its slice of every mixed batch.
+    """
+
+    find_unused_parameters = True  # a head whose task is absent from a batch gets no gradient
+
+    def __init__(self, data: StudentData, *, arm: str, seed: int, bam, optim_cfg, device: torch.device,
+                 precision: str, pad_token_id: int, model: MultiTaskModel | None = None, build=None):
+        if arm in TEACHER_ARMS and data.teacher_outputs is None:
+            raise ValueError(f"arm {arm!r} needs the teachers' cached predictions")
+        self.data, self.arm, self.seed, self.bam, self.optim_cfg = data, arm, seed, bam, optim_cfg
+        self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
+        self._model, self._build = model, build
+        self.sizes = data.task_sizes
+        self.total = total_steps(self.sizes, bam.batch_size, bam.epochs)
+        self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size)
+        self.name, self.epochs = f"{arm} seed {seed}", -(-self.total // self.per_epoch)
+        self.teacher_outputs = _to_device(data.teacher_outputs, device) if arm in TEACHER_ARMS else None
+
+    def build_model(self) -> MultiTaskModel:
+        return self._model if self._model is not None else self._build()
+
+    def build_optimizer(self, model, steps_per_epoch: int):
+        optimizer = build_optimizer(model, self.optim_cfg, lr=self.bam.lr)
+        return optimizer, build_scheduler(optimizer, total_steps=self.total,
+                                          warmup_fraction=self.optim_cfg.warmup_fraction)
+
+    def epoch_batches(self, epoch: int, dist) -> list:
+        plan = plan_epoch(self.sizes, self.bam.task_weight_exponent, self.bam.batch_size,
+                          seed=derive_seed(self.seed, "bam-sampling"), epoch=epoch, swap_tasks=tuple(self.data.swapped))
+        steps = min(self.per_epoch, self.total - epoch * self.per_epoch)  # a fractional last epoch
+        return [plan.batch(i)[dist.rank::dist.world_size] for i in range(steps)]
+
+    def loss(self, model, triples, step: int) -> StepOutput:
+        batch = batch_to_device(mixed_batch(self.data, triples, self.pad_token_id, self.teacher_outputs), self.device)
+        annealing = annealing_lambda(step, self.total)
+        parts = student_loss(model, batch, arm=self.arm, annealing=annealing, distill_weight=self.bam.distill_weight,
+                             label_means=self.data.label_means)
+        log = {"lambda": annealing, "label_weight": label_weight(self.arm, annealing, self.bam.distill_weight)}
+        log.update({f"loss/{task}": value for task, value in parts["task_loss"].items()})
+        return StepOutput(loss=parts["loss"], count=len(triples), log=log)
+
+    def _dev_metrics(self, model) -> dict:
+        return evaluate_student(model, self.data.dev, batch_size=self.bam.eval_batch_size,
+                                pad_token_id=self.pad_token_id, device=self.device, precision=self.precision)
+
+    def evaluate(self, model, epoch: int) -> dict:
+        # Once, after the last update (the final model's scores: no model selection on dev).
+        if epoch + 1 < self.epochs:
+            return {}
+        self._final = self._dev_metrics(model)
+        return {f"dev/{task}/{name}": value for task, values in self._final.items() for name, value in values.items()}
+
+    def finish(self, model, run_dir: Path) -> dict:
+        metrics = getattr(self, "_final", None) or self._dev_metrics(model)
+        metrics = {task: json_safe(values) for task, values in metrics.items()}
+        write_json(run_dir / "dev_metrics.json", metrics)
+        return {"arm": self.arm, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total,
+                "per_rank_batch": -(-self.bam.batch_size // current().world_size)}
 
 
-def _checkpoint_due(step: int, total: int, per_epoch: int, every: int) -> bool:
-    return step == total or step % per_epoch == 0 or (every > 0 and step % every == 0)
-
-
-def train_student(model: MultiTaskModel, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,
+def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,
                   run_dir: str | Path, device: torch.device, precision: str, pad_token_id: int,
-                  resume: bool, show_progress: bool = True) -> dict[str, dict[str, float]]:
-    """Train one student arm with one seed in ``run_dir``; return its dev metrics.
+                  resume: bool, show_progress: bool = True, build=None, init_seed: int | None = None,
+                  tensorboard: bool = True) -> dict[str, dict[str, float]]:
+    """Train one student arm with one seed in ``run_dir`` on the engine; return its dev metrics.
 
-    ``run_dir`` receives checkpoint.safetensors (whole training state, at every student
-    epoch end and every ``bam.checkpoint_every_steps``; deleted once the run is finished), metrics.jsonl (lambda, lr, loss and
-    per-task losses every step; dev metrics at the end), model.safetensors and, last of all,
-    dev_metrics.json, which marks the run finished. With ``resume`` a finished run is read
-    back and an interrupted one continues from its checkpoint (RNG states included).
-    The caller seeds torch and builds ``model`` (so arms with one seed share one init).
+    ``run_dir`` follows the engine's contract (checkpoint while unfinished, metrics.jsonl with lambda,
+    lr, loss and per-task losses every step, model.safetensors, results.json last) plus
+    dev_metrics.json. Give ``model`` (already initialised by the caller) or ``build`` (called after
+    seeding the global RNG with ``init_seed``, so arms with one seed share one init).
     """
     run_dir = Path(run_dir)
-    done_path, checkpoint_path = run_dir / "dev_metrics.json", run_dir / "checkpoint.safetensors"
-    if resume and done_path.exists():
-        return read_json(done_path)
-    if arm in TEACHER_ARMS and data.teacher_outputs is None:
-        raise ValueError(f"arm {arm!r} needs the teachers' cached predictions")
-    sizes = data.task_sizes
-    total, per_epoch = total_steps(sizes, bam.batch_size, bam.epochs), steps_per_epoch(sizes, bam.batch_size)
-    model.to(device)
-    optimizer = build_optimizer(model, optim_cfg, lr=bam.lr)
-    scheduler = build_scheduler(optimizer, total_steps=total, warmup_fraction=optim_cfg.warmup_fraction)
-    logger = RunLogger(run_dir)
-    step = 0
-    if resume and checkpoint_path.exists():
-        extra = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler)
-        if extra.get("total_steps") != total or extra.get("arm") != arm:
-            raise UserError(
-                f"checkpoint '{checkpoint_path}' is from another configuration ({extra.get('arm')}, "
-                f"{extra.get('total_steps')} steps; now {arm}, {total} steps): rerun with the original config, "
-                "or without --resume in a new --output"
-            )
-        step = int(extra["step"])
-    logger.truncate_after(step - 1)  # a fresh run starts an empty log; a resumed one drops redone steps
-    teacher_outputs = _to_device(data.teacher_outputs, device) if arm in TEACHER_ARMS else None
-    swap_tasks = tuple(data.swapped)
-    plan, plan_epoch_id = None, -1
-    model.train()
-    bar = progress(range(step, total), total=total - step, desc=f"{arm} seed {seed}", enabled=show_progress)
-    for step in bar:
-        epoch, index = divmod(step, per_epoch)
-        if plan is None or plan_epoch_id != epoch:
-            plan = plan_epoch(sizes, bam.task_weight_exponent, bam.batch_size, seed=derive_seed(seed, "bam-sampling"),
-                              epoch=epoch, swap_tasks=swap_tasks)
-            plan_epoch_id = epoch
-        batch = batch_to_device(mixed_batch(data, plan.batch(index), pad_token_id, teacher_outputs), device)
-        annealing = annealing_lambda(step, total)
-        parts = train_step(model, batch, optimizer, scheduler, arm=arm, annealing=annealing,
-                           distill_weight=bam.distill_weight, label_means=data.label_means,
-                           max_grad_norm=optim_cfg.max_grad_norm, device=device, precision=precision)
-        if not torch.isfinite(parts["loss"]):
-            raise UserError(f"{arm} student, seed {seed}: the loss became {parts['loss'].item()} at step {step};"
-                            " lower bam.lr or use train.precision=fp32")
-        record = {"lambda": annealing, "label_weight": label_weight(arm, annealing, bam.distill_weight),
-                  "loss": parts["loss"].item(), "lr": parts["lr"], "grad_norm": float(parts["grad_norm"])}
-        record.update({f"loss/{task}": float(value) for task, value in parts["task_loss"].items()})
-        logger.log(record, step=step)
-        if _checkpoint_due(step + 1, total, per_epoch, bam.checkpoint_every_steps):
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                            extra={"step": step + 1, "total_steps": total, "arm": arm, "seed": seed})
-    metrics = evaluate_student(model, data.dev, batch_size=bam.eval_batch_size, pad_token_id=pad_token_id,
-                               device=device, precision=precision)
-    logger.log({f"dev/{task}/{name}": value for task, values in metrics.items() for name, value in values.items()},
-               step=total)  # the final model's scores: no model selection on dev
-    logger.close()
-    save_weights(model, run_dir / "model.safetensors")
-    write_json(done_path, {task: json_safe(values) for task, values in metrics.items()})
-    # Finished: model.safetensors holds the final weights; the resume state (weights plus two
-    # AdamW moments, 3x the model) is dead weight on disk: 12 BERT-Base students would keep 16 GB.
-    checkpoint_path.unlink(missing_ok=True)
-    return metrics
+    if resume and (run_dir / RESULTS).exists():
+        return read_json(run_dir / RESULTS)["dev_metrics"]
+    task = StudentTask(data, arm=arm, seed=seed, bam=bam, optim_cfg=optim_cfg, device=device, precision=precision,
+                       pad_token_id=pad_token_id, model=model, build=build)
+    settings = EngineSettings(device=device, precision=precision,
+                              seed=derive_seed(seed, "bam-student") if init_seed is None else init_seed,
+                              max_grad_norm=optim_cfg.max_grad_norm,
+                              checkpoint_every_steps=bam.checkpoint_every_steps, log_every_steps=1,
+                              progress=show_progress, tensorboard=tensorboard)
+    return train(run_dir, task, settings, resume=resume)["dev_metrics"]
 
 
 def _to_device(outputs: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:

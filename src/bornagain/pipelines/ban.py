@@ -2,7 +2,7 @@
 
     OUTPUT/
       config.yaml            the resolved experiment config
-      gen0/ gen1/ ...        one complete training run each (see engine/fit.py); gen0 is the teacher
+      gen0/ gen1/ ...        one complete training run each (see pipelines/classifier.py); gen0 is the teacher
       baseline/              optional: the student architecture trained from labels alone (Table 2)
       results.json           generations, ensembles, baseline
       table.md, table.csv    the paper's layout
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -25,8 +26,11 @@ import torch
 from bornagain.config import config_to_dict, load_yaml, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
-from bornagain.engine.fit import RunSpec, fit, is_finished, load_probs
-from bornagain.engine.io import read_json, write_json
+from bornagain.engine.lock import run_lock
+from bornagain.engine.settings import refuse_changed
+from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
+from bornagain.files import read_json, write_json
+from bornagain.engine.logging import read_metrics
 from bornagain.engine.rng import derive_seed
 from bornagain.ensemble import evaluate_ensembles
 from bornagain.errors import UserError
@@ -99,6 +103,33 @@ def make_student_factory(cfg: VisionConfig, name: str, data: PreparedData, teach
     return make
 
 
+def start_warning(student: dict, teacher: dict | None, num_classes: int) -> str | None:
+    """A student that starts far behind its teacher, from the two runs' first-epoch records.
+
+    Symptom (issue seen with confident teachers): the teacher's near one-hot targets make the KL
+    term about as large as the label cross-entropy, so BAN+L's summed loss doubles the gradient at
+    the recipe's learning rate and the student's first epoch collapses. Flagged when the student's
+    first-epoch training accuracy is below half the teacher's, or its label loss is still near
+    chance (>= 0.9 ln C) while the teacher's was not.
+    """
+    if student.get("epoch") != 1 or teacher is None:
+        return None
+    acc_s, acc_t = student["train_accuracy"], teacher["train_accuracy"]
+    chance = math.log(num_classes)
+    at_chance = student["train_label_loss"] >= 0.9 * chance > teacher["train_label_loss"]
+    if not (acc_s < 0.5 * acc_t or at_chance):
+        return None
+    return (f"this student started badly: first-epoch training accuracy {acc_s:.1f}% against its teacher's "
+            f"{acc_t:.1f}% (label loss {student['train_label_loss']:.2f}, chance {chance:.2f}). A confident teacher "
+            "makes the distillation term as large as the label term and the summed loss overshoots at this lr; "
+            "set ban.student_warmup_epochs=1 (or more), or ban.normalize_loss_weights=true, or lower train.lr")
+
+
+def _first_record(run_dir: Path) -> dict | None:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return records[0] if records else None
+
+
 def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
     """Build every architecture on the meta device (no memory) and check the shared layers fit:
     a bad model name or a student that cannot take its teacher's layers fails before any training."""
@@ -110,8 +141,25 @@ def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
                 check_shareable(teacher, student)
 
 
+def run_train(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
+    """`bornagain train`: one classifier from its labels in ``output`` (results.json)."""
+    data = prepare_data(cfg.data, cfg.seed)
+    with torch.device("meta"):
+        build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
+    spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
+    return fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=resume)
+
+
 def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     """Train (or resume) the teacher, the generations and the optional baseline; write results and tables."""
+    with run_lock(output, enabled=current().is_main):
+        return _run_ban(cfg, output, resume=resume)
+
+
+run = run_ban  # the pipeline's entry point: run(cfg, output, *, resume)
+
+
+def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
     main = current().is_main
@@ -134,7 +182,10 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
             name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
             loss_fn=generation_loss(cfg) if g else label_loss, teacher=teacher,
             extra={"generation": g, "loss": cfg.ban.loss if g else "ce", "label_weight": lw, "teacher_weight": tw,
-                   "temperature": t, "teacher_dir": f"gen{g - 1}" if g else None},
+                   "temperature": t, "teacher_dir": f"gen{g - 1}" if g else None,
+                   "warmup_epochs": cfg.ban.student_warmup_epochs if g else 0.0},
+            warmup_epochs=cfg.ban.student_warmup_epochs if g else 0.0,
+            epoch_check=_start_check(run_dirs[g - 1], data.num_classes) if g else None,
         )
         result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
                      resume=resume)
@@ -157,6 +208,16 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
         plot_run(output, results)
     barrier()
     return results
+
+
+def _start_check(teacher_dir: Path, num_classes: int):
+    teacher_first = _first_record(teacher_dir)
+
+    def check(record: dict) -> list[str]:
+        text = start_warning(record, teacher_first, num_classes)
+        return [text] if text else []
+
+    return check
 
 
 def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
@@ -196,6 +257,8 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
         "student_params": generations[1]["params"] if len(generations) > 1 else None,
         "loss": cfg.ban.loss,
         "loss_weights": dict(zip(("label_weight", "teacher_weight", "temperature"), cfg.ban.weights())),
+        "normalize_loss_weights": cfg.ban.normalize_loss_weights,
+        "student_warmup_epochs": cfg.ban.student_warmup_epochs,
         "kd_loss_reported_as": "T^2 * KL(teacher || student), batch mean",
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,
@@ -219,20 +282,7 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
         raise UserError(f"output directory '{output}' is not empty: pass --resume to continue that run, "
                         "or choose another --output")
     saved_path = output / "config.yaml"
-    if saved_path.is_file():
-        saved, now = _flatten(load_yaml(saved_path)), _flatten(config_to_dict(cfg))
-        ignore = ("train.progress", "train.tensorboard", "train.num_threads", "output_dir")
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and not k.startswith(ignore))
-        if changed:
-            raise UserError(f"--resume with a different config than the run in '{output}' "
-                            f"(changed: {', '.join(changed)}); resume with the same settings or use a new --output")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
+        ignore = ("train.progress", "train.tensorboard", "train.num_threads", "output_dir",
+                  "train.checkpoint_every_steps")
+        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=ignore)

@@ -1,0 +1,399 @@
+"""THE training loop, for every pipeline (a BAN generation, a baseline, a GLUE teacher, a BAM student).
+
+A pipeline supplies a :class:`Task` (how to build the model and its optimiser, the batches of
+an epoch, the loss of a batch, the evaluation at the end of an epoch, the final outputs); the
+engine owns everything else, written once:
+
+    device and precision (autocast)        seeding, and every rank's RNG state on resume
+    optimiser, scheduler, gradient clip    step-level checkpoints (every N steps, each epoch end)
+    metrics.jsonl + TensorBoard            progress bars
+    DDP (torchrun)                         SIGTERM/SIGINT -> checkpoint and a clean exit
+    non-finite loss guard                  one process per run directory (lock)
+    finish: model.safetensors, results.json (written last: the one "finished" marker), checkpoint removed
+
+Run directory (every kind of run):
+
+    config.yaml               the resolved config of the run (written by the pipeline)
+    checkpoint.safetensors    whole training state while unfinished (model, optimiser, scheduler,
+                              step, epoch, batch in epoch, partial epoch sums, every rank's RNG)
+    metrics.jsonl, tb/        step records (every log_every_steps) and one record per epoch
+    model.safetensors         final weights (last step: no model selection)
+    results.json              written last
+
+A step is one optimiser update. Batches of an epoch are a pure function of (task, epoch, rank),
+so a resumed run rebuilds the epoch's list, restores the task's own random state and skips the
+batches already done: with a fixed seed and thread count on CPU the result is identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from bornagain.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, save_weights
+from bornagain.engine.device import autocast
+from bornagain.engine.distributed import DistInfo, all_gather_objects, all_reduce_tensor, barrier, current
+from bornagain.files import read_json, write_json
+from bornagain.engine.lock import run_lock
+from bornagain.engine.logging import RunLogger, progress, read_metrics
+from bornagain.engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from bornagain.errors import UserError
+
+CHECKPOINT = "checkpoint.safetensors"
+RESULTS = "results.json"
+WEIGHTS = "model.safetensors"
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM/SIGINT arrived: the current step finished, a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs to know about how to run (the config's shared training section)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    seed: int = 0
+    max_grad_norm: float = 0.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N steps (0: only at epoch ends)."""
+    log_every_steps: int = 0
+    """Write a step record every N steps (0: epoch records only)."""
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class StepOutput:
+    """A task's loss on one batch: the scalar to minimise, per-example sums for the epoch means,
+    and values for the step record. Tensors stay on the device (no host sync per step)."""
+
+    loss: torch.Tensor
+    count: int
+    """Examples in this rank's batch (the weight of this step in the epoch means)."""
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Summed over the batch's examples; epoch record key f"train_{name}" = total / examples."""
+    log: dict[str, Any] = field(default_factory=dict)
+    """Extra values of this step's record (read only on steps that log)."""
+
+
+class Task(Protocol):
+    """What a pipeline gives the engine for one run."""
+
+    name: str  # "gen1", "RTE teacher", "annealed seed 0": in logs, progress bars, fault injection
+    epochs: int
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def build_optimizer(self, model: torch.nn.Module, steps_per_epoch: int
+                        ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]: ...
+
+    def epoch_batches(self, epoch: int, dist: DistInfo) -> Sequence:
+        """Every batch of ``epoch`` for this rank (each rank its slice of the global batch);
+        the same list on a rebuild. May reseed the task's own generators."""
+
+    def loss(self, model: torch.nn.Module, batch: Any, step: int) -> StepOutput: ...
+
+    def evaluate(self, model: torch.nn.Module, epoch: int) -> dict:
+        """Metrics at the end of ``epoch`` (rank 0 only; the model is in eval mode under no_grad)."""
+
+    def finish(self, model: torch.nn.Module, run_dir: Path) -> dict:
+        """Write the run's own outputs (rank 0 only) and return its fields of results.json."""
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / RESULTS).is_file()
+
+
+def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: bool,
+          epoch_check=None) -> dict:
+    """Train ``task`` in ``run_dir`` (or continue it from its checkpoint with ``resume``); return results.json.
+
+    ``epoch_check(record) -> list[str]`` may return warnings about an epoch: they are printed,
+    kept in that epoch's record and gathered into results.json["warnings"].
+    """
+    run_dir = Path(run_dir)
+    if resume and is_finished(run_dir):
+        return read_json(run_dir / RESULTS)
+    dist = current()
+    with run_lock(run_dir, enabled=dist.is_main):
+        return _train_locked(run_dir, task, settings, dist, resume=resume, epoch_check=epoch_check)
+
+
+def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: DistInfo, *, resume: bool,
+                  epoch_check) -> dict:
+    main, device = dist.is_main, settings.device
+    seed_everything(settings.seed)
+    model = task.build_model().to(device)  # fresh init from this run's seed, the same on every rank
+    if dist.rank > 0:  # other dropout masks than rank 0's; rank 0 keeps the single-process stream
+        seed_everything(derive_seed(settings.seed, "rank", dist.rank))
+    probe = task.epoch_batches(0, dist)
+    steps_per_epoch = len(probe)
+    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch)
+    logger = RunLogger(run_dir, tensorboard=settings.tensorboard, enabled=main)
+
+    state = _Progress()
+    ckpt = run_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, restore_rng=False)
+        state = _Progress.from_extra(extra, device)
+        rank_states = extra["ranks"]
+        if len(rank_states) != dist.world_size:
+            raise UserError(f"checkpoint '{ckpt}' was written by {len(rank_states)} process(es) but this run has "
+                            f"{dist.world_size}: resume with the same number of processes")
+        mine = rank_states[dist.rank]
+        restore_rng_state(mine["rng"])
+        batches = task.epoch_batches(state.epoch, dist)  # rebuilds the epoch, then its generators' states
+        if hasattr(task, "load_state_dict"):
+            task.load_state_dict(mine["task"])
+    else:
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        batches = probe
+    # Drop what a killed run logged after its checkpoint (everything, on a fresh start). Step records carry
+    # the 0-based index of their update, epoch records the number of updates done.
+    done = state.step
+    logger.truncate_after(done, keep=lambda r: r["step"] <= done if "epoch_seconds" in r else r["step"] < done)
+
+    train_model = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint() -> None:
+        # Every rank's RNG and task state travel to rank 0, which writes one file.
+        rank_state = {"rng": capture_rng_state(),
+                      "task": task.state_dict() if hasattr(task, "state_dict") else {}}
+        ranks = all_gather_objects(rank_state)
+        if main:
+            _save(ckpt, model, optimizer, scheduler, state.to_extra() | {"ranks": ranks})
+        barrier()
+
+    stop = _SignalFlag()
+    with stop:
+        while state.epoch < task.epochs:
+            model.train()
+            t0 = time.perf_counter()
+            todo = progress(range(state.batch, len(batches)), total=len(batches) - state.batch,
+                            desc=f"{task.name} epoch {state.epoch + 1}/{task.epochs}", enabled=settings.progress and main)
+            for b in todo:
+                if b == 0:
+                    state.lr = optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
+                _fault_injection(state.step, task.name)
+                out, grad_norm, lr = _step(train_model, task, batches[b], state.step, optimizer, scheduler, settings)
+                state.add(out, grad_norm)
+                state.step, state.batch = state.step + 1, b + 1
+                if settings.log_every_steps and state.step % settings.log_every_steps == 0:
+                    state.check_finite(task.name)
+                    logger.log(_step_record(out, grad_norm, lr), step=state.step - 1)  # the 0-based step
+                every = settings.checkpoint_every_steps
+                if stop.requested(dist) or (every and state.step % every == 0 and b + 1 < len(batches)):
+                    state.check_finite(task.name)
+                    state.seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    checkpoint()
+                    if stop.signum:
+                        logger.close()
+                        raise TrainingInterrupted(
+                            f"{signal.Signals(stop.signum).name} received: {task.name} stopped after step {state.step}"
+                            f" and wrote {ckpt}; continue with --resume", stop.signum)
+            state.check_finite(task.name)
+            seconds = state.seconds + time.perf_counter() - t0
+            record = state.epoch_record(dist, device, seconds)
+            if main:
+                model.eval()
+                with torch.no_grad():
+                    record.update(task.evaluate(model, state.epoch))
+                warnings = epoch_check(record) if epoch_check is not None else []
+                if warnings:
+                    record["warnings"] = warnings
+                    for text in warnings:
+                        print(f"bornagain: warning: {text}", flush=True)
+            logger.log(record, step=state.step)
+            logger.flush()
+            if settings.progress and main:
+                print(_epoch_line(task.name, record), flush=True)
+            state.next_epoch()
+            # the next epoch's batches now, so the checkpoint holds its fresh generators' states
+            batches = task.epoch_batches(state.epoch, dist) if state.epoch < task.epochs else []
+            checkpoint()
+    logger.close()
+    if main:
+        _finish(run_dir, task, model, dist)
+    barrier()  # the other ranks read what rank 0 wrote
+    return read_json(run_dir / RESULTS)
+
+
+def _step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings):
+    """One optimiser update: forward under autocast, backward, clip, step, lr step."""
+    with autocast(settings.device, settings.precision):
+        out = task.loss(model, batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = None
+    if settings.max_grad_norm > 0:
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    lr = optimizer.param_groups[-1]["lr"]  # the lr this update uses (last group: task heads at the full lr)
+    optimizer.step()
+    scheduler.step()
+    return out, grad_norm, lr
+
+
+class _Progress:
+    """Where the run is (step, epoch, batch in the epoch) and the epoch's running sums, on the device."""
+
+    def __init__(self):
+        self.step = self.epoch = self.batch = 0
+        self.seconds = 0.0  # training time of the current epoch before the last checkpoint
+        self.total_seconds = 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.bad_step = None  # tensor: first step whose loss was not finite (-1: none)
+        self.lr = float("nan")
+
+    def add(self, out: StepOutput, grad_norm) -> None:
+        loss = out.loss.detach()
+        for k, v in {"loss": loss * out.count, **out.sums}.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += out.count
+        # The finite check stays on the device; it is read when a record or a checkpoint is written.
+        step = torch.tensor(self.step, device=loss.device)
+        bad = torch.where(torch.isfinite(loss), torch.tensor(-1, device=loss.device), step)
+        self.bad_step = bad if self.bad_step is None else torch.where(self.bad_step >= 0, self.bad_step, bad)
+
+    def check_finite(self, name: str) -> None:
+        if self.bad_step is not None and int(self.bad_step) >= 0:
+            raise UserError(f"{name}: the loss became non-finite at step {int(self.bad_step) + 1}; the last good "
+                            "checkpoint is kept. Lower the learning rate (or use train.precision=fp32) and --resume")
+
+    def epoch_record(self, dist: DistInfo, device: torch.device, seconds: float) -> dict:
+        keys = sorted(self.sums)
+        local = torch.stack([self.sums[k].to(torch.float64) for k in keys] + [torch.tensor(float(self.count),
+                            dtype=torch.float64, device=self.sums[keys[0]].device if keys else device)])
+        total = all_reduce_tensor(local).tolist()  # metrics over every rank's examples
+        n = max(total[-1], 1.0)
+        record = {"epoch": self.epoch + 1, "lr": self.lr}
+        record.update({f"train_{k}": v / n for k, v in zip(keys, total)})
+        record.update(examples=int(total[-1]), epoch_seconds=seconds,
+                      images_per_second=total[-1] / seconds if seconds > 0 else float("nan"))
+        self.total_seconds += seconds
+        return record
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch, self.seconds = self.epoch + 1, 0, 0.0
+        self.sums, self.count = {}, 0
+
+    def to_extra(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds, "lr": self.lr,
+                "total_seconds": self.total_seconds, "count": self.count,
+                "sums": {k: float(v) for k, v in self.sums.items()}}
+
+    @classmethod
+    def from_extra(cls, extra: dict, device: torch.device) -> "_Progress":
+        p = cls()
+        p.step, p.epoch, p.batch = int(extra["step"]), int(extra["epoch"]), int(extra["batch"])
+        p.seconds, p.total_seconds, p.count = float(extra["seconds"]), float(extra["total_seconds"]), int(extra["count"])
+        p.lr = float(extra["lr"])
+        p.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in extra["sums"].items()}
+        return p
+
+
+def _step_record(out: StepOutput, grad_norm, lr: float) -> dict:
+    record = {"loss": float(out.loss.detach()), "lr": lr}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    for k, v in out.log.items():
+        record[k] = float(v) if isinstance(v, torch.Tensor) else v
+    return record
+
+
+def _epoch_line(name: str, record: dict) -> str:
+    shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
+                     if k in ("train_loss", "train_accuracy", "val_accuracy", "dev_score") and isinstance(v, float))
+    return f"[{name}] epoch {record['epoch']} {shown}"
+
+
+def _save(path: Path, model, optimizer, scheduler, extra: dict) -> None:
+    try:
+        save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra, with_rng=False)
+    except OSError as e:
+        raise UserError(f"could not write the checkpoint {path} ({e.strerror or e}); the previous checkpoint is "
+                        "intact. Free disk space or fix the folder's permissions, then --resume") from None
+
+
+def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo) -> None:
+    """Final weights, the task's outputs, results.json (last), checkpoint removed."""
+    save_weights(model, run_dir / WEIGHTS)
+    model.eval()
+    results = task.finish(model, run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if "epoch" in r and "train_loss" in r]
+    results = {
+        **results,
+        "reported_epoch": "last",  # never a best epoch: nothing is selected on the evaluation data
+        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs),  # survives a resume
+        "warnings": [text for r in epochs for text in r.get("warnings", [])],
+        "world_size": dist.world_size,
+    }
+    write_json(run_dir / RESULTS, results)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the final weights replace the resume point
+
+
+class _SignalFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def requested(self, dist: DistInfo) -> bool:
+        if dist.enabled:  # every rank stops after the same step
+            flag = all_reduce_tensor(torch.tensor([float(self.signum)], dtype=torch.float64), op="max")
+            self.signum = int(flag.item())
+        return self.signum != 0
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _fault_injection(step: int, run_name: str) -> None:
+    """Test hooks: BORNAGAIN_KILL_AT_STEP=N (or RUN:N, e.g. gen1:5) makes the process SIGKILL itself
+    before global step N (of run RUN); BORNAGAIN_TERM_AT_STEP the same with SIGTERM (which lets the step
+    finish). The resume tests use them to stop a run exactly mid-epoch."""
+    for variable, sig in (("BORNAGAIN_KILL_AT_STEP", signal.SIGKILL), ("BORNAGAIN_TERM_AT_STEP", signal.SIGTERM)):
+        at = os.environ.get(variable)
+        if at is None:
+            continue
+        name, _, number = at.rpartition(":")
+        if step == int(number) and name in ("", run_name):
+            os.kill(os.getpid(), sig)

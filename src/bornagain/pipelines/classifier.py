@@ -1,0 +1,210 @@
+"""One image-classification run on the engine: a BAN generation, a baseline, or `bornagain train`.
+
+    run_dir/ (the engine's contract, engine/trainer.py, plus)
+      test_probs.safetensors   softmax outputs on the test set (+ labels), for ensembles
+      val_probs.safetensors    the same on the validation split
+
+The whole dataset sits in memory as uint8 tensors; a batch is an index tensor into it,
+augmented and normalised as a batch. The epoch's order is one permutation drawn from a
+generator seeded by (run seed, epoch); rank 0 draws its augmentation from that same generator
+(the single-process stream), every other rank from its own (its slice gets its own crops and
+flips). The generators' states travel in the checkpoint, so a run resumes mid-epoch exactly.
+The test set is evaluated once, after the last epoch, and selects nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from bornagain.config import save_config
+from bornagain.engine.checkpoint import save_tensors
+from bornagain.engine.device import resolve_device
+from bornagain.engine.distributed import DistInfo, current, init_distributed, shard
+from bornagain.engine.rng import derive_seed
+from bornagain.engine.trainer import EngineSettings, StepOutput, is_finished, train
+from bornagain.errors import UserError
+from bornagain.schedules import lr_factor_at_step
+from bornagain.vision.batches import BatchPipeline, classification_metrics, predict_logits
+from bornagain.vision.config import TrainConfig, VisionConfig
+from bornagain.vision.prepare import PreparedData
+from bornagain.vision.splits import iterate_batches
+
+# A loss maps (student_logits, teacher_logits or None, labels) to {"loss", "label_loss", "kd_loss"}.
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], dict]
+
+__all__ = ["RunSpec", "ClassifierTask", "fit", "is_finished", "load_probs", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What distinguishes one run of a sequence (a BAN generation, a baseline) from another."""
+
+    name: str  # "gen0", "gen1", "baseline", "train"
+    model_name: str
+    seed: int
+    loss_fn: LossFn
+    teacher: torch.nn.Module | None = None
+    extra: dict | None = None  # copied into results.json (generation number, loss weights, ...)
+    warmup_epochs: float = 0.0  # per-step linear lr warm-up of this run (ban.student_warmup_epochs for students)
+    epoch_check: Callable[[dict], list[str]] | None = None
+    """Called with each epoch's record; the warnings it returns are printed and kept (see the engine)."""
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SGD:
+    # Frozen (shared) layers are left out: no weight decay creeps into them either.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0,
+                           weight_decay=train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, *, steps_per_epoch: int,
+                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LambdaLR, stepped after every batch: the epoch's schedule factor times the warm-up."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor_at_step(step, steps_per_epoch=steps_per_epoch, epochs=train.epochs,
+                                       schedule=train.schedule, milestones=train.milestones, gamma=train.gamma,
+                                       warmup_epochs=train.warmup_epochs, warmup_steps=warmup_steps),
+    )
+
+
+def load_probs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (n, classes), labels (n,)) saved by a finished run."""
+    try:
+        d = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"'{path}' is corrupt or missing ({e.__class__.__name__}); rerun that generation") from None
+    return d["probs"], d["labels"]
+
+
+class ClassifierTask:
+    """The engine's view of one classification run (see the engine's Task protocol)."""
+
+    def __init__(self, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
+                 make_model: Callable[[], torch.nn.Module], device: torch.device):
+        self.cfg, self.data, self.spec, self.make_model, self.device = cfg, data, spec, make_model, device
+        self.name, self.epochs = spec.name, cfg.train.epochs
+        train = cfg.train
+        self.train_pipe = BatchPipeline(data.mean, data.std, device, augment=cfg.data.augment, pad=data.crop_pad,
+                                        hflip=data.hflip, channels_last=train.channels_last)
+        self.eval_pipe = BatchPipeline(data.mean, data.std, device, channels_last=train.channels_last)
+        self.order_generator = self.aug_generator = None
+
+    def build_model(self) -> torch.nn.Module:
+        model = self.make_model()  # fresh initialisation from this run's seed (identical on every rank)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def build_optimizer(self, model, steps_per_epoch: int):
+        optimizer = build_optimizer(model, self.cfg.train)
+        warmup_steps = round(self.spec.warmup_epochs * steps_per_epoch)
+        return optimizer, build_scheduler(optimizer, self.cfg.train, steps_per_epoch=steps_per_epoch,
+                                          warmup_steps=warmup_steps)
+
+    def epoch_batches(self, epoch: int, dist: DistInfo) -> list[torch.Tensor]:
+        """This rank's index tensors of every global batch of ``epoch`` (a last batch too small to give
+        every rank an example is dropped on all ranks alike)."""
+        self.order_generator = torch.Generator().manual_seed(derive_seed(self.spec.seed, "epoch", epoch))
+        n = self.data.train_labels.shape[0]
+        batches = [shard(index, dist) for index in iterate_batches(n, self.cfg.train.batch_size, shuffle=True,
+                                                                   generator=self.order_generator)
+                   if len(index) >= dist.world_size]
+        # rank 0 keeps drawing from the order generator (the single-process stream); other ranks their own
+        self.aug_generator = self.order_generator if dist.rank == 0 else torch.Generator().manual_seed(
+            derive_seed(self.spec.seed, "epoch", epoch, "rank", dist.rank))
+        return batches
+
+    def state_dict(self) -> dict:
+        return {"aug_generator": self.aug_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aug_generator.set_state(state["aug_generator"].to(torch.uint8))
+
+    def loss(self, model, index: torch.Tensor, step: int) -> StepOutput:
+        x = self.train_pipe(self.data.train_images[index], self.aug_generator)  # (b, c, h, w)
+        y = self.data.train_labels[index].to(self.device, non_blocking=True)  # (b,)
+        teacher_logits = None
+        if self.spec.teacher is not None:
+            self.spec.teacher.eval()  # frozen: eval mode, no grad, never updated
+            with torch.inference_mode():
+                teacher_logits = self.spec.teacher(x).float()  # (b, classes)
+            teacher_logits = teacher_logits.clone()  # leave inference mode: a plain tensor without grad
+        logits = model(x)  # (b, classes)
+        with torch.autocast(self.device.type, enabled=False):  # the loss in fp32, outside bf16 autocast
+            parts = self.spec.loss_fn(logits.float(), teacher_logits, y)
+        b = y.shape[0]
+        correct = (logits.detach().argmax(dim=1) == y).sum()
+        return StepOutput(loss=parts["loss"], count=b,
+                          sums={"label_loss": parts["label_loss"] * b, "kd_loss": parts["kd_loss"] * b,
+                                "accuracy": 100.0 * correct})
+
+    def evaluate(self, model, epoch: int) -> dict:
+        if not self.data.val_labels.numel():
+            return {}
+        val_logits = predict_logits(model, self.data.val_images, self.eval_pipe,
+                                    batch_size=self.cfg.train.eval_batch_size, precision=self.cfg.train.precision)
+        val = classification_metrics(val_logits.softmax(dim=1), self.data.val_labels)
+        return {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
+
+    def finish(self, model, run_dir: Path) -> dict:
+        """Validation and test probabilities, and this run's fields of results.json."""
+        data, precision, bs = self.data, self.cfg.train.precision, self.cfg.train.eval_batch_size
+        val = {"accuracy": float("nan"), "nll": float("nan")}
+        if data.val_labels.numel():
+            val_probs = predict_logits(model, data.val_images, self.eval_pipe, batch_size=bs,
+                                       precision=precision).softmax(1)
+            save_tensors({"probs": val_probs, "labels": data.val_labels}, run_dir / "val_probs.safetensors", {})
+            val = classification_metrics(val_probs, data.val_labels)
+        test_probs = predict_logits(model, data.test_images, self.eval_pipe, batch_size=bs,
+                                    precision=precision).softmax(1)
+        save_tensors({"probs": test_probs, "labels": data.test_labels}, run_dir / "test_probs.safetensors", {})
+        test = classification_metrics(test_probs, data.test_labels)
+        return {
+            "run": self.spec.name, "model": self.spec.model_name, "dataset": data.name, "seed": self.spec.seed,
+            "params": count_parameters(model),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "epochs": self.cfg.train.epochs,
+            "test_accuracy": test["accuracy"], "test_error": test["error"], "test_nll": test["nll"],
+            "test_ece": test["ece"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
+            "per_rank_batch": -(-self.cfg.train.batch_size // current().world_size),
+            **(self.spec.extra or {}),
+        }
+
+
+def engine_settings(cfg: VisionConfig, seed: int, device: torch.device) -> EngineSettings:
+    train = cfg.train
+    return EngineSettings(device=device, precision=train.precision, seed=seed, max_grad_norm=0.0,
+                          checkpoint_every_steps=train.checkpoint_every_steps, log_every_steps=0,
+                          progress=train.progress, tensorboard=train.tensorboard)
+
+
+def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
+        make_model: Callable[[], torch.nn.Module], *, resume: bool) -> dict:
+    """Train ``make_model()`` under ``cfg.train`` with ``spec.loss_fn`` in ``run_dir``; return results.json.
+
+    A finished run (results.json present) is not retrained when ``resume`` is set.
+    """
+    run_dir = Path(run_dir)
+    if resume and is_finished(run_dir):
+        from bornagain.files import read_json  # noqa: PLC0415
+
+        return read_json(run_dir / "results.json")
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    dist = init_distributed(device.type)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    task = ClassifierTask(cfg, data, spec, make_model, device)
+    return train(run_dir, task, engine_settings(cfg, spec.seed, device), resume=resume, epoch_check=spec.epoch_check)
