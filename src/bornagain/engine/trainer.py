@@ -173,7 +173,8 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(task, "find_unused_parameters", False))
 
     def checkpoint() -> None:
         # Every rank's RNG and task state travel to rank 0, which writes one file.

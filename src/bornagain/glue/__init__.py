@@ -1,4 +1,4 @@
-"""GLUE with Hugging Face encoders: tasks, data, metrics, single-task teachers, the BAM student.
+"""GLUE with Hugging Face encoders: tasks, data, metrics, encoders, cache (the teachers and the BAM student are in pipelines/).
 
 Public API (import from the submodules; this package imports nothing heavy itself)
 --------------------------------------------------------------------------------

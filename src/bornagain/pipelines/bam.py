@@ -142,6 +142,7 @@ def _nan_for_none(metrics: dict) -> dict:
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Teachers, students of every arm and seed, and the results; returns the results dict."""
     output_dir = Path(output_dir)
+    init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
     with run_lock(output_dir, enabled=current().is_main):
         return _run_bam(cfg, output_dir, resume=resume)
 

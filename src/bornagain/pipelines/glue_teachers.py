@@ -265,6 +265,7 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> dict[
     from bornagain.glue.metrics import glue_score  # noqa: PLC0415
 
     output_dir = Path(output)
+    init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
     main = current().is_main
     with run_lock(output_dir, enabled=main):
         runs = ensure_teachers(cfg, output_dir, resume=resume)
