@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -94,9 +93,8 @@ def glue_teachers_command(config: str | None, output: str | None, resume: bool, 
     cfg = load_config(GlueExperimentConfig, config, overrides)
     glue_teachers.preflight(cfg)  # a wrong path or name fails here, before any file is written
     output_dir = Path(output or cfg.output_dir)
-    runs = glue_teachers.run(cfg, output_dir, resume=resume)
+    runs, summary = glue_teachers.run(cfg, output_dir, resume=resume)
     if current().is_main:
-        summary = json.loads((output_dir / "teachers" / "summary.json").read_text())
         print(glue_teachers.format_teacher_table(runs))
         print(f"GLUE average over {len(runs)} task(s): {100 * summary['glue_score_of_these_tasks']:.1f}")
         print(f"teachers in {output_dir / 'teachers'}")

@@ -28,7 +28,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -38,7 +37,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from bornagain.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, save_weights
+from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_gather_objects, all_reduce_tensor, barrier, current
 from bornagain.files import read_json, write_json
@@ -119,6 +118,11 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULTS).is_file()
 
 
+def finished_results(run_dir: str | Path) -> dict | None:
+    """results.json of a finished run (never retrained), else None."""
+    return read_json(Path(run_dir) / RESULTS) if is_finished(run_dir) else None
+
+
 def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: bool,
           epoch_check=None) -> dict:
     """Train ``task`` in ``run_dir`` (or continue it from its checkpoint with ``resume``); return results.json.
@@ -128,7 +132,7 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     """
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
-        return read_json(run_dir / RESULTS)
+        return finished_results(run_dir)
     dist = current()
     with run_lock(run_dir, enabled=dist.is_main):
         return _train_locked(run_dir, task, settings, dist, resume=resume, epoch_check=epoch_check)
@@ -275,9 +279,10 @@ class _Progress:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += out.count
         # The finite check stays on the device; it is read when a record or a checkpoint is written.
-        step = torch.tensor(self.step, device=loss.device)
-        bad = torch.where(torch.isfinite(loss), torch.tensor(-1, device=loss.device), step)
-        self.bad_step = bad if self.bad_step is None else torch.where(self.bad_step >= 0, self.bad_step, bad)
+        if self.bad_step is None:
+            self.bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        keep = (self.bad_step >= 0) | torch.isfinite(loss)
+        self.bad_step = torch.where(keep, self.bad_step, self.step)
 
     def check_finite(self, name: str) -> None:
         if self.bad_step is not None and int(self.bad_step) >= 0:

@@ -49,7 +49,7 @@ from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
 from bornagain.pipelines.bam_student import StudentData, train_student
 from bornagain.glue.tasks import get_task
-from bornagain.pipelines.glue_teachers import TeacherRun, preflight, train_teacher
+from bornagain.pipelines.glue_teachers import TeacherRun, train_teacher
 from bornagain.glue.tokenize import encode_examples, load_tokenizer
 
 SWAP_TASKS = ("MRPC", "STS-B")
@@ -154,7 +154,6 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
-    init_distributed(device.type)
     tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
     pad_id = tokenizer.pad_token_id or 0
     runs: dict[str, dict[int, dict]] = {"majority": {}, "teachers": {}, **{arm: {} for arm in cfg.bam.targets}}

@@ -26,8 +26,8 @@ import torch
 
 from bornagain.engine.distributed import current
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import RESULTS, EngineSettings, StepOutput, train
-from bornagain.files import read_json, write_json
+from bornagain.engine.trainer import RESULTS, EngineSettings, StepOutput, finished_results, train
+from bornagain.files import write_json
 from bornagain.glue.annealing import (
     TEACHER_ARMS,
     annealing_lambda,
@@ -240,7 +240,7 @@ def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, 
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / RESULTS).exists():
-        return read_json(run_dir / RESULTS)["dev_metrics"]
+        return finished_results(run_dir)["dev_metrics"]
     task = StudentTask(data, arm=arm, seed=seed, bam=bam, optim_cfg=optim_cfg, device=device, precision=precision,
                        pad_token_id=pad_token_id, model=model, build=build)
     settings = EngineSettings(device=device, precision=precision,

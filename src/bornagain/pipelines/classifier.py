@@ -26,7 +26,7 @@ from bornagain.engine.checkpoint import save_tensors
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import DistInfo, current, init_distributed, shard
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import EngineSettings, StepOutput, is_finished, train
+from bornagain.engine.trainer import EngineSettings, StepOutput, finished_results, is_finished, train
 from bornagain.errors import UserError
 from bornagain.schedules import lr_factor_at_step
 from bornagain.vision.batches import BatchPipeline, classification_metrics, predict_logits
@@ -114,6 +114,8 @@ class ClassifierTask:
     def epoch_batches(self, epoch: int, dist: DistInfo) -> list[torch.Tensor]:
         """This rank's index tensors of every global batch of ``epoch`` (a last batch too small to give
         every rank an example is dropped on all ranks alike)."""
+        if self.spec.teacher is not None:
+            self.spec.teacher.eval()  # frozen: eval mode, no grad, never updated (a careless caller may pass it in train mode)
         self.order_generator = torch.Generator().manual_seed(derive_seed(self.spec.seed, "epoch", epoch))
         n = self.data.train_labels.shape[0]
         batches = [shard(index, dist) for index in iterate_batches(n, self.cfg.train.batch_size, shuffle=True,
@@ -135,7 +137,6 @@ class ClassifierTask:
         y = self.data.train_labels[index].to(self.device, non_blocking=True)  # (b,)
         teacher_logits = None
         if self.spec.teacher is not None:
-            self.spec.teacher.eval()  # frozen: eval mode, no grad, never updated
             with torch.inference_mode():
                 teacher_logits = self.spec.teacher(x).float()  # (b, classes)
             teacher_logits = teacher_logits.clone()  # leave inference mode: a plain tensor without grad
@@ -196,9 +197,7 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     """
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
-        from bornagain.files import read_json  # noqa: PLC0415
-
-        return read_json(run_dir / "results.json")
+        return finished_results(run_dir)
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)

@@ -41,7 +41,7 @@ from bornagain.glue.cache import (
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import GlueExample, has_split, load_split, load_train_examples
 from bornagain.glue.evaluation import evaluate_dev, json_safe, majority_baseline, predict_outputs
-from bornagain.glue.model import MultiTaskModel, build_model
+from bornagain.glue.model import build_model
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
 from bornagain.glue.tasks import GlueTask, get_task
@@ -260,8 +260,9 @@ def preflight(cfg: GlueExperimentConfig) -> None:
                 load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)  # raises its UserError
 
 
-def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> dict[str, TeacherRun]:
-    """`bornagain glue-teachers`: every task's teacher (trained when missing) and teachers/summary.json."""
+def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple[dict[str, TeacherRun], dict]:
+    """`bornagain glue-teachers`: every task's teacher (trained when missing) and teachers/summary.json;
+    returns (teachers by task, summary)."""
     from bornagain.glue.metrics import glue_score  # noqa: PLC0415
 
     output_dir = Path(output)
@@ -276,7 +277,7 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> dict[
         }
         if main:
             write_json(output_dir / "teachers" / "summary.json", summary)
-    return runs
+    return runs, summary
 
 
 def _nan(metrics: dict) -> dict:
