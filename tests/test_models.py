@@ -187,3 +187,34 @@ def test_wrn_dropout_option():
     ps = [m.p for m in create_model("wrn-10-1", 10).modules() if isinstance(m, nn.Dropout)]
     assert ps and all(p == 0.3 for p in ps)  # the CIFAR default
     assert not any(isinstance(m, nn.Dropout) for m in create_model("wrn-10-1", 10, dropout=0).modules())
+
+
+def test_strided_shortcut_matches_a_strided_conv_and_survives_channels_last_backward():
+    """PyTorch's CPU backward of a strided 1x1 channels_last convolution corrupted the heap
+    (6 channels, 8x8 input: the process aborted). The shortcut must compute the same function as
+    nn.Conv2d(stride=2) and run that backward many times in a fresh process without crashing."""
+    import subprocess
+    import sys
+
+    from bornagain.models.common import StridedConv1x1
+
+    torch.manual_seed(0)
+    shortcut = StridedConv1x1(6, 6, stride=2)
+    plain = nn.Conv2d(6, 6, kernel_size=1, stride=2, bias=False)
+    plain.weight.data.copy_(shortcut.weight.data)
+    x = torch.randn(2, 6, 9, 9)
+    expected = plain(x)
+    assert torch.equal(shortcut(x), expected)  # contiguous input: the ordinary kernel, bit for bit
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(shortcut(x_cl), expected, atol=1e-6)
+    code = (
+        "import torch\n"
+        "from bornagain.models.common import StridedConv1x1\n"
+        "torch.set_num_threads(1)\n"
+        "for _ in range(400):\n"
+        "    conv = StridedConv1x1(6, 6, stride=2).to(memory_format=torch.channels_last)\n"
+        "    x = torch.randn(2, 6, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()\n"
+        "    conv(x).sum().backward()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-500:]

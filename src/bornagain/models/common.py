@@ -12,6 +12,7 @@ students (SPEC section 1, "Cross-architecture students"):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bornagain.errors import UserError
@@ -92,3 +93,23 @@ def positive_ratio(value: object, what: str, name: str) -> float:
     if not isinstance(value, (int, float)) or value <= 0:
         raise UserError(f"model {name!r}: {what} must be a positive number such as 0.5 or 1, got {value!r}")
     return float(value)
+
+
+class StridedConv1x1(nn.Conv2d):
+    """A 1x1 projection shortcut with stride s (weights, names and parameter count of ``nn.Conv2d``).
+
+    On a CPU ``channels_last`` input it subsamples first and runs a stride-1 1x1 convolution: the same
+    function (each output pixel reads one input pixel), computed by another kernel. PyTorch's CPU
+    backward of a *strided* 1x1 channels_last convolution corrupts the heap for some shapes (seen with
+    torch 2.13: 6 channels on 8x8 or 16x16 inputs aborts the process with "corrupted double-linked
+    list"). Other inputs take the ordinary path, so default (contiguous fp32) results are unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1) and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)  # (b, c_out, ceil(h/s), ceil(w/s))
+        return super().forward(x)

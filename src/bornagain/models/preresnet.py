@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bornagain.errors import UserError
-from bornagain.models.common import PreActHead, init_weights, positive_int, stem_conv
+from bornagain.models.common import PreActHead, StridedConv1x1, init_weights, positive_int, stem_conv
 from bornagain.models.registry import register_model
 
 EXPANSION = 4  # output width = 4 x bottleneck width in the standard family
@@ -39,7 +39,7 @@ class PreActBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(bottleneck, out_channels, kernel_size=1, bias=False)
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+            self.shortcut = StridedConv1x1(in_channels, out_channels, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = torch.relu(self.norm1(x))  # (b, c_in, h, w)

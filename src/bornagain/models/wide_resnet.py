@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bornagain.errors import UserError
-from bornagain.models.common import PreActHead, init_weights, positive_int, stem_conv
+from bornagain.models.common import PreActHead, StridedConv1x1, init_weights, positive_int, stem_conv
 from bornagain.models.registry import register_model
 
 
@@ -35,7 +35,7 @@ class WideBasicUnit(nn.Module):
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.shortcut = None
         if stride != 1 or in_channels != width:
-            self.shortcut = nn.Conv2d(in_channels, width, kernel_size=1, stride=stride, bias=False)
+            self.shortcut = StridedConv1x1(in_channels, width, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = torch.relu(self.norm1(x))  # (b, c_in, h, w), pre-activation
