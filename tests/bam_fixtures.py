@@ -60,7 +60,7 @@ def tiny_overrides(data_dir: Path, encoder_dir: Path) -> list[str]:
     """Config overrides for a seconds-long CPU run of the whole BAM pipeline."""
     return [
         f"glue.data_dir={data_dir}", "glue.tasks=[CoLA,MRPC,STS-B]", f"encoder.name_or_path={encoder_dir}",
-        "encoder.from_scratch=true", "max_seq_length=32", "teacher.epochs=1", "teacher.batch_size=8",
+        "encoder.from_scratch=true", "max_seq_length=32", "train.epochs=1", "train.batch_size=8",
         "bam.batch_size=8", "bam.epochs=1", "bam.seeds=[0,1]", "train.device=cpu", "train.progress=false", "train.num_threads=1",
         "optim.lr=0.001", "bam.lr=0.001",
     ]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bornagain.errors import UserError
-from bornagain.glue.annealing import (
+from bornagain.distill.bam_targets import (
     annealed_classification_target,
     annealed_regression_target,
     annealing_lambda,

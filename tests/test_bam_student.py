@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bornagain.glue.annealing import classification_target, soft_cross_entropy, squared_error
+from bornagain.distill.bam_targets import classification_target, soft_cross_entropy, squared_error
 from bornagain.glue.model import MultiTaskModel, TaskHead
 from bornagain.pipelines.bam_student import StudentData, mixed_batch, student_loss
 from bornagain.glue.tokenize import EncodedSplit
@@ -124,10 +124,13 @@ def _train(run_dir, *, resume=False):
     from bornagain.glue.config import OptimConfig
     from bornagain.pipelines.bam_student import train_student
 
-    bam = BamConfig(batch_size=4, epochs=2.0, checkpoint_every_steps=3)
+    from bornagain.glue.config import NlpTrainConfig
+
+    bam = BamConfig(batch_size=4, epochs=2.0)
+    train_cfg = NlpTrainConfig(checkpoint_every_steps=3, progress=False, tensorboard=False)
     return train_student(tiny_model(), fake_data(), arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
-                         run_dir=run_dir, device=torch.device("cpu"), precision="fp32", pad_token_id=0,
-                         resume=resume, show_progress=False)
+                         train_cfg=train_cfg, run_dir=run_dir, device=torch.device("cpu"), pad_token_id=0,
+                         resume=resume)
 
 
 def test_interrupted_student_resumes_to_the_same_weights(tmp_path, monkeypatch):

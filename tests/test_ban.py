@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from bornagain.pipelines.ban import label_loss, run_ban
 from bornagain.config import load_config
 from bornagain.pipelines.classifier import RunSpec, fit
-from bornagain.ensemble import average_probabilities, ensemble_windows
-from bornagain.losses import born_again_loss_parts
+from bornagain.reports.ensembles import average_probabilities, ensemble_windows
+from bornagain.distill.ban_losses import born_again_loss_parts
 from bornagain.models import create_model
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import prepare_data

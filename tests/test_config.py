@@ -69,3 +69,74 @@ def test_exponent_floats_without_a_dot_are_floats():
     assert cfg.train.lr == 5e-5 and cfg.train.weight_decay == 1e-4
     with pytest.raises(UserError, match="train.lr"):
         load_config(VisionConfig, None, ["train.lr=fast"])
+
+
+def test_every_pipeline_trains_from_one_shared_section():
+    from bornagain.config import TrainingConfig
+    from bornagain.glue.config import GlueExperimentConfig
+
+    shared = {f.name for f in __import__("dataclasses").fields(TrainingConfig)}
+    assert {"epochs", "batch_size", "eval_batch_size", "precision", "device", "checkpoint_every_steps",
+            "num_threads", "progress", "tensorboard"} <= shared
+    for cls in (VisionConfig, GlueExperimentConfig):
+        cfg = load_config(cls, None, ["train.checkpoint_every_steps=7", "train.precision=bf16"])
+        assert isinstance(cfg.train, TrainingConfig)
+        assert (cfg.train.checkpoint_every_steps, cfg.train.precision) == (7, "bf16")
+        with pytest.raises(UserError, match="train.num_threads=0"):  # one validation for both
+            load_config(cls, None, ["train.num_threads=0"])
+    assert load_config(GlueExperimentConfig).train.epochs == 3  # each pipeline keeps its own defaults
+    assert load_config(VisionConfig).train.epochs == 10
+
+
+def test_renamed_glue_keys_still_work_with_a_warning(tmp_path):
+    from bornagain.errors import RenamedKeyWarning
+    from bornagain.glue.config import GlueExperimentConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text("teacher:\n  epochs: 2\n  batch_size: 8\nbam:\n  checkpoint_every_steps: 5\n  lr: 0.001\n")
+    with pytest.warns(RenamedKeyWarning) as record:
+        cfg = load_config(GlueExperimentConfig, old)
+    assert sorted(str(w.message).split("'")[1] for w in record) == [
+        "bam.checkpoint_every_steps", "teacher.batch_size", "teacher.epochs"]
+    assert "'teacher.epochs' is now 'train.epochs'" in str(record[0].message)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.checkpoint_every_steps, cfg.bam.lr) == (2, 8, 5, 0.001)
+    with pytest.warns(RenamedKeyWarning):  # an override wins over the file, under either name
+        assert load_config(GlueExperimentConfig, old, ["teacher.epochs=4"]).train.epochs == 4
+    with pytest.warns(RenamedKeyWarning):
+        assert load_config(GlueExperimentConfig, old, ["train.epochs=5"]).train.epochs == 5
+    both = tmp_path / "both.yaml"
+    both.write_text("teacher:\n  epochs: 2\ntrain:\n  epochs: 3\n")
+    with pytest.warns(RenamedKeyWarning), pytest.raises(UserError, match="'teacher.epochs'.*'train.epochs'"):
+        load_config(GlueExperimentConfig, both)
+
+
+def test_runs_recorded_under_old_key_names_still_resume():
+    from bornagain.engine.settings import changed_keys
+    from bornagain.glue.config import GlueExperimentConfig
+
+    saved = {"teacher": {"epochs": 3, "batch_size": 32}, "precision": "fp32"}
+    now = {"train": {"epochs": 3, "batch_size": 32}, "precision": "fp32"}
+    assert changed_keys(saved, now, renamed=GlueExperimentConfig.RENAMED_KEYS) == []
+    now["train"]["epochs"] = 4
+    assert changed_keys(saved, now, renamed=GlueExperimentConfig.RENAMED_KEYS) == ["train.epochs"]
+
+
+def test_loss_presets_and_target_arms_are_declared_once():
+    from bornagain.distill.bam_targets import TARGET_ARMS, target_arm
+    from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, resolve_loss
+    from bornagain.glue.config import GlueExperimentConfig
+
+    assert set(STUDENT_LOSSES) == {"ban+l", "ban", "cwtm", "dkpp"} and not LOSS_PRESETS["ce"].needs_teacher
+    with pytest.raises(UserError, match="ban.loss.*'kd'"):
+        load_config(VisionConfig, None, ["ban.loss=kd"])
+    with pytest.raises(UserError, match="ban.loss.*'ce'"):  # the labels-only loss teaches nothing
+        load_config(VisionConfig, None, ["ban.loss=ce"])
+    loss = resolve_loss("ban+l", normalize=True)
+    assert (loss.label_weight, loss.teacher_weight, loss.temperature) == (0.5, 0.5, 1.0)
+    assert load_config(VisionConfig, None, ["ban.normalize_loss_weights=false"]).ban.weights() == (1.0, 1.0, 1.0)
+    assert {a.name for a in TARGET_ARMS.values() if a.needs_teacher} == {"annealed", "fixed"}
+    assert target_arm("fixed").label_weight(0.3, 0.5) == 0.5 and target_arm("annealed").label_weight(0.3, 0.5) == 0.3
+    with pytest.raises(UserError, match="unknown bam.targets arm 'soft'"):
+        target_arm("soft")
+    cfg = load_config(GlueExperimentConfig, None, ["bam.targets=[labels]"])
+    assert not cfg.bam.needs_teachers

@@ -87,7 +87,7 @@ def _glue_args(root: Path) -> list[str]:
 
 
 def test_glue_teacher_killed_at_a_random_step_resumes_identically(tmp_path):
-    args = [*_glue_args(tmp_path), "glue.tasks=[MRPC]", "teacher.epochs=2", "teacher.checkpoint_every_steps=2",
+    args = [*_glue_args(tmp_path), "glue.tasks=[MRPC]", "train.epochs=2", "train.checkpoint_every_steps=2",
             "train.tensorboard=false"]
     ref = _cli("glue-teachers", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
@@ -103,7 +103,7 @@ def test_glue_teacher_killed_at_a_random_step_resumes_identically(tmp_path):
 
 
 def test_bam_student_killed_at_a_random_step_resumes_identically(tmp_path):
-    args = [*_glue_args(tmp_path), "bam.seeds=[0]", "bam.targets=[annealed]", "bam.checkpoint_every_steps=2",
+    args = [*_glue_args(tmp_path), "bam.seeds=[0]", "bam.targets=[annealed]", "train.checkpoint_every_steps=2",
             "train.tensorboard=false"]
     ref = _cli("bam", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr

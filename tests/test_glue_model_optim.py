@@ -126,7 +126,7 @@ def test_config_defaults_are_the_paper_teacher_settings():
     cfg = load_config(GlueExperimentConfig)
     assert (cfg.optim.lr, cfg.optim.layerwise_lr_decay, cfg.optim.weight_decay, cfg.optim.adam_eps) == (5e-5, 0.9, 0.01, 1e-6)
     assert (cfg.optim.warmup_fraction, cfg.optim.max_grad_norm, cfg.max_seq_length) == (0.1, 1.0, 128)
-    assert (cfg.teacher.epochs, cfg.teacher.batch_size, cfg.encoder.head_dropout) == (3, 32, 0.1)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.encoder.head_dropout) == (3, 32, 0.1)
     assert load_config(GlueExperimentConfig, None, ["glue.tasks=[cola,STSB]"]).glue.tasks == ("CoLA", "STS-B")
     with pytest.raises(UserError, match="twice"):
         load_config(GlueExperimentConfig, None, ["glue.tasks=[CoLA,cola]"])

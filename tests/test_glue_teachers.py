@@ -67,8 +67,8 @@ def setup(tmp_path):
     data = write_tiny_glue(tmp_path / "glue")
     encoder = write_tiny_encoder(tmp_path / "encoder")
     overrides = [f"glue.data_dir={data}", "glue.tasks=[RTE,STS-B,CoLA]", f"encoder.name_or_path={encoder}",
-                 "encoder.from_scratch=true", "max_seq_length=24", "teacher.epochs=2", "teacher.batch_size=8",
-                 "teacher.log_every_steps=1", "train.device=cpu", "train.progress=false", "optim.lr=0.001"]
+                 "encoder.from_scratch=true", "max_seq_length=24", "train.epochs=2", "train.batch_size=8",
+                 "train.log_every_steps=1", "train.device=cpu", "train.progress=false", "optim.lr=0.001"]
     return tmp_path, overrides
 
 
@@ -111,7 +111,7 @@ def test_teachers_end_to_end(setup, capsys):
 
 def test_finished_teacher_is_not_retrained_and_settings_are_checked(setup, monkeypatch):
     tmp_path, overrides = setup
-    overrides = [*overrides, "glue.tasks=[RTE]", "teacher.epochs=1"]
+    overrides = [*overrides, "glue.tasks=[RTE]", "train.epochs=1"]
     cli.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
 
     def no_training(*args, **kwargs):
@@ -131,7 +131,7 @@ class Interrupted(Exception):
 def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypatch):
     tmp_path, overrides = setup
     # 24 examples / batch 8 = 3 steps per epoch; a checkpoint at step 2 falls mid-epoch
-    overrides = [*overrides, "glue.tasks=[RTE]", "teacher.checkpoint_every_steps=2"]
+    overrides = [*overrides, "glue.tasks=[RTE]", "train.checkpoint_every_steps=2"]
     cli.glue_teachers_command(None, str(tmp_path / "straight"), False, overrides)
 
     # killed before any checkpoint (step 1 logged): a plain rerun starts over, without stale log lines
@@ -212,7 +212,7 @@ def test_teacher_from_the_hub_source(setup, monkeypatch):
                  "label": -1 if split == "test" else i % 2, "idx": i} for i in range(n)]
 
     monkeypatch.setattr(glue_data, "_load_hub_dataset", fake_hub)
-    overrides = [*overrides, "glue.source=hub", "glue.data_dir=null", "glue.tasks=[RTE]", "teacher.epochs=1"]
+    overrides = [*overrides, "glue.source=hub", "glue.data_dir=null", "glue.tasks=[RTE]", "train.epochs=1"]
     cli.glue_teachers_command(None, str(tmp_path / "hub"), False, overrides)
     run_dir = tmp_path / "hub" / "teachers" / "RTE"
     assert json.loads((run_dir / "results.json").read_text())["num_train_examples"] == 16

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bornagain.losses import (born_again_loss, born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts,
+from bornagain.distill.ban_losses import (born_again_loss, born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts,
                               permute_non_argmax)
 from bornagain.errors import UserError
 from bornagain.vision.config import BanConfig

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from bornagain.errors import UserError
-from bornagain.stats import (
+from bornagain.reports.stats import (
     Summary,
     format_mean_std,
     format_p_value,

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
-from bornagain.errors import UserError
+from bornagain.errors import RenamedKeyWarning, UserError
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +68,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from bornagain.report import report_command
+    from bornagain.reports.ban_tables import report_command
 
     print(report_command(args.run_dirs, args.output, plots=args.plots), end="")
 
@@ -104,7 +106,7 @@ def bam_command(config: str | None, output: str | None, resume: bool, overrides:
     """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
     from bornagain.config import load_config
     from bornagain.engine.distributed import current
-    from bornagain.glue.bam_report import render_markdown
+    from bornagain.reports.bam_tables import render_markdown
     from bornagain.glue.config import GlueExperimentConfig
     from bornagain.pipelines import bam
     from bornagain.pipelines.glue_teachers import preflight
@@ -165,8 +167,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings as one `bornagain: warning:` line (once, from rank 0); others as Python prints them."""
+    if issubclass(category, RenamedKeyWarning):
+        if os.environ.get("RANK", "0") == "0":
+            print(f"bornagain: warning: {message}", file=sys.stderr)
+        return
+    _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    warnings.showwarning = _show_warning
     from bornagain.engine.trainer import TrainingInterrupted
 
     try:

@@ -1,12 +1,15 @@
 """Frozen dataclass configs from plain YAML, with dotted ``key=value`` overrides.
 
 A config is a tree of frozen dataclasses: a field whose type is a dataclass is a
-section (``train``, ``ban``...). ``load_config(cls, path, overrides)`` reads the
+section (``train``, ``ban``...). Every pipeline's ``train`` section derives from
+``TrainingConfig`` below (the keys every run shares). ``load_config(cls, path, overrides)`` reads the
 YAML file, applies each override (``train.lr=0.05``, ``ban.ensembles=[2,3]``;
 values are parsed as YAML scalars or flow lists) and checks every value against
 the field's annotation. Unknown keys and badly typed values raise ``UserError``
 naming the key and listing the valid ones. Sections validate their own values
-in ``__post_init__``.
+in ``__post_init__``. A renamed key keeps working under its old name: the top-level
+class lists ``RENAMED_KEYS = {"old.key": "new.key"}``, and the old name is moved to the new
+one with a ``RenamedKeyWarning``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,51 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar, Union
 
 import yaml
 
-from bornagain.errors import UserError
+from bornagain.errors import RenamedKeyWarning, UserError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How every run trains (`train.*`), one section for every pipeline; each pipeline's `train` section
+    derives from this, sets its own defaults and adds its own keys."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    """The global batch: under torchrun it is split over the ranks."""
+    eval_batch_size: int = 512
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
+    device: str = "auto"
+    """auto | cpu | cuda (or cuda:N)."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; null leaves torch's default."""
+    progress: bool = True
+    """Progress bars on stderr."""
+    tensorboard: bool = True
+    """TensorBoard event files beside metrics.jsonl in every run directory."""
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"train.epochs={self.epochs} must be at least 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
+        if self.checkpoint_every_steps < 0:
+            raise UserError(f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"train.num_threads={self.num_threads} must be at least 1 (or null for torch's default)")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
 
 
 def _type_name(tp: Any) -> str:
@@ -144,11 +184,55 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"config key '{old}' is now '{new}'; the old name still works but will be removed",
+                  RenamedKeyWarning, stacklevel=3)
+
+
+def rename_keys(tree: dict, renamed: dict[str, str], *, warn: bool = True) -> dict:
+    """Move every old dotted key of ``renamed`` present in ``tree`` to its new name (in place; returns
+    ``tree``). An old and a new name given different values is refused; emptied sections are dropped."""
+    for old, new in renamed.items():
+        *old_path, old_leaf = old.split(".")
+        parents = [tree]
+        for part in old_path:
+            child = parents[-1].get(part)
+            if not isinstance(child, dict):
+                break
+            parents.append(child)
+        else:
+            if old_leaf not in parents[-1]:
+                continue
+            value = parents[-1].pop(old_leaf)
+            if warn:
+                _renamed(old, new)
+            *new_path, new_leaf = new.split(".")
+            node = tree
+            for part in new_path:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"config key '{'.'.join(new_path)}' must be a section (it holds '{new_leaf}')")
+            if new_leaf in node and node[new_leaf] != value:
+                raise UserError(f"config keys '{old}' ({value!r}) and '{new}' ({node[new_leaf]!r}) are the same "
+                                f"setting with different values: keep '{new}' only")
+            node[new_leaf] = value
+            for part, parent in zip(reversed(old_path), reversed(parents[:-1])):
+                if parent[part]:
+                    break
+                del parent[part]  # a section left empty by the move (e.g. the old `teacher:`)
+    return tree
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build config ``cls`` from YAML file ``path`` (optional) plus ``key=value`` overrides."""
-    tree = load_yaml(path) if path is not None else {}
+    renamed: dict[str, str] = getattr(cls, "RENAMED_KEYS", {})
+    tree = rename_keys(load_yaml(path), renamed) if path is not None else {}
     for text in overrides:
         keys, value = _parse_override(text)
+        dotted = ".".join(keys)
+        if dotted in renamed:  # an override of an old name sets the new one (later overrides win)
+            _renamed(dotted, renamed[dotted])
+            keys = renamed[dotted].split(".")
         _set_nested(tree, keys, value)
     return _build(cls, tree)
 

@@ -7,3 +7,7 @@ class UserError(ValueError):
     The message names the problem and says how to fix it. The CLI prints it as
     one line and exits with status 2.
     """
+
+
+class RenamedKeyWarning(FutureWarning):
+    """A config key given under its old name: it still works, and the message names the new one."""

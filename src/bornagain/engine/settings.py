@@ -19,23 +19,27 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ (keys starting with an ``ignore`` prefix do not matter)."""
+def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None) -> list[str]:
+    """Dotted keys whose values differ (keys starting with an ``ignore`` prefix do not matter; ``renamed``
+    maps old dotted names in ``saved``, recorded before a key was renamed, to their new names)."""
     a, b = flatten(saved), flatten(now)
+    a = {(renamed or {}).get(k, k): v for k, v in a.items()}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
 
 
-def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ...] = ()) -> None:
-    changed = changed_keys(saved, now, ignore)
+def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ...] = (),
+                   renamed: dict[str, str] | None = None) -> None:
+    changed = changed_keys(saved, now, ignore, renamed)
     if changed:
         raise UserError(f"'{where}' was made with other settings (changed: {', '.join(changed)}); "
                         "continue it with the same settings, or choose another --output")
 
 
-def check_or_record(path: Path, settings: dict, *, ignore: tuple[str, ...] = (), write: bool = True) -> None:
+def check_or_record(path: Path, settings: dict, *, ignore: tuple[str, ...] = (), write: bool = True,
+                    renamed: dict[str, str] | None = None) -> None:
     """Compare ``settings`` with those recorded in ``path`` (JSON), or record them there first
     (``write=False`` on the ranks that do not write files)."""
     if path.exists():
-        refuse_changed(read_json(path), settings, path.parent, ignore=ignore)
+        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed)
     elif write:
         write_json(path, settings)

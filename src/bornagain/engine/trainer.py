@@ -161,6 +161,8 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                             f"{dist.world_size}: resume with the same number of processes")
         mine = rank_states[dist.rank]
         restore_rng_state(mine["rng"])
+        if "sums" in mine:  # this rank's share of the epoch's running sums (the epoch record reduces them)
+            state.restore_sums(mine, device)
         batches = task.epoch_batches(state.epoch, dist)  # rebuilds the epoch, then its generators' states
         if hasattr(task, "load_state_dict"):
             task.load_state_dict(mine["task"])
@@ -182,7 +184,7 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
 
     def checkpoint() -> None:
         # Every rank's RNG and task state travel to rank 0, which writes one file.
-        rank_state = {"rng": capture_rng_state(),
+        rank_state = {"rng": capture_rng_state(), **state.sums_to_extra(),
                       "task": task.state_dict() if hasattr(task, "state_dict") else {}}
         ranks = all_gather_objects(rank_state)
         if main:
@@ -306,18 +308,24 @@ class _Progress:
         self.epoch, self.batch, self.seconds = self.epoch + 1, 0, 0.0
         self.sums, self.count = {}, 0
 
+    def sums_to_extra(self) -> dict:
+        return {"count": self.count, "sums": {k: float(v) for k, v in self.sums.items()}}
+
+    def restore_sums(self, extra: dict, device: torch.device) -> None:
+        self.count = int(extra["count"])
+        self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in extra["sums"].items()}
+
     def to_extra(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds, "lr": self.lr,
-                "total_seconds": self.total_seconds, "count": self.count,
-                "sums": {k: float(v) for k, v in self.sums.items()}}
+                "total_seconds": self.total_seconds, **self.sums_to_extra()}
 
     @classmethod
     def from_extra(cls, extra: dict, device: torch.device) -> "_Progress":
         p = cls()
         p.step, p.epoch, p.batch = int(extra["step"]), int(extra["epoch"]), int(extra["batch"])
-        p.seconds, p.total_seconds, p.count = float(extra["seconds"]), float(extra["total_seconds"]), int(extra["count"])
+        p.seconds, p.total_seconds = float(extra["seconds"]), float(extra["total_seconds"])
         p.lr = float(extra["lr"])
-        p.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in extra["sums"].items()}
+        p.restore_sums(extra, device)  # rank 0's (every rank's own are in extra["ranks"])
         return p
 
 

@@ -63,21 +63,15 @@ evaluation.py
     evaluate_dev(model, dev_splits: {split: EncodedSplit}, task, *, device, precision, batch_size,
                  pad_token_id) -> {metric: value, ..., "score": task score}
     majority_baseline(task, train_examples, {split: dev_examples}) -> dict;  json_safe(metrics) (NaN -> None)
-teachers.py
-    glue_teachers_command(config, output, resume, overrides)       CLI `bornagain glue-teachers`
-    ensure_teachers(cfg, output_dir, *, resume=False) -> dict[task, TeacherRun]   trains the missing ones
-    train_teacher(cfg, task, run_dir, *, resume=False) -> TeacherRun   (a finished run is reused, settings checked)
-    TeacherRun(task, run_dir, dev_metrics, majority_baseline, prediction_fingerprint, train_seconds)
-        .weights_path, .predictions_path
-        .load_predictions(train_examples, *, tokenizer, max_seq_length) -> TeacherPredictions (checked)
-    label_loss(task, outputs, labels) -> CE or MSE;  train_step(model, batch, task, optimizer, scheduler, ...)
 submission.py
     write_submission(path, task, test_examples, outputs) -> Path   GLUE-server TSV (index<TAB>prediction)
     submission_file_name(task, test_split="test") -> "CoLA.tsv", "MNLI-m.tsv", ...
 
-Run directory of `glue-teachers`: OUTPUT/teachers/<TASK>/ with config.yaml, teacher_settings.json
-(what defines the teacher; compared on reuse/resume), checkpoint.safetensors
-(resume state), metrics.jsonl, weights.safetensors (final), dev_metrics.json,
-train_predictions.safetensors (outputs on its own training set, keyed by id), submission/<FILE>.tsv,
-and results.json (written last: its presence means the teacher is finished and is never retrained).
+The teachers and the BAM student that use this library are pipelines (pipelines/glue_teachers.py,
+pipelines/bam.py, pipelines/bam_student.py); BAM's targets are in distill/bam_targets.py and its
+tables in reports/bam_tables.py. A teacher's run directory, OUTPUT/teachers/<TASK>/, follows the
+engine's contract (config.yaml, checkpoint.safetensors while unfinished, metrics.jsonl, tb/,
+model.safetensors, results.json last) plus teacher_settings.json (what defines the teacher; compared
+on reuse/resume), dev_metrics.json, train_predictions.safetensors (outputs on its own training set,
+keyed by id) and submission/<FILE>.tsv.
 """

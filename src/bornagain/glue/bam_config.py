@@ -3,9 +3,9 @@
 The student shares the rest of the NLP config with the teachers: `encoder.*` (the
 architecture), `optim.*` (AdamW eps, weight decay, layer-wise lr decay, warmup
 fraction, gradient clipping), `max_seq_length`, `glue.*` (tasks, data) and
-`train.*` (device, precision). Only what differs between the single-task teachers
-and the multi-task student lives here: its lr, batch size, epochs, and the
-distillation settings.
+`train.*` (device, precision, threads, checkpoint interval, progress, TensorBoard). Only
+what differs between the single-task teachers and the multi-task student lives here: its
+lr, batch size, epochs, and the distillation settings.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bornagain.distill.bam_targets import TARGET_ARMS
 from bornagain.errors import UserError
 
-TARGET_ARMS = ("annealed", "fixed", "labels", "smoothing-annealed")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,6 @@ class BamConfig:
     epochs: float = 6.0
     """Student epochs; one epoch = sum over tasks of |D_task| examples (see sampling.py)."""
     eval_batch_size: int = 256
-    checkpoint_every_steps: int = 0
-    """Also checkpoint every N steps inside an epoch (0: only at student epoch ends)."""
     paired_test: Literal["t", "wilcoxon"] = "t"
     """Significance test over seeds: paired t-test (scipy ttest_rel) or Wilcoxon signed-rank
     (which cannot reach p < 0.05 with fewer than 6 seeds)."""
@@ -71,10 +69,10 @@ class BamConfig:
             raise UserError(f"bam.task_weight_exponent={self.task_weight_exponent} must be >= 0")
         if self.lr <= 0 or self.epochs <= 0:
             raise UserError("bam.lr and bam.epochs must be > 0")
-        if self.batch_size < 1 or self.eval_batch_size < 1 or self.checkpoint_every_steps < 0:
-            raise UserError("bam.batch_size and bam.eval_batch_size must be >= 1, bam.checkpoint_every_steps >= 0")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("bam.batch_size and bam.eval_batch_size must be >= 1")
 
     @property
     def needs_teachers(self) -> bool:
         """Whether any arm reads the teachers' cached predictions."""
-        return any(arm in ("annealed", "fixed") for arm in self.targets)
+        return any(TARGET_ARMS[arm].needs_teacher for arm in self.targets)

@@ -9,8 +9,9 @@ single-task teacher settings (SPEC section 2) on `bert-base-uncased`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from bornagain.config import TrainingConfig
 from bornagain.errors import UserError
 from bornagain.glue.bam_config import BamConfig
 from bornagain.glue.tasks import BAM_TASKS, canonical_task_names
@@ -114,43 +115,38 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    """Single-task teacher fine-tuning (`teacher.*`)."""
+class NlpTrainConfig(TrainingConfig):
+    """The shared training keys (config.TrainingConfig) with the single-task teachers' defaults.
+
+    `epochs` and `batch_size` are the teachers'; the BAM student has its own (`bam.epochs`,
+    `bam.batch_size`, `bam.eval_batch_size`). Device, precision, threads, checkpoint interval,
+    progress and TensorBoard apply to every run, teachers and students alike.
+    """
 
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 128
     bucket_by_length: bool = True
     """Group training examples of similar length into batches (less padding; see tokenize.py)."""
-    checkpoint_every_steps: int = 0
-    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
     log_every_steps: int = 50
+    """A step record in metrics.jsonl every N steps (the BAM student logs every step)."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError("teacher.epochs, teacher.batch_size and teacher.eval_batch_size must be >= 1")
-        if self.checkpoint_every_steps < 0 or self.log_every_steps < 1:
-            raise UserError("teacher.checkpoint_every_steps must be >= 0 and teacher.log_every_steps >= 1")
-
-
-@dataclass(frozen=True)
-class NlpTrainConfig:
-    """Where and how to run (`train.*`)."""
-
-    device: str = "auto"
-    """auto | cpu | cuda (or cuda:N)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    progress: bool = True
-    """Show progress bars on stderr."""
-    num_threads: int | None = None
-    """torch CPU threads (None: torch's default)."""
-    tensorboard: bool = True
-    """TensorBoard event files beside metrics.jsonl in every run directory."""
+        super().__post_init__()
+        if self.log_every_steps < 1:
+            raise UserError(f"train.log_every_steps={self.log_every_steps} must be >= 1")
 
 
 @dataclass(frozen=True)
 class GlueExperimentConfig:
     """The whole NLP experiment: `bornagain glue-teachers` and `bornagain bam` read this."""
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        # the teachers' section became the shared training section (one `train` for every pipeline)
+        **{f"teacher.{k}": f"train.{k}" for k in ("epochs", "batch_size", "eval_batch_size", "bucket_by_length",
+                                                   "checkpoint_every_steps", "log_every_steps")},
+        "bam.checkpoint_every_steps": "train.checkpoint_every_steps",
+    }
 
     seed: int = 0
     output_dir: str = "runs/glue"
@@ -159,7 +155,6 @@ class GlueExperimentConfig:
     glue: GlueDataConfig = field(default_factory=GlueDataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: NlpTrainConfig = field(default_factory=NlpTrainConfig)
     bam: BamConfig = field(default_factory=BamConfig)
 

@@ -41,13 +41,14 @@ from bornagain.engine.rng import derive_seed
 from bornagain.engine.settings import check_or_record
 from bornagain.engine.trainer import RESULTS
 from bornagain.errors import UserError
-from bornagain.glue.annealing import TEACHER_ARMS
-from bornagain.glue.bam_report import build_results, json_safe, render_csv, render_markdown
+from bornagain.distill.bam_targets import target_arm
+from bornagain.reports.bam_tables import build_results, json_safe, render_csv, render_markdown
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_split, load_train_examples
 from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
 from bornagain.pipelines.bam_student import StudentData, train_student
+from bornagain.pipelines.common import start_process
 from bornagain.glue.tasks import get_task
 from bornagain.pipelines.glue_teachers import TeacherRun, train_teacher
 from bornagain.glue.tokenize import encode_examples, load_tokenizer
@@ -106,15 +107,15 @@ def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, 
 def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
     """What defines one student run (checked before a finished or interrupted run is reused)."""
     tree = config_to_dict(cfg)
-    for key in ("output_dir", "train", "teacher"):
+    for key in ("output_dir", "train"):  # the student's own epochs and batch are bam.*
         tree.pop(key)
-    for key in ("targets", "seeds", "eval_batch_size", "checkpoint_every_steps", "paired_test"):
+    for key in ("targets", "seeds", "eval_batch_size", "paired_test"):
         tree["bam"].pop(key)
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
     tree["seed"] = seed
     tree["precision"] = cfg.train.precision
     tree["arm"] = arm
-    if arm in TEACHER_ARMS and teachers is not None:
+    if target_arm(arm).needs_teacher and teachers is not None:
         tree["teacher_predictions"] = {task: run.prediction_fingerprint for task, run in teachers.items()}
     return tree
 
@@ -151,9 +152,7 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
     main = current().is_main
     if main:
         save_config(cfg, output_dir / "bam_config.yaml")
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
+    device, _ = start_process(cfg.train)
     tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
     pad_id = tokenizer.pad_token_id or 0
     runs: dict[str, dict[int, dict]] = {"majority": {}, "teachers": {}, **{arm: {} for arm in cfg.bam.targets}}
@@ -178,10 +177,9 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
                 # Every arm of one seed starts from the same weights (paired comparison across arms):
                 # the engine seeds the global RNG with derive_seed(seed, "bam-student"), then builds.
                 metrics = train_student(None, data, arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim,
-                                        run_dir=run_dir, device=device, precision=cfg.train.precision,
-                                        pad_token_id=pad_id, resume=True, show_progress=cfg.train.progress,
-                                        build=lambda: build_model(cfg, cfg.glue.tasks),
-                                        init_seed=derive_seed(seed, "bam-student"), tensorboard=cfg.train.tensorboard)
+                                        train_cfg=cfg.train, run_dir=run_dir, device=device, pad_token_id=pad_id,
+                                        resume=True, build=lambda: build_model(cfg, cfg.glue.tasks),
+                                        init_seed=derive_seed(seed, "bam-student"))
                 note = f"{time.perf_counter() - started:.0f} s since start"
             runs[arm][seed] = {task: _nan_for_none(values) for task, values in metrics.items()}
             if main:

@@ -26,16 +26,17 @@ import torch
 
 from bornagain.engine.distributed import current
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import RESULTS, EngineSettings, StepOutput, finished_results, train
+from bornagain.config import TrainingConfig
+from bornagain.engine.trainer import RESULTS, StepOutput, finished_results, train
 from bornagain.files import write_json
-from bornagain.glue.annealing import (
-    TEACHER_ARMS,
+from bornagain.distill.bam_targets import (
+    TargetArm,
     annealing_lambda,
     classification_target,
-    label_weight,
     regression_target,
     soft_cross_entropy,
     squared_error,
+    target_arm,
 )
 from bornagain.glue.evaluation import evaluate_dev, json_safe
 from bornagain.glue.model import MultiTaskModel
@@ -43,6 +44,7 @@ from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch, steps_per_epoch, total_steps
 from bornagain.glue.tasks import get_task
 from bornagain.glue.tokenize import EncodedSplit
+from bornagain.pipelines.common import engine_settings
 
 
 @dataclass
@@ -118,13 +120,14 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
     return moved
 
 
-def student_loss(model: MultiTaskModel, batch: dict, *, arm: str, annealing: float, distill_weight: float,
+def student_loss(model: MultiTaskModel, batch: dict, *, arm: TargetArm | str, annealing: float, distill_weight: float,
                  label_means: dict[str, float] | None = None) -> dict:
     """Mean over the batch of each example's loss through its own task's head.
 
     Returns {"loss": scalar tensor, "task_loss": {task: mean loss tensor}, "count": {task: b_task}}.
     One forward call (``model(..., {task: rows})``) so DistributedDataParallel sees the whole step.
     """
+    arm = target_arm(arm) if isinstance(arm, str) else arm
     outputs = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                     {name: part["rows"] for name, part in batch["tasks"].items()})  # {task: (b_task, c) or (b_task,)}
     total = batch["input_ids"].new_zeros((), dtype=torch.float32)
@@ -132,7 +135,7 @@ def student_loss(model: MultiTaskModel, batch: dict, *, arm: str, annealing: flo
     for task_name, part in batch["tasks"].items():
         task = get_task(task_name)
         output = outputs[task_name]
-        teacher = part["teacher"] if arm in TEACHER_ARMS else None
+        teacher = part["teacher"] if arm.needs_teacher else None
         if task.is_regression:
             target = regression_target(arm, part["labels"], teacher, (label_means or {}).get(task_name, 0.5),
                                        annealing, distill_weight)  # (b_task,)
@@ -174,16 +177,17 @@ class StudentTask:
 
     def __init__(self, data: StudentData, *, arm: str, seed: int, bam, optim_cfg, device: torch.device,
                  precision: str, pad_token_id: int, model: MultiTaskModel | None = None, build=None):
-        if arm in TEACHER_ARMS and data.teacher_outputs is None:
+        self.arm = target_arm(arm)  # the declared entry, resolved once
+        if self.arm.needs_teacher and data.teacher_outputs is None:
             raise ValueError(f"arm {arm!r} needs the teachers' cached predictions")
-        self.data, self.arm, self.seed, self.bam, self.optim_cfg = data, arm, seed, bam, optim_cfg
+        self.data, self.seed, self.bam, self.optim_cfg = data, seed, bam, optim_cfg
         self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
         self._model, self._build = model, build
         self.sizes = data.task_sizes
         self.total = total_steps(self.sizes, bam.batch_size, bam.epochs)
         self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size)
-        self.name, self.epochs = f"{arm} seed {seed}", -(-self.total // self.per_epoch)
-        self.teacher_outputs = _to_device(data.teacher_outputs, device) if arm in TEACHER_ARMS else None
+        self.name, self.epochs = f"{self.arm.name} seed {seed}", -(-self.total // self.per_epoch)
+        self.teacher_outputs = _to_device(data.teacher_outputs, device) if self.arm.needs_teacher else None
 
     def build_model(self) -> MultiTaskModel:
         return self._model if self._model is not None else self._build()
@@ -204,7 +208,7 @@ class StudentTask:
         annealing = annealing_lambda(step, self.total)
         parts = student_loss(model, batch, arm=self.arm, annealing=annealing, distill_weight=self.bam.distill_weight,
                              label_means=self.data.label_means)
-        log = {"lambda": annealing, "label_weight": label_weight(self.arm, annealing, self.bam.distill_weight)}
+        log = {"lambda": annealing, "label_weight": self.arm.label_weight(annealing, self.bam.distill_weight)}
         log.update({f"loss/{task}": value for task, value in parts["task_loss"].items()})
         return StepOutput(loss=parts["loss"], count=len(triples), log=log)
 
@@ -223,14 +227,13 @@ class StudentTask:
         metrics = getattr(self, "_final", None) or self._dev_metrics(model)
         metrics = {task: json_safe(values) for task, values in metrics.items()}
         write_json(run_dir / "dev_metrics.json", metrics)
-        return {"arm": self.arm, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total,
+        return {"arm": self.arm.name, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total,
                 "per_rank_batch": -(-self.bam.batch_size // current().world_size)}
 
 
 def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,
-                  run_dir: str | Path, device: torch.device, precision: str, pad_token_id: int,
-                  resume: bool, show_progress: bool = True, build=None, init_seed: int | None = None,
-                  tensorboard: bool = True) -> dict[str, dict[str, float]]:
+                  train_cfg: TrainingConfig, run_dir: str | Path, device: torch.device, pad_token_id: int,
+                  resume: bool, build=None, init_seed: int | None = None) -> dict[str, dict[str, float]]:
     """Train one student arm with one seed in ``run_dir`` on the engine; return its dev metrics.
 
     ``run_dir`` follows the engine's contract (checkpoint while unfinished, metrics.jsonl with lambda,
@@ -241,13 +244,10 @@ def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, 
     run_dir = Path(run_dir)
     if resume and (run_dir / RESULTS).exists():
         return finished_results(run_dir)["dev_metrics"]
-    task = StudentTask(data, arm=arm, seed=seed, bam=bam, optim_cfg=optim_cfg, device=device, precision=precision,
-                       pad_token_id=pad_token_id, model=model, build=build)
-    settings = EngineSettings(device=device, precision=precision,
-                              seed=derive_seed(seed, "bam-student") if init_seed is None else init_seed,
-                              max_grad_norm=optim_cfg.max_grad_norm,
-                              checkpoint_every_steps=bam.checkpoint_every_steps, log_every_steps=1,
-                              progress=show_progress, tensorboard=tensorboard)
+    task = StudentTask(data, arm=arm, seed=seed, bam=bam, optim_cfg=optim_cfg, device=device,
+                       precision=train_cfg.precision, pad_token_id=pad_token_id, model=model, build=build)
+    settings = engine_settings(train_cfg, device, seed=derive_seed(seed, "bam-student") if init_seed is None else init_seed,
+                               max_grad_norm=optim_cfg.max_grad_norm, log_every_steps=1)
     return train(run_dir, task, settings, resume=resume)["dev_metrics"]
 
 

@@ -17,7 +17,6 @@ on --resume; the interrupted one continues from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 
@@ -32,32 +31,20 @@ from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
 from bornagain.files import read_json, write_json
 from bornagain.engine.logging import read_metrics
 from bornagain.engine.rng import derive_seed
-from bornagain.ensemble import evaluate_ensembles
+from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError
-from bornagain.losses import born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts
+from bornagain.distill.ban_losses import LOSS_PRESETS, resolve_loss
 from bornagain.models import create_model
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
-from bornagain.plots import plot_run
-from bornagain.report import write_tables
+from bornagain.reports.plots import plot_run
+from bornagain.reports.ban_tables import write_tables
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
 
 
-def label_loss(student_logits, teacher_logits, labels):
-    """Generation 0 and baselines: plain cross-entropy on the labels."""
-    return born_again_loss_parts(student_logits, None, labels, label_weight=1.0, teacher_weight=0.0)
-
-
-def generation_loss(cfg: VisionConfig):
-    """The loss of generations >= 1 for the configured preset (ban+l, ban, cwtm, dkpp)."""
-    lw, tw, t = cfg.ban.weights()
-    if cfg.ban.loss == "cwtm":
-        return functools.partial(cwtm_loss_parts, label_weight=lw)
-    if cfg.ban.loss == "dkpp":
-        # generator=None: the permutation draws from torch's global RNG, which checkpoints restore
-        return functools.partial(dkpp_loss_parts, label_weight=lw, teacher_weight=tw, temperature=t)
-    return functools.partial(born_again_loss_parts, label_weight=lw, teacher_weight=tw, temperature=t)
+label_loss = resolve_loss("ce")
+"""Generation 0 and baselines: plain cross-entropy on the labels."""
 
 
 def model_kwargs(cfg: VisionConfig, name: str) -> dict:
@@ -169,6 +156,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
 
     generations = []
     teacher = None
+    student_loss = cfg.ban.student_loss()
     run_dirs = [Path(cfg.ban.teacher_run) if cfg.ban.teacher_run else output / "gen0"]
     run_dirs += [output / f"gen{g}" for g in range(1, cfg.ban.generations + 1)]
     for g, run_dir in enumerate(run_dirs):
@@ -177,12 +165,13 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
             generations.append(_reuse_teacher(run_dir, name))
             teacher = load_frozen_teacher(run_dir, cfg, name, data)
             continue
-        lw, tw, t = cfg.ban.weights() if g else (1.0, 0.0, 1.0)
+        loss = student_loss if g else label_loss
         spec = RunSpec(
             name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
-            loss_fn=generation_loss(cfg) if g else label_loss, teacher=teacher,
-            extra={"generation": g, "loss": cfg.ban.loss if g else "ce", "label_weight": lw, "teacher_weight": tw,
-                   "temperature": t, "teacher_dir": f"gen{g - 1}" if g else None,
+            loss_fn=loss, teacher=teacher,
+            extra={"generation": g, "loss": loss.preset.name, "label_weight": loss.label_weight,
+                   "teacher_weight": loss.teacher_weight, "temperature": loss.temperature,
+                   "teacher_dir": f"gen{g - 1}" if g else None,
                    "warmup_epochs": cfg.ban.student_warmup_epochs if g else 0.0},
             warmup_epochs=cfg.ban.student_warmup_epochs if g else 0.0,
             epoch_check=_start_check(run_dirs[g - 1], data.num_classes) if g else None,
@@ -259,7 +248,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
         "loss_weights": dict(zip(("label_weight", "teacher_weight", "temperature"), cfg.ban.weights())),
         "normalize_loss_weights": cfg.ban.normalize_loss_weights,
         "student_warmup_epochs": cfg.ban.student_warmup_epochs,
-        "kd_loss_reported_as": "T^2 * KL(teacher || student), batch mean",
+        "kd_loss_reported_as": LOSS_PRESETS[cfg.ban.loss].teacher_term,
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,
         "generations": rows,

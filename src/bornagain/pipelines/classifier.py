@@ -23,13 +23,14 @@ from safetensors.torch import load_file
 
 from bornagain.config import save_config
 from bornagain.engine.checkpoint import save_tensors
-from bornagain.engine.device import resolve_device
-from bornagain.engine.distributed import DistInfo, current, init_distributed, shard
+from bornagain.engine.distributed import DistInfo, current, shard
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import EngineSettings, StepOutput, finished_results, is_finished, train
+from bornagain.engine.trainer import StepOutput, finished_results, is_finished, train
 from bornagain.errors import UserError
-from bornagain.schedules import lr_factor_at_step
-from bornagain.vision.batches import BatchPipeline, classification_metrics, predict_logits
+from bornagain.engine.schedules import lr_factor_at_step
+from bornagain.pipelines.common import engine_settings, start_process
+from bornagain.reports.metrics import classification_metrics
+from bornagain.vision.batches import BatchPipeline, predict_logits
 from bornagain.vision.config import TrainConfig, VisionConfig
 from bornagain.vision.prepare import PreparedData
 from bornagain.vision.splits import iterate_batches
@@ -182,13 +183,6 @@ class ClassifierTask:
         }
 
 
-def engine_settings(cfg: VisionConfig, seed: int, device: torch.device) -> EngineSettings:
-    train = cfg.train
-    return EngineSettings(device=device, precision=train.precision, seed=seed, max_grad_norm=0.0,
-                          checkpoint_every_steps=train.checkpoint_every_steps, log_every_steps=0,
-                          progress=train.progress, tensorboard=train.tensorboard)
-
-
 def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
         make_model: Callable[[], torch.nn.Module], *, resume: bool) -> dict:
     """Train ``make_model()`` under ``cfg.train`` with ``spec.loss_fn`` in ``run_dir``; return results.json.
@@ -198,12 +192,9 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
         return finished_results(run_dir)
-    device = resolve_device(cfg.train.device)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    dist = init_distributed(device.type)
+    device, dist = start_process(cfg.train)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     task = ClassifierTask(cfg, data, spec, make_model, device)
-    return train(run_dir, task, engine_settings(cfg, spec.seed, device), resume=resume, epoch_check=spec.epoch_check)
+    return train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=resume, epoch_check=spec.epoch_check)

@@ -9,7 +9,7 @@ OUTPUT/teachers/<TASK>/:
     config.yaml                 the resolved experiment config
     teacher_settings.json       the settings that define the teacher (checked on resume/reuse)
     checkpoint.safetensors      training state while unfinished (every N steps and each epoch end)
-    metrics.jsonl, tb/          loss, lr, grad norm every teacher.log_every_steps; dev metrics per epoch
+    metrics.jsonl, tb/          loss, lr, grad norm every train.log_every_steps; dev metrics per epoch
     model.safetensors           the final teacher (weights.safetensors in runs made before the one engine)
     dev_metrics.json            its dev metrics and the majority-class baseline
     train_predictions.safetensors   its outputs on its own training set, keyed by example id
@@ -31,7 +31,7 @@ from bornagain.engine.distributed import DistInfo, current, init_distributed
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.lock import run_lock
 from bornagain.engine.settings import check_or_record
-from bornagain.engine.trainer import CHECKPOINT, RESULTS, EngineSettings, StepOutput, train
+from bornagain.engine.trainer import CHECKPOINT, RESULTS, StepOutput, train
 from bornagain.files import read_json, write_json
 from bornagain.errors import UserError
 from bornagain.glue.cache import (
@@ -45,6 +45,7 @@ from bornagain.glue.model import build_model
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
 from bornagain.glue.tasks import GlueTask, get_task
+from bornagain.pipelines.common import engine_settings, start_process
 from bornagain.glue.tokenize import (
     encode_examples, iterate_batches, load_tokenizer, tokenizer_fingerprint, train_batch_indices,
 )
@@ -90,11 +91,10 @@ class TeacherRun:
 def teacher_settings(cfg: GlueExperimentConfig, task: str) -> dict:
     """The config values that define a teacher (device, progress bars and the task list do not)."""
     tree = config_to_dict(cfg)
-    for key in ("output_dir", "bam", "train"):
+    for key in ("output_dir", "bam"):
         tree.pop(key)
     tree["glue"].pop("tasks")
-    for key in ("eval_batch_size", "log_every_steps", "checkpoint_every_steps"):
-        tree["teacher"].pop(key)
+    tree["train"] = {k: tree["train"][k] for k in ("epochs", "batch_size", "bucket_by_length")}
     tree["precision"] = cfg.train.precision
     tree["task"] = task
     return tree
@@ -108,7 +108,7 @@ def label_loss(task: GlueTask, outputs: torch.Tensor, labels: torch.Tensor) -> t
 
 
 def _finished_run(cfg: GlueExperimentConfig, task: str, run_dir: Path) -> TeacherRun:
-    check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task))
+    check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task), renamed=cfg.RENAMED_KEYS)
     r = read_json(run_dir / RESULTS)
     return TeacherRun(task, run_dir, r["dev_metrics"], r["majority_baseline"], r["prediction_fingerprint"],
                       r["train_seconds"])
@@ -119,7 +119,7 @@ class TeacherTask:
 
     def __init__(self, cfg: GlueExperimentConfig, task: GlueTask, device: torch.device):
         self.cfg, self.task, self.device = cfg, task, device
-        self.name, self.epochs = f"{task.name} teacher", cfg.teacher.epochs
+        self.name, self.epochs = f"{task.name} teacher", cfg.train.epochs
         self.train_examples = load_train_examples(cfg, task)
         self.dev_examples = {s: load_split(task, s, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
                              for s in task.dev_splits}
@@ -139,8 +139,8 @@ class TeacherTask:
 
     def epoch_batches(self, epoch: int, dist: DistInfo) -> list[list[int]]:
         # The batch order of an epoch depends only on (seed, task, epoch); each rank takes its slice.
-        batches = train_batch_indices(self.train_split.lengths, self.cfg.teacher.batch_size,
-                                      bucket=self.cfg.teacher.bucket_by_length,
+        batches = train_batch_indices(self.train_split.lengths, self.cfg.train.batch_size,
+                                      bucket=self.cfg.train.bucket_by_length,
                                       seed=derive_seed(self.cfg.seed, "teacher", self.task.name, "epoch", epoch))
         return [list(b)[dist.rank::dist.world_size] for b in batches if len(b) >= dist.world_size]
 
@@ -153,7 +153,7 @@ class TeacherTask:
 
     def _eval_kwargs(self) -> dict:
         return dict(device=self.device, precision=self.cfg.train.precision,
-                    batch_size=self.cfg.teacher.eval_batch_size, pad_token_id=self.pad_id)
+                    batch_size=self.cfg.train.eval_batch_size, pad_token_id=self.pad_id)
 
     def evaluate(self, model, epoch: int) -> dict:
         dev = evaluate_dev(model, self.dev_splits, self.task, **self._eval_kwargs())
@@ -185,14 +185,7 @@ class TeacherTask:
         return {"task": task.name, "dev_metrics": dev, "majority_baseline": baseline,
                 "prediction_fingerprint": fingerprint, "dataset_fingerprint": dataset_fp,
                 "num_train_examples": len(self.train_examples), "submission_files": submissions,
-                "per_rank_batch": -(-cfg.teacher.batch_size // current().world_size)}
-
-
-def engine_settings(cfg: GlueExperimentConfig, seed: int, device: torch.device, *, checkpoint_every: int,
-                    log_every: int) -> EngineSettings:
-    return EngineSettings(device=device, precision=cfg.train.precision, seed=seed,
-                          max_grad_norm=cfg.optim.max_grad_norm, checkpoint_every_steps=checkpoint_every,
-                          log_every_steps=log_every, progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
+                "per_rank_batch": -(-cfg.train.batch_size // current().world_size)}
 
 
 def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path, *,
@@ -205,18 +198,14 @@ def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path
     if resuming and not resume:
         raise UserError(f"'{run_dir}' holds an unfinished {task.name} teacher: pass --resume to continue it,"
                         " or choose another --output")
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device.type)
+    device, dist = start_process(cfg.train)
     if dist.is_main:
         if not resuming:
             (run_dir / SETTINGS).unlink(missing_ok=True)  # a fresh start records this run's settings
-        check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task.name))
+        check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task.name), renamed=cfg.RENAMED_KEYS)
         save_config(cfg, run_dir / "config.yaml")
-    settings = engine_settings(cfg, derive_seed(cfg.seed, "teacher", task.name), device,
-                               checkpoint_every=cfg.teacher.checkpoint_every_steps,
-                               log_every=cfg.teacher.log_every_steps)
+    settings = engine_settings(cfg.train, device, seed=derive_seed(cfg.seed, "teacher", task.name),
+                               max_grad_norm=cfg.optim.max_grad_norm, log_every_steps=cfg.train.log_every_steps)
     result = train(run_dir, TeacherTask(cfg, task, device), settings, resume=resuming)
     return TeacherRun(task.name, run_dir, result["dev_metrics"], result["majority_baseline"],
                       result["prediction_fingerprint"], result["train_seconds"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bornagain.config import TrainingConfig
+from bornagain.distill.ban_losses import STUDENT_LOSSES, ResolvedLoss, resolve_loss
 from bornagain.errors import UserError
 
 
@@ -47,7 +49,9 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TrainingConfig):
+    """The shared training keys (config.TrainingConfig) with their vision defaults, and SGD's schedule."""
+
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 512
@@ -61,47 +65,24 @@ class TrainConfig:
     """Step-schedule milestones as fractions of `epochs` (WRN CIFAR protocol: epochs 60/120/160 of 200)."""
     gamma: float = 0.2
     warmup_epochs: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
     channels_last: bool = False
-    device: str = "auto"
-    """auto | cpu | cuda."""
-    progress: bool = True
-    tensorboard: bool = True
-    num_threads: int | None = None
-    """torch intra-op threads on CPU; null leaves torch's default."""
-    checkpoint_every_steps: int = 0
-    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
+    """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU)."""
 
     def __post_init__(self):
-        if self.checkpoint_every_steps < 0:
-            raise UserError(f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0")
-        if self.epochs < 1:
-            raise UserError(f"train.epochs={self.epochs} must be at least 1")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
+        super().__post_init__()
         if self.lr <= 0:
             raise UserError(f"train.lr={self.lr} must be positive")
         if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise UserError(f"train.milestones={list(self.milestones)} must be increasing fractions between 0 and 1")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise UserError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
-
-
-BAN_LOSS_PRESETS = {
-    # name: (label_weight, teacher_weight, temperature)
-    "ban+l": (1.0, 1.0, 1.0),  # the seed paper's Eq. 2: labels + teacher
-    "ban": (0.0, 1.0, 1.0),  # teacher only (best for CIFAR-100 DenseNets in the longer paper)
-    "cwtm": (1.0, 0.0, 1.0),  # label CE weighted per example by the teacher's confidence
-    "dkpp": (0.0, 1.0, 1.0),  # teacher-only target with non-argmax probabilities permuted
-}
 
 
 @dataclass(frozen=True)
 class BanConfig:
     generations: int = 2
     """Students trained after the teacher (generation 0)."""
-    loss: Literal["ban+l", "ban", "cwtm", "dkpp"] = "ban+l"
+    loss: str = "ban+l"
+    """A declared preset (distill/ban_losses.py): ban+l (Eq. 2: labels + teacher), ban (teacher only),
+    cwtm (label CE weighted by the teacher's confidence), dkpp (teacher with non-argmax probabilities permuted)."""
     label_weight: float | None = None
     """Weight of CE(labels, student); null takes the preset's value."""
     teacher_weight: float | None = None
@@ -132,6 +113,8 @@ class BanConfig:
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
 
     def __post_init__(self):
+        if self.loss not in STUDENT_LOSSES:
+            raise UserError(f"config key 'ban.loss': {self.loss!r} is not one of {', '.join(map(repr, STUDENT_LOSSES))}")
         if self.generations < 0:
             raise UserError(f"ban.generations={self.generations} must be >= 0")
         if any(k < 1 for k in self.ensembles):
@@ -141,14 +124,15 @@ class BanConfig:
         if self.temperature is not None and self.temperature <= 0:
             raise UserError(f"ban.temperature={self.temperature} must be positive")
 
+    def student_loss(self) -> ResolvedLoss:
+        """The students' loss: the preset with this section's weights (resolved once per run)."""
+        return resolve_loss(self.loss, label_weight=self.label_weight, teacher_weight=self.teacher_weight,
+                            temperature=self.temperature, normalize=self.normalize_loss_weights)
+
     def weights(self) -> tuple[float, float, float]:
         """(label_weight, teacher_weight, temperature) after applying the preset."""
-        lw, tw, t = BAN_LOSS_PRESETS[self.loss]
-        lw = lw if self.label_weight is None else self.label_weight
-        tw = tw if self.teacher_weight is None else self.teacher_weight
-        if self.normalize_loss_weights and lw + tw > 0:
-            lw, tw = lw / (lw + tw), tw / (lw + tw)
-        return lw, tw, t if self.temperature is None else self.temperature
+        loss = self.student_loss()
+        return loss.label_weight, loss.teacher_weight, loss.temperature
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         raise UserError("bornagain report needs at least one run directory")
     results = [load_run_results(d) for d in run_dirs]
     if plots:
-        from bornagain.plots import plot_run
+        from bornagain.reports.plots import plot_run
 
         for run_dir, r in zip(run_dirs, results):
             plot_run(run_dir, r)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bornagain.vision.batches import classification_metrics
+from bornagain.reports.metrics import classification_metrics
 
 
 def average_probabilities(probs: list[torch.Tensor]) -> torch.Tensor:

@@ -10,14 +10,14 @@ With lambda = step / total_steps rising linearly from 0 (first step) to 1 (end):
 (STS-B labels are scaled to [0, 1] by y / 5 before they reach these functions.)
 
 The four student arms (``bam.targets``) differ only in the weight of the hard label
-and in what fills the rest of the target:
+and in what fills the rest of the target; each is one declared entry of ``TARGET_ARMS``:
 
     arm                 label weight          rest of the target
     annealed (BAM)      lambda                teacher
     fixed               1 - distill_weight    teacher          (original code: 0.5)
-    labels              1                     -                (plain multi-task)
-    smoothing-annealed  lambda                uniform over the classes (classification)
-                                              the task's mean training label (regression)
+    labels              1                     none             (plain multi-task)
+    smoothing-annealed  lambda                prior: uniform over the classes (classification),
+                                                     the task's mean training label (regression)
 
 ``smoothing-annealed`` is the reviewers' control: the same schedule without any
 teacher. For classification it anneals from uniform label smoothing to hard labels.
@@ -27,14 +27,38 @@ mean, so the target shrinks y towards the task's mean training label.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Literal
+
 import torch
 import torch.nn.functional as F
 
 from bornagain.errors import UserError
-from bornagain.glue.bam_config import TARGET_ARMS
 
-TEACHER_ARMS = ("annealed", "fixed")
-"""Arms whose targets need the teachers' cached predictions."""
+
+@dataclass(frozen=True)
+class TargetArm:
+    """One declared student arm (a value of `bam.targets`)."""
+
+    name: str
+    needs_teacher: bool  # reads the teachers' cached predictions
+    label_weight: Callable[[float, float], float]  # (lambda, distill_weight) -> weight of the hard label
+    rest: Literal["teacher", "prior", "none"]  # what fills the other 1 - weight of the target
+
+
+TARGET_ARMS: dict[str, TargetArm] = {a.name: a for a in (
+    TargetArm("annealed", True, lambda annealing, distill_weight: annealing, "teacher"),  # BAM
+    TargetArm("fixed", True, lambda annealing, distill_weight: 1.0 - distill_weight, "teacher"),
+    TargetArm("labels", False, lambda annealing, distill_weight: 1.0, "none"),  # plain multi-task
+    TargetArm("smoothing-annealed", False, lambda annealing, distill_weight: annealing, "prior"),
+)}
+
+
+def target_arm(name: str) -> TargetArm:
+    """The declared arm ``name`` (resolved once per student run)."""
+    if name not in TARGET_ARMS:
+        raise UserError(f"unknown bam.targets arm {name!r}; choose from {', '.join(TARGET_ARMS)}")
+    return TARGET_ARMS[name]
 
 
 def annealing_lambda(step: int, total_steps: int) -> float:
@@ -44,15 +68,10 @@ def annealing_lambda(step: int, total_steps: int) -> float:
     return min(1.0, max(0.0, step / total_steps))
 
 
-def label_weight(arm: str, annealing: float, distill_weight: float) -> float:
+def label_weight(arm: TargetArm | str, annealing: float, distill_weight: float) -> float:
     """Weight of the hard label in the target of ``arm`` at schedule value ``annealing`` (lambda)."""
-    if arm in ("annealed", "smoothing-annealed"):
-        return annealing
-    if arm == "fixed":
-        return 1.0 - distill_weight
-    if arm == "labels":
-        return 1.0
-    raise UserError(f"unknown bam.targets arm {arm!r}: choose from {', '.join(TARGET_ARMS)}")
+    arm = target_arm(arm) if isinstance(arm, str) else arm
+    return arm.label_weight(annealing, distill_weight)
 
 
 def mixed_classification_target(labels: torch.Tensor, other: torch.Tensor, weight: float) -> torch.Tensor:
@@ -92,7 +111,7 @@ def squared_error(predictions: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def classification_target(
-    arm: str,
+    arm: TargetArm | str,
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     num_classes: int,
@@ -100,18 +119,19 @@ def classification_target(
     distill_weight: float,
 ) -> torch.Tensor:
     """The (b, c) target of ``arm`` for a classification task (see the module docstring)."""
-    weight = label_weight(arm, annealing, distill_weight)
-    if arm in TEACHER_ARMS:
+    arm = target_arm(arm) if isinstance(arm, str) else arm
+    weight = arm.label_weight(annealing, distill_weight)
+    if arm.rest == "teacher":
         if teacher_logits is None:
-            raise ValueError(f"arm {arm!r} needs teacher logits")
+            raise ValueError(f"arm {arm.name!r} needs teacher logits")
         return annealed_classification_target(labels, teacher_logits, weight)
-    if arm == "smoothing-annealed":
+    if arm.rest == "prior":
         return smoothing_classification_target(labels, num_classes, weight)
-    return F.one_hot(labels.long(), num_classes=num_classes).float()  # labels
+    return F.one_hot(labels.long(), num_classes=num_classes).float()  # rest "none": the labels alone
 
 
 def regression_target(
-    arm: str,
+    arm: TargetArm | str,
     labels: torch.Tensor,
     teacher_predictions: torch.Tensor | None,
     label_mean: float,
@@ -119,11 +139,12 @@ def regression_target(
     distill_weight: float,
 ) -> torch.Tensor:
     """The (b,) target of ``arm`` for a regression task (see the module docstring)."""
-    weight = label_weight(arm, annealing, distill_weight)
-    if arm in TEACHER_ARMS:
+    arm = target_arm(arm) if isinstance(arm, str) else arm
+    weight = arm.label_weight(annealing, distill_weight)
+    if arm.rest == "teacher":
         if teacher_predictions is None:
-            raise ValueError(f"arm {arm!r} needs teacher predictions")
+            raise ValueError(f"arm {arm.name!r} needs teacher predictions")
         return annealed_regression_target(labels, teacher_predictions, weight)
-    if arm == "smoothing-annealed":
+    if arm.rest == "prior":
         return annealed_regression_target(labels, torch.full_like(labels.float(), label_mean), weight)
-    return labels.float()  # labels
+    return labels.float()  # rest "none": the labels alone

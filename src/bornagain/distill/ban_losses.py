@@ -1,4 +1,4 @@
-"""Born-again distillation losses (SPEC section 1): plain functions of logits.
+"""Born-again distillation losses (SPEC section 1): plain functions of logits, and their declared presets.
 
 All teacher terms compare *distributions*: the teacher's logits are turned into
 probabilities at temperature T and the student is pulled towards them with
@@ -12,6 +12,9 @@ the teacher's entropy, a constant for the student).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -117,3 +120,72 @@ def _check_logits(student_logits, teacher_logits, labels) -> None:
             f"teacher outputs {tuple(teacher_logits.shape)} but student outputs {tuple(student_logits.shape)}: "
             "teacher and student must predict the same number of classes on the same dataset"
         )
+
+
+# --- the declared presets -------------------------------------------------------------------------------------------
+
+LossParts = Callable[..., dict]
+"""(student_logits, teacher_logits or None, labels, *, label_weight, teacher_weight, temperature)
+-> {"loss", "label_loss", "kd_loss"}."""
+
+
+def _cwtm_parts(student_logits, teacher_logits, labels, *, label_weight, teacher_weight, temperature):
+    return cwtm_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight)
+
+
+def _dkpp_parts(student_logits, teacher_logits, labels, *, label_weight, teacher_weight, temperature):
+    # generator=None: the permutation draws from torch's global RNG, which checkpoints restore
+    return dkpp_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight,
+                           teacher_weight=teacher_weight, temperature=temperature)
+
+
+@dataclass(frozen=True)
+class LossPreset:
+    """One declared born-again loss (a value of `ban.loss`, or "ce" for teachers and baselines)."""
+
+    name: str
+    needs_teacher: bool
+    label_weight: float  # default weight of CE(y, student)
+    teacher_weight: float  # default weight of the teacher term
+    teacher_term: str  # what the reported kd_loss is
+    parts: LossParts
+
+
+LOSS_PRESETS: dict[str, LossPreset] = {p.name: p for p in (
+    LossPreset("ce", False, 1.0, 0.0, "none (labels only)", born_again_loss_parts),
+    LossPreset("ban+l", True, 1.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),  # Eq. 2
+    LossPreset("ban", True, 0.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),
+    LossPreset("cwtm", True, 1.0, 0.0, "label CE weighted by the teacher's max probability", _cwtm_parts),
+    LossPreset("dkpp", True, 0.0, 1.0, "T^2 * KL(permuted teacher || student), batch mean", _dkpp_parts),
+)}
+STUDENT_LOSSES = tuple(name for name, p in LOSS_PRESETS.items() if p.needs_teacher)
+"""The values `ban.loss` accepts: the presets that learn from a teacher."""
+
+
+@dataclass(frozen=True)
+class ResolvedLoss:
+    """A preset with its weights fixed; call it like the preset's parts function, without the weights."""
+
+    preset: LossPreset
+    label_weight: float
+    teacher_weight: float
+    temperature: float
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.preset.parts(student_logits, teacher_logits, labels, label_weight=self.label_weight,
+                                 teacher_weight=self.teacher_weight, temperature=self.temperature)
+
+
+def resolve_loss(name: str, *, label_weight: float | None = None, teacher_weight: float | None = None,
+                 temperature: float | None = None, normalize: bool = False) -> ResolvedLoss:
+    """The preset ``name`` with the given weights (None: the preset's); ``normalize`` divides the
+    two weights by their sum. Done once per run, before training."""
+    if name not in LOSS_PRESETS:
+        raise UserError(f"unknown loss {name!r}; choose from {', '.join(STUDENT_LOSSES)}")
+    preset = LOSS_PRESETS[name]
+    lw = preset.label_weight if label_weight is None else label_weight
+    tw = preset.teacher_weight if teacher_weight is None else teacher_weight
+    if normalize and lw + tw > 0:
+        lw, tw = lw / (lw + tw), tw / (lw + tw)
+    return ResolvedLoss(preset, lw, tw, 1.0 if temperature is None else temperature)

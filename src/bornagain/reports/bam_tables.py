@@ -25,7 +25,7 @@ import math
 from typing import Mapping
 
 from bornagain.glue.metrics import task_score
-from bornagain.stats import TEST_NAMES, Summary, format_mean_std, format_p_value, paired_test, summarize, wilcoxon_min_p
+from bornagain.reports.stats import TEST_NAMES, Summary, format_mean_std, format_p_value, paired_test, summarize, wilcoxon_min_p
 
 ROW_ORDER = ("majority", "teachers", "labels", "annealed", "fixed", "smoothing-annealed")
 ROW_TITLES = {
