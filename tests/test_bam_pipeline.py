@@ -175,3 +175,19 @@ def test_unfinished_student_needs_resume_and_a_rerun_is_deterministic(bam_run):
     again = run_bam(cfg, out, resume=True)
     assert json.loads((run_dir / "dev_metrics.json").read_text()) == saved  # same seed, same result
     assert again["scores"] == results["scores"]
+
+
+def test_report_reads_every_kind_of_run_directory(bam_run, tmp_path):
+    from bornagain.errors import UserError
+    from bornagain.reports.ban_tables import report_command
+
+    _, out, _, _ = bam_run
+    text = report_command([str(out), str(out / "students" / "annealed" / "seed0"), str(out / "teachers" / "MRPC")])
+    assert "BAM (teacher annealing)" in text  # the bam output's table
+    assert "| arm | annealed |" in text and "| dev MRPC f1 |" in text  # one student run
+    assert "| task | MRPC |" in text and "| dev f1 |" in text  # one teacher run
+    assert "last epoch train_loss" in text
+    with pytest.raises(UserError, match="not a finished bornagain run"):
+        report_command([str(tmp_path)])
+    with pytest.raises(UserError, match="--output and --plots"):
+        report_command([str(out)], str(tmp_path / "t"))

@@ -2,7 +2,7 @@
 
     bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
     bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
-    bornagain report RUN_DIR [RUN_DIR ...]                                    re-render tables from finished runs
+    bornagain report RUN_DIR [RUN_DIR ...]                                    tables of finished runs (any kind)
     bornagain models [--match-table]                                          registered models / Match parameter counts
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one classifier into a run directory")
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("report", help="re-render tables from finished `ban` runs (one row per run)")
+    p = sub.add_parser("report", help="tables of finished runs: `ban` runs one row each; any other run directory "
+                                        "(a generation, a GLUE teacher, a BAM student, a bam output) printed alone")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="also write table.md and table.csv here")
     p.add_argument("--plots", action="store_true", help="(re)draw curves.png and generations.png in each run")

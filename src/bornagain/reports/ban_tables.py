@@ -107,6 +107,12 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
     """Re-render tables from finished runs (several runs = several rows); print, and write if asked."""
     if not run_dirs:
         raise UserError("bornagain report needs at least one run directory")
+    from bornagain.reports.runs import kind_of, render_any  # noqa: PLC0415
+
+    if any(kind_of(Path(d)) != "ban" for d in run_dirs):  # other kinds of run: printed, each in its own form
+        if output or plots:
+            raise UserError("--output and --plots take `bornagain ban` runs only; drop them to print these runs")
+        return render_any(run_dirs)
     results = [load_run_results(d) for d in run_dirs]
     if plots:
         from bornagain.reports.plots import plot_run
