@@ -6,7 +6,7 @@ throughput ratio annealed / labels should be within 5% of 1.0.
 
 Both arms train side by side in ONE process, from the same initial weights, on the
 same mixed minibatches, with the same training step as `bornagain bam`
-(`student.train_step`). Many short rounds alternate which arm goes first, so that a
+(the engine's `train_step` on the pipeline's `StudentTask`). Many short rounds alternate which arm goes first, so that a
 slowdown of a shared machine hits both arms alike; the reported ratio is the median
 of the per-round ratios (robust to a round disturbed by another process), beside the
 ratio of the summed times.
@@ -32,7 +32,9 @@ from bornagain.glue.config import OptimConfig
 from bornagain.glue.model import MultiTaskModel, TaskHead
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch
-from bornagain.pipelines.bam_student import StudentData, mixed_batch, train_step
+from bornagain.engine.trainer import EngineSettings, train_step
+from bornagain.glue.bam_config import BamConfig
+from bornagain.pipelines.bam_student import StudentData, StudentTask
 from bornagain.glue.tasks import get_task
 from bornagain.glue.tokenize import EncodedSplit
 
@@ -83,14 +85,17 @@ def real_data(data_dir: str, tokenizer_dir: str, n_per_task: int) -> tuple[Stude
     return StudentData(TASKS, train, {}, teacher_outputs=teacher, label_means={"STS-B": 0.5}), tokenizer.vocab_size
 
 
+SETTINGS = EngineSettings(device=torch.device("cpu"), max_grad_norm=1.0, progress=False, tensorboard=False)
+
+
 def run_steps(model, optimizer, scheduler, data, batches, arm: str) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for the training steps of ``batches`` (teacher outputs
     looked up per batch, as in training)."""
+    task = StudentTask(data, arm=arm, seed=0, bam=BamConfig(batch_size=len(batches[0]), epochs=1.0),
+                       optim_cfg=OptimConfig(), device=torch.device("cpu"), precision="fp32", pad_token_id=0)
     started, cpu_started = time.perf_counter(), time.process_time()
     for k, triples in enumerate(batches):
-        batch = mixed_batch(data, triples, 0, data.teacher_outputs if arm == "annealed" else None)
-        train_step(model, batch, optimizer, scheduler, arm=arm, annealing=k / len(batches), distill_weight=0.5,
-                   label_means=data.label_means, max_grad_norm=1.0, device=torch.device("cpu"), precision="fp32")
+        train_step(model, task, triples, k, optimizer, scheduler, SETTINGS)
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 

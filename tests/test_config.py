@@ -140,3 +140,19 @@ def test_loss_presets_and_target_arms_are_declared_once():
         target_arm("soft")
     cfg = load_config(GlueExperimentConfig, None, ["bam.targets=[labels]"])
     assert not cfg.bam.needs_teachers
+
+
+def test_a_run_made_before_a_key_existed_still_resumes(tmp_path):
+    """A config.yaml without keys added later (here ban.prepare_teacher, train.compile) resumes as if it
+    had their defaults; one that differs from them is refused, naming the key."""
+    import yaml
+
+    from bornagain.pipelines.ban import check_output_dir
+
+    cfg = load_config(VisionConfig, None, [f"output_dir={tmp_path}"])
+    old = config_to_dict(cfg)
+    del old["ban"]["prepare_teacher"], old["train"]["compile"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_output_dir(tmp_path, cfg, resume=True)
+    with pytest.raises(UserError, match="ban.prepare_teacher"):
+        check_output_dir(tmp_path, load_config(VisionConfig, None, ["ban.prepare_teacher=false"]), resume=True)

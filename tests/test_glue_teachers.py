@@ -137,7 +137,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
     overrides = [*overrides, "glue.tasks=[RTE]", "train.checkpoint_every_steps=2"]
     cli.glue_teachers_command(None, str(tmp_path / "straight"), False, overrides)
 
-    # killed before any checkpoint (step 1 logged): a plain rerun starts over, without stale log lines
+    # killed at step 2, before any checkpoint: a plain rerun starts over. Step records are read and written in
+    # batches (at checkpoints, at epoch ends, every 32 records), so the killed run has written none yet; the
+    # run killed after its checkpoint below checks that a resume leaves no stale or duplicated lines.
     real_loss, steps_done = teachers.TeacherTask.loss, []
 
     def step_then_die(*args, **kwargs):
@@ -149,7 +151,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
     monkeypatch.setattr(teachers.TeacherTask, "loss", step_then_die)
     with pytest.raises(Interrupted):
         cli.glue_teachers_command(None, str(tmp_path / "resumed"), False, overrides)
-    assert (tmp_path / "resumed" / "teachers" / "RTE" / "metrics.jsonl").read_text().count("\n") == 1
+    log = tmp_path / "resumed" / "teachers" / "RTE" / "metrics.jsonl"
+    assert not log.exists() or log.read_text() == ""
     monkeypatch.setattr(teachers.TeacherTask, "loss", real_loss)
 
     import bornagain.engine.trainer as trainer

@@ -51,6 +51,10 @@ class TrainingConfig:
     """Progress bars on stderr."""
     tensorboard: bool = True
     """TensorBoard event files beside metrics.jsonl in every run directory."""
+    compile: bool = False
+    """torch.compile the trained model (and a frozen BAN teacher); falls back to eager with one warning line
+    where this machine cannot compile. The compile time is reported apart from the training time."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
     def __post_init__(self):
         if self.epochs < 1:

@@ -19,17 +19,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None) -> list[str]:
+def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None,
+                 defaults: dict | None = None) -> list[str]:
     """Dotted keys whose values differ (keys starting with an ``ignore`` prefix do not matter; ``renamed``
-    maps old dotted names in ``saved``, recorded before a key was renamed, to their new names)."""
+    maps old dotted names in ``saved``, recorded before a key was renamed, to their new names; a key that
+    ``saved`` lacks, recorded before the key existed, counts as its value in ``defaults``)."""
     a, b = flatten(saved), flatten(now)
-    a = {(renamed or {}).get(k, k): v for k, v in a.items()}
+    a = {**flatten(defaults or {}), **{(renamed or {}).get(k, k): v for k, v in a.items()}}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
 
 
 def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ...] = (),
-                   renamed: dict[str, str] | None = None) -> None:
-    changed = changed_keys(saved, now, ignore, renamed)
+                   renamed: dict[str, str] | None = None, defaults: dict | None = None) -> None:
+    changed = changed_keys(saved, now, ignore, renamed, defaults)
     if changed:
         raise UserError(f"'{where}' was made with other settings (changed: {', '.join(changed)}); "
                         "continue it with the same settings, or choose another --output")

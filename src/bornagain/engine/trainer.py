@@ -38,6 +38,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from bornagain.engine.compile import compile_events, maybe_compile
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_gather_objects, all_reduce_tensor, barrier, current
 from bornagain.files import read_json, write_json
@@ -74,6 +75,10 @@ class EngineSettings:
     """Write a step record every N steps (0: epoch records only)."""
     progress: bool = True
     tensorboard: bool = True
+    compile: bool = False
+    """torch.compile the trained model (engine/compile.py); the time of the steps that compiled (the first,
+    and any that met a new shape) is reported as compile_seconds and left out of the training time."""
+    compile_mode: str = "default"
 
 
 @dataclass
@@ -181,6 +186,9 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=getattr(task, "find_unused_parameters", False))
+    train_model, compiled = maybe_compile(train_model, enabled=settings.compile, mode=settings.compile_mode,
+                                          announce=main)
+    first_step = compiled  # this process's first step compiles; so does any step that recompiles (a new shape)
 
     def checkpoint() -> None:
         # Every rank's RNG and task state travel to rank 0, which writes one file.
@@ -192,6 +200,7 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
         barrier()
 
     stop = _SignalFlag()
+    pending = _PendingRecords()
     with stop:
         while state.epoch < task.epochs:
             model.train()
@@ -202,24 +211,37 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                 if b == 0:
                     state.lr = optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
                 _fault_injection(state.step, task.name)
-                out, grad_norm, lr = _step(train_model, task, batches[b], state.step, optimizer, scheduler, settings)
+                if compiled:
+                    t_step, events = time.perf_counter(), compile_events()
+                out, grad_norm, lr = train_step(train_model, task, batches[b], state.step, optimizer, scheduler, settings)
+                if compiled and (first_step or compile_events() != events):
+                    _sync(device)
+                    spent = time.perf_counter() - t_step
+                    state.compile_seconds += spent  # a step that compiled: compile time, not training time
+                    t0 += spent
+                    first_step = False
                 state.add(out, grad_norm)
                 state.step, state.batch = state.step + 1, b + 1
                 if settings.log_every_steps and state.step % settings.log_every_steps == 0:
-                    state.check_finite(task.name)
-                    logger.log(_step_record(out, grad_norm, lr), step=state.step - 1)  # the 0-based step
+                    pending.add(state.step - 1, out, grad_norm, lr)  # the 0-based step; read in batches
+                    if len(pending) >= _READ_EVERY_STEPS:
+                        state.check_finite(task.name)
+                        pending.write(logger)
                 every = settings.checkpoint_every_steps
-                if stop.requested(dist) or (every and state.step % every == 0 and b + 1 < len(batches)):
+                stopping = stop.requested(dist, state.step)
+                if stopping or (every and state.step % every == 0 and b + 1 < len(batches)):
                     state.check_finite(task.name)
+                    pending.write(logger)
                     state.seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     checkpoint()
-                    if stop.signum:
+                    if stopping:
                         logger.close()
                         raise TrainingInterrupted(
                             f"{signal.Signals(stop.signum).name} received: {task.name} stopped after step {state.step}"
                             f" and wrote {ckpt}; continue with --resume", stop.signum)
             state.check_finite(task.name)
+            pending.write(logger)
             seconds = state.seconds + time.perf_counter() - t0
             record = state.epoch_record(dist, device, seconds)
             if main:
@@ -241,12 +263,12 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
             checkpoint()
     logger.close()
     if main:
-        _finish(run_dir, task, model, dist)
+        _finish(run_dir, task, model, dist, compile_seconds=state.compile_seconds if compiled else None)
     barrier()  # the other ranks read what rank 0 wrote
     return read_json(run_dir / RESULTS)
 
 
-def _step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings):
+def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings):
     """One optimiser update: forward under autocast, backward, clip, step, lr step."""
     with autocast(settings.device, settings.precision):
         out = task.loss(model, batch, step)
@@ -269,6 +291,7 @@ class _Progress:
         self.step = self.epoch = self.batch = 0
         self.seconds = 0.0  # training time of the current epoch before the last checkpoint
         self.total_seconds = 0.0
+        self.compile_seconds = 0.0
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.bad_step = None  # tensor: first step whose loss was not finite (-1: none)
@@ -317,7 +340,7 @@ class _Progress:
 
     def to_extra(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds, "lr": self.lr,
-                "total_seconds": self.total_seconds, **self.sums_to_extra()}
+                "total_seconds": self.total_seconds, "compile_seconds": self.compile_seconds, **self.sums_to_extra()}
 
     @classmethod
     def from_extra(cls, extra: dict, device: torch.device) -> "_Progress":
@@ -325,17 +348,43 @@ class _Progress:
         p.step, p.epoch, p.batch = int(extra["step"]), int(extra["epoch"]), int(extra["batch"])
         p.seconds, p.total_seconds = float(extra["seconds"]), float(extra["total_seconds"])
         p.lr = float(extra["lr"])
+        p.compile_seconds = float(extra.get("compile_seconds", 0.0))
         p.restore_sums(extra, device)  # rank 0's (every rank's own are in extra["ranks"])
         return p
 
 
-def _step_record(out: StepOutput, grad_norm, lr: float) -> dict:
-    record = {"loss": float(out.loss.detach()), "lr": lr}
-    if grad_norm is not None:
-        record["grad_norm"] = float(grad_norm)
-    for k, v in out.log.items():
-        record[k] = float(v) if isinstance(v, torch.Tensor) else v
-    return record
+_READ_EVERY_STEPS = 32
+"""Step records stay on the device and are read (one transfer) every this many records, at checkpoints and
+at epoch ends: logging every step costs no host synchronisation per step."""
+
+
+class _PendingRecords:
+    """Step records whose tensor values (loss, grad norm, task logs) are still on the device."""
+
+    def __init__(self):
+        self.items: list[tuple[int, dict]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, step: int, out: StepOutput, grad_norm, lr: float) -> None:
+        record = {"loss": out.loss.detach(), "lr": lr}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm.detach()
+        record.update(out.log)
+        self.items.append((step, record))
+
+    def write(self, logger: RunLogger) -> None:
+        """Read every pending tensor with one device-to-host copy, then log the records in order."""
+        if not self.items:
+            return
+        places = [(i, k) for i, (_, r) in enumerate(self.items) for k, v in r.items() if isinstance(v, torch.Tensor)]
+        values = torch.stack([self.items[i][1][k].float().reshape(()) for i, k in places]).tolist() if places else []
+        for (i, k), v in zip(places, values):
+            self.items[i][1][k] = v
+        for step, record in self.items:
+            logger.log(record, step=step)
+        self.items = []
 
 
 def _epoch_line(name: str, record: dict) -> str:
@@ -352,7 +401,14 @@ def _save(path: Path, model, optimizer, scheduler, extra: dict) -> None:
                         "intact. Free disk space or fix the folder's permissions, then --resume") from None
 
 
-def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo) -> None:
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (only where timing it needs it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo, *,
+            compile_seconds: float | None = None) -> None:
     """Final weights, the task's outputs, results.json (last), checkpoint removed."""
     save_weights(model, run_dir / WEIGHTS)
     model.eval()
@@ -365,9 +421,13 @@ def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo) -
         "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs),  # survives a resume
         "warnings": [text for r in epochs for text in r.get("warnings", [])],
         "world_size": dist.world_size,
+        **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
     }
     write_json(run_dir / RESULTS, results)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the final weights replace the resume point
+
+
+_STOP_CHECK_EVERY = 8
 
 
 class _SignalFlag:
@@ -388,11 +448,14 @@ class _SignalFlag:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
-    def requested(self, dist: DistInfo) -> bool:
-        if dist.enabled:  # every rank stops after the same step
+    def requested(self, dist: DistInfo, step: int) -> bool:
+        # Under DDP every rank must stop after the same step: the ranks agree every _STOP_CHECK_EVERY steps
+        # (one small all-reduce and read then, not a host synchronisation per step).
+        if dist.enabled and step % _STOP_CHECK_EVERY == 0:
             flag = all_reduce_tensor(torch.tensor([float(self.signum)], dtype=torch.float64), op="max")
             self.signum = int(flag.item())
-        return self.signum != 0
+            return self.signum != 0
+        return self.signum != 0 and not dist.enabled
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

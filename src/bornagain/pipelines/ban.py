@@ -35,6 +35,7 @@ from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError
 from bornagain.distill.ban_losses import LOSS_PRESETS, resolve_loss
 from bornagain.models import create_model
+from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
 from bornagain.reports.plots import plot_run
@@ -76,6 +77,18 @@ def load_frozen_teacher(run_dir: Path, cfg: VisionConfig, name: str, data: Prepa
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     return teacher
+
+
+def prepare_teacher(teacher: torch.nn.Module, cfg: VisionConfig) -> tuple[torch.nn.Module, int]:
+    """The frozen teacher as it runs in the students' steps: batch norms folded (ban.prepare_teacher), in
+    channels_last where the students are; (model, batch norms folded). The unprepared teacher stays the one
+    whose stem and head a student shares."""
+    if not cfg.ban.prepare_teacher:
+        return teacher, 0
+    folded, n = fold_batch_norms(teacher)
+    if cfg.train.channels_last:
+        folded = folded.to(memory_format=torch.channels_last)
+    return folded, n
 
 
 def make_student_factory(cfg: VisionConfig, name: str, data: PreparedData, teacher: torch.nn.Module | None):
@@ -166,12 +179,14 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
             teacher = load_frozen_teacher(run_dir, cfg, name, data)
             continue
         loss = student_loss if g else label_loss
+        taught_by, folded = prepare_teacher(teacher, cfg) if teacher is not None else (None, 0)
         spec = RunSpec(
             name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
-            loss_fn=loss, teacher=teacher,
+            loss_fn=loss, teacher=taught_by,
             extra={"generation": g, "loss": loss.preset.name, "label_weight": loss.label_weight,
                    "teacher_weight": loss.teacher_weight, "temperature": loss.temperature,
-                   "teacher_dir": f"gen{g - 1}" if g else None,
+                   "teacher_dir": f"gen{g - 1}" if g else None, "teacher_batch_norms_folded": folded,
+                   "teacher_precision": (cfg.ban.teacher_precision or cfg.train.precision) if g else None,
                    "warmup_epochs": cfg.ban.student_warmup_epochs if g else 0.0},
             warmup_epochs=cfg.ban.student_warmup_epochs if g else 0.0,
             epoch_check=_start_check(run_dirs[g - 1], data.num_classes) if g else None,
@@ -273,5 +288,6 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
     saved_path = output / "config.yaml"
     if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
         ignore = ("train.progress", "train.tensorboard", "train.num_threads", "output_dir",
-                  "train.checkpoint_every_steps")
-        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=ignore)
+                  "train.checkpoint_every_steps", "train.compile", "train.compile_mode")
+        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=ignore,
+                       defaults=config_to_dict(VisionConfig()))  # keys added since the run was made

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 
 from bornagain.config import TrainingConfig
-from bornagain.engine.device import resolve_device
+from bornagain.engine.device import native_bf16, resolve_device
 from bornagain.engine.distributed import DistInfo, init_distributed
 from bornagain.engine.trainer import EngineSettings
 
@@ -15,7 +18,16 @@ def start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     device = resolve_device(train.device)
-    return device, init_distributed(device.type)
+    dist = init_distributed(device.type)
+    if train.precision == "bf16" and not native_bf16(device) and dist.is_main:
+        _warn_once("train.precision=bf16, but this CPU has no bf16 instructions (AVX512-BF16, AMX): bf16 is "
+                   "emulated and much slower than fp32 here (about 10x for convolutions); set train.precision=fp32")
+    return device, dist
+
+
+@functools.cache
+def _warn_once(text: str) -> None:
+    print(f"bornagain: warning: {text}", file=sys.stderr, flush=True)
 
 
 def engine_settings(train: TrainingConfig, device: torch.device, *, seed: int, max_grad_norm: float = 0.0,
@@ -24,4 +36,5 @@ def engine_settings(train: TrainingConfig, device: torch.device, *, seed: int, m
     step records)."""
     return EngineSettings(device=device, precision=train.precision, seed=seed, max_grad_norm=max_grad_norm,
                           checkpoint_every_steps=train.checkpoint_every_steps, log_every_steps=log_every_steps,
-                          progress=train.progress, tensorboard=train.tensorboard)
+                          progress=train.progress, tensorboard=train.tensorboard, compile=train.compile,
+                          compile_mode=train.compile_mode)

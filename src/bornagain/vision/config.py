@@ -108,6 +108,11 @@ class BanConfig:
     On by default: with a confident teacher the KL term is about as large as the label term, and the
     paper's summed loss doubles the gradient at the recipe's lr (students that start far behind their
     teacher; see the README). false gives the paper's Eq. 2 exactly."""
+    teacher_precision: Literal["fp32", "bf16"] | None = None
+    """Precision of the frozen teacher's forward pass; null: the students' train.precision."""
+    prepare_teacher: bool = True
+    """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
+    the same outputs up to float rounding, fewer operations."""
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""

@@ -1,0 +1,86 @@
+"""Born-again overhead: images/s of a generation taught by a frozen teacher against plain training of the
+same model at the same settings, per epoch, side by side in one process (variants alternate round by round).
+
+A born-again step adds the teacher's forward pass to the student's forward, backward and update, so a naive
+teacher costs about a third more. `bornagain` prepares the teacher once per generation (batch norms folded
+into the convolutions, channels_last, its own precision); the "unprepared" rows show what that saves.
+
+    python benchmarks/bench_overhead.py --data ../shared/data/cifar10-jpeg --images 5000 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bornagain.config import load_config
+from bornagain.distill.ban_losses import resolve_loss
+from bornagain.engine.device import native_bf16
+from bornagain.engine.logging import read_metrics
+from bornagain.models import create_model
+from bornagain.pipelines.ban import prepare_teacher
+from bornagain.pipelines.classifier import RunSpec, fit
+from bornagain.vision.config import VisionConfig
+from bornagain.vision.prepare import prepare_data
+
+SETTINGS = {
+    "fp32": ["train.precision=fp32"],
+    "bf16+CL": ["train.precision=bf16", "train.channels_last=true"],
+}
+
+
+def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> float:
+    """images/s of the last epoch of one run: plain training when ``teacher`` is None, else a BAN+L generation."""
+    loss = resolve_loss("ce") if teacher is None else resolve_loss("ban+l", normalize=True)
+    spec = RunSpec(name="gen", model_name=cfg.model.name, seed=1, loss_fn=loss, teacher=teacher)
+    fit(out, cfg, data, spec, lambda: create_model(cfg.model.name, data.num_classes), resume=False)
+    return [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]["images_per_second"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=os.environ.get("BORNAGAIN_CIFAR10_JPEG", "../shared/data/cifar10-jpeg"))
+    p.add_argument("--images", type=int, default=10000)
+    p.add_argument("--model", default="resnet-20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    base = ["data.name=imagefolder", f"data.root={args.data}", f"data.train_subset={args.images}", "data.val_size=0",
+            f"model.name={args.model}", "train.epochs=1", f"train.batch_size={args.batch_size}", "train.progress=false",
+            "train.tensorboard=false"]
+    settings = SETTINGS if native_bf16(torch.device("cpu")) else {"fp32": SETTINGS["fp32"], "fp32+CL": [
+        "train.precision=fp32", "train.channels_last=true"]}
+    data = prepare_data(load_config(VisionConfig, None, base).data, 0)
+    torch.manual_seed(0)
+    raw_teacher = create_model(args.model, data.num_classes).eval().requires_grad_(False)
+    speeds: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for setting, overrides in settings.items():
+                cfg = load_config(VisionConfig, None, [*base, *overrides])
+                teacher = raw_teacher.to(memory_format=torch.channels_last) if cfg.train.channels_last else raw_teacher
+                prepared, _ = prepare_teacher(raw_teacher, cfg)
+                for way, t in (("plain training", None), ("born-again, prepared teacher", prepared),
+                               ("born-again, unprepared teacher", teacher)):
+                    key = f"{setting} | {way}"
+                    speeds.setdefault(key, []).append(epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{len(speeds)}-{way}"))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
+    print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} rounds\n")
+    print("| precision | way | images/s | overhead (plain / this) |")
+    print("|---|---|---|---|")
+    for setting in settings:
+        plain = statistics.median(speeds[f"{setting} | plain training"])
+        for key, values in speeds.items():
+            if key.startswith(setting + " |"):
+                m = statistics.median(values)
+                print(f"| {key} | {m:.0f} | {plain / m:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""One born-again generation epoch: the plain-PyTorch way against `bornagain`, side by side in one process.
+
+The plain way is written as a user would write it: an image-folder Dataset that opens each JPEG with PIL
+and crops and flips it in numpy, a DataLoader with 2 workers, fp32, the frozen teacher under no_grad, the
+BAN+L loss. `bornagain` runs the same generation (same model, teacher weights, images, batch, loss) through
+its pipeline (`pipelines.classifier.fit`) in the settings listed below. The variants alternate round by
+round, so a busy machine slows all of them alike. Prints images/s per variant, the speed-up over plain, and
+each variant's training loss of its last round (one epoch from the same initial weights).
+
+    python benchmarks/bench_vs_plain.py --data ../shared/data/cifar10-jpeg --images 5000 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bornagain.config import load_config
+from bornagain.distill.ban_losses import resolve_loss
+from bornagain.engine.device import native_bf16
+from bornagain.engine.logging import read_metrics
+from bornagain.models import create_model
+from bornagain.pipelines.ban import prepare_teacher
+from bornagain.pipelines.classifier import RunSpec, fit
+from bornagain.vision.config import VisionConfig
+from bornagain.vision.prepare import prepare_data
+
+OURS = {  # name: overrides of the shared training section
+    "bornagain fp32": ["train.precision=fp32"],
+    "bornagain fp32+CL": ["train.precision=fp32", "train.channels_last=true"],
+    "bornagain fp32+CL+compile": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
+    "bornagain bf16+CL": ["train.precision=bf16", "train.channels_last=true"],
+    "bornagain bf16+CL+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+}
+
+
+class PlainFolder(torch.utils.data.Dataset):
+    """What a user writes: one JPEG opened, padded, cropped, flipped and normalised per __getitem__."""
+
+    def __init__(self, files: list[tuple[str, int]], mean, std):
+        self.files, self.mean, self.std = files, np.array(mean, np.float32), np.array(std, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        path, label = self.files[i]
+        img = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)  # (32, 32, 3)
+        padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
+        dy, dx = np.random.randint(0, 9, size=2)
+        img = padded[dy:dy + 32, dx:dx + 32]
+        if np.random.rand() < 0.5:
+            img = img[:, ::-1]
+        x = (img.astype(np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), label
+
+
+def plain_epoch(files, mean, std, student, teacher, batch: int) -> tuple[float, float]:
+    """(images/s, mean training loss) of one epoch the plain way."""
+    loader = torch.utils.data.DataLoader(PlainFolder(files, mean, std), batch_size=batch, shuffle=True,
+                                         num_workers=2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    student.train()
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    for x, y in loader:
+        with torch.no_grad():
+            t = teacher(x)
+        s = student(x)
+        loss = 0.5 * F.cross_entropy(s, y) + 0.5 * F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item() * len(y), n + len(y)
+    return n / (time.perf_counter() - t0), total / n
+
+
+def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path) -> tuple[float, float, float]:
+    """(images/s, mean training loss, compile seconds) of one generation epoch through the pipeline."""
+    prepared, _ = prepare_teacher(teacher, cfg)
+    spec = RunSpec(name="gen1", model_name=cfg.model.name, seed=1, loss_fn=resolve_loss("ban+l", normalize=True),
+                   teacher=prepared)
+
+    def student() -> torch.nn.Module:  # the plain way's initial weights
+        model = create_model(cfg.model.name, data.num_classes)
+        model.load_state_dict(init)
+        return model
+
+    result = fit(out, cfg, data, spec, student, resume=False)
+    record = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]
+    return record["images_per_second"], record["train_loss"], result.get("compile_seconds", 0.0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=os.environ.get("BORNAGAIN_CIFAR10_JPEG", "../shared/data/cifar10-jpeg"))
+    p.add_argument("--images", type=int, default=10000)
+    p.add_argument("--model", default="resnet-20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+
+    # lr 0.1 held constant (gamma 1) as in the plain loop
+    base = ["data.name=imagefolder", f"data.root={args.data}", f"data.train_subset={args.images}", "data.val_size=0",
+            f"model.name={args.model}", "train.epochs=1", f"train.batch_size={args.batch_size}", "train.progress=false",
+            "train.tensorboard=false", "train.gamma=1.0"]
+    ours = OURS if native_bf16(torch.device("cpu")) else {k: v for k, v in OURS.items() if "bf16" not in k}
+    if len(ours) < len(OURS):
+        print("this CPU has no native bf16: the bf16 variants are left out (emulated bf16 is ~10x slower)")
+    cfg0 = load_config(VisionConfig, None, base)
+    data = prepare_data(cfg0.data, cfg0.seed)  # decoded once (and cached on disk), as every run of the tool does
+    # The same images for the plain way: the files of the chosen subset, in the folder's order.
+    classes = sorted(d.name for d in (Path(args.data) / "train").iterdir() if d.is_dir())
+    files = [(str(f), c) for c, name in enumerate(classes) for f in sorted((Path(args.data) / "train" / name).glob("*"))]
+    rng = np.random.default_rng(0)
+    files = [files[i] for i in rng.choice(len(files), size=args.images, replace=False)]
+
+    torch.manual_seed(0)
+    teacher = create_model(args.model, data.num_classes).eval().requires_grad_(False)
+    init = create_model(args.model, data.num_classes).state_dict()
+    speeds = {name: [] for name in ["plain PyTorch", *ours]}
+    losses, compile_seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            student = create_model(args.model, data.num_classes)
+            student.load_state_dict(init)
+            ips, losses["plain PyTorch"] = plain_epoch(files, data.mean, data.std, student, teacher, args.batch_size)
+            speeds["plain PyTorch"].append(ips)
+            for name, overrides in ours.items():
+                cfg = load_config(VisionConfig, None, [*base, *overrides])
+                ips, losses[name], compile_seconds[name] = ours_epoch(cfg, data, teacher, init, Path(tmp) / f"{r}-{len(speeds)}-{name}")
+                speeds[name].append(ips)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
+
+    plain = statistics.median(speeds["plain PyTorch"])
+    print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} rounds\n")
+    print("| way | images/s | vs plain | train loss (last round) | compile s |")
+    print("|---|---|---|---|---|")
+    for name, values in speeds.items():
+        m = statistics.median(values)
+        print(f"| {name} | {m:.0f} | {m / plain:.2f} | {losses[name]:.4f} | {compile_seconds.get(name, 0.0):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
