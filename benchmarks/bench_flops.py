@@ -14,11 +14,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bornagain.engine.device import autocast, native_bf16
-from bornagain.models import create_model
+from bench_precision import make_step
+from bornagain.engine.device import native_bf16
 
 
 def matmul_flops(precision: str, n: int = 2048, repeats: int = 5) -> float:
@@ -31,23 +30,6 @@ def matmul_flops(precision: str, n: int = 2048, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
-
-
-def step_fn(name: str, precision: str, batch: int):
-    device = torch.device("cpu")
-    model = create_model(name, 10).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-
-    def step():
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def main() -> None:
@@ -65,7 +47,7 @@ def main() -> None:
     for precision in precisions:
         peak = matmul_flops(precision)
         for name in args.models:
-            step = step_fn(name, precision, args.batch_size)
+            step = make_step(name, precision, True, args.batch_size, torch.device("cpu"))
             with FlopCounterMode(display=False) as counter:
                 step()
             flops = counter.get_total_flops()

@@ -11,7 +11,6 @@ into the convolutions, channels_last, its own precision); the "unprepared" rows 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bornagain.config import load_config
+from cifar_args import add_data_args, one_epoch_overrides
 from bornagain.distill.ban_losses import resolve_loss
 from bornagain.engine.device import native_bf16
 from bornagain.engine.logging import read_metrics
@@ -44,15 +44,9 @@ def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=os.environ.get("BORNAGAIN_CIFAR10_JPEG", "../shared/data/cifar10-jpeg"))
-    p.add_argument("--images", type=int, default=10000)
-    p.add_argument("--model", default="resnet-20")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=2)
+    add_data_args(p, images=5000)
     args = p.parse_args()
-    base = ["data.name=imagefolder", f"data.root={args.data}", f"data.train_subset={args.images}", "data.val_size=0",
-            f"model.name={args.model}", "train.epochs=1", f"train.batch_size={args.batch_size}", "train.progress=false",
-            "train.tensorboard=false"]
+    base = one_epoch_overrides(args)
     settings = SETTINGS if native_bf16(torch.device("cpu")) else {"fp32": SETTINGS["fp32"], "fp32+CL": [
         "train.precision=fp32", "train.channels_last=true"]}
     data = prepare_data(load_config(VisionConfig, None, base).data, 0)

@@ -13,7 +13,6 @@ each variant's training loss of its last round (one epoch from the same initial 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bornagain.config import load_config
+from cifar_args import add_data_args, one_epoch_overrides
 from bornagain.distill.ban_losses import resolve_loss
 from bornagain.engine.device import native_bf16
 from bornagain.engine.logging import read_metrics
@@ -101,17 +101,10 @@ def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path) -> tuple
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=os.environ.get("BORNAGAIN_CIFAR10_JPEG", "../shared/data/cifar10-jpeg"))
-    p.add_argument("--images", type=int, default=10000)
-    p.add_argument("--model", default="resnet-20")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=2)
+    add_data_args(p, images=5000)
     args = p.parse_args()
 
-    # lr 0.1 held constant (gamma 1) as in the plain loop
-    base = ["data.name=imagefolder", f"data.root={args.data}", f"data.train_subset={args.images}", "data.val_size=0",
-            f"model.name={args.model}", "train.epochs=1", f"train.batch_size={args.batch_size}", "train.progress=false",
-            "train.tensorboard=false", "train.gamma=1.0"]
+    base = one_epoch_overrides(args)
     ours = OURS if native_bf16(torch.device("cpu")) else {k: v for k, v in OURS.items() if "bf16" not in k}
     if len(ours) < len(OURS):
         print("this CPU has no native bf16: the bf16 variants are left out (emulated bf16 is ~10x slower)")
