@@ -170,3 +170,25 @@ def test_teacher_run_is_reused_not_retrained(tmp_path, capsys):
                  f"ban.teacher_run={tmp_path / 'teacher' / 'gen0'}")
     with pytest.raises(UserError, match="resnet-8"):
         run_ban(wrong, tmp_path / "other", resume=False)
+
+
+def test_a_teacher_run_of_other_data_or_schedule_is_refused(tmp_path):
+    """A reused teacher must come from the same data and split (another split seed could have trained it on
+    this run's validation images) and, unless allowed explicitly, the same schedule; nothing is written."""
+    from bornagain.errors import UserError
+
+    run_ban(_cfg("train.epochs=1", "ban.generations=0"), tmp_path / "teacher", resume=False)
+    teacher = f"ban.teacher_run={tmp_path / 'teacher' / 'gen0'}"
+    for override, key in (("seed=1", "seed"), ("data.val_size=0.2", "data.val_size"),
+                          ("train.epochs=2", "train.epochs"), ("train.lr=0.05", "train.lr")):
+        with pytest.raises(UserError, match=f"changed: {key}"):
+            run_ban(_cfg("train.epochs=1", "ban.generations=1", teacher, override), tmp_path / "refused", resume=False)
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(UserError, match="teacher_run_other_schedule=true"):
+        run_ban(_cfg("train.epochs=2", "ban.generations=1", teacher), tmp_path / "refused", resume=False)
+    allowed = run_ban(_cfg("train.epochs=2", "ban.generations=1", teacher, "ban.teacher_run_other_schedule=true",
+                           "train.progress=false", "train.num_threads=1"), tmp_path / "allowed", resume=False)
+    assert len(allowed["generations"]) == 2
+    with pytest.raises(UserError, match="changed: seed"):  # the data are never waived
+        run_ban(_cfg("train.epochs=1", "ban.generations=1", teacher, "seed=3", "ban.teacher_run_other_schedule=true"),
+                tmp_path / "refused", resume=False)

@@ -26,7 +26,7 @@ from bornagain.config import config_to_dict, load_yaml, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
 from bornagain.engine.lock import run_lock
-from bornagain.engine.settings import refuse_changed
+from bornagain.engine.settings import changed_keys, flatten, refuse_changed
 from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
 from bornagain.files import read_json, write_json
 from bornagain.engine.logging import read_metrics
@@ -162,6 +162,8 @@ run = run_ban  # the pipeline's entry point: run(cfg, output, *, resume)
 def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
+    if cfg.ban.teacher_run:
+        check_teacher_run(cfg)
     main = current().is_main
     if main:
         output.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     for g, run_dir in enumerate(run_dirs):
         name = generation_model_name(cfg, g)
         if g == 0 and cfg.ban.teacher_run:
-            generations.append(_reuse_teacher(run_dir, name))
+            generations.append(_reuse_teacher(run_dir))
             teacher = load_frozen_teacher(run_dir, cfg, name, data)
             continue
         loss = student_loss if g else label_loss
@@ -229,8 +231,17 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
 
 
-def _reuse_teacher(run_dir: Path, name: str) -> dict:
-    """Generation 0 from an earlier finished run (ban.teacher_run), checked to be the configured teacher."""
+# Keys of a run's config that say how it ran, not what it learned from: a reused teacher may differ in them.
+_HOW_IT_RAN = ("train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
+               "train.compile", "train.compile_mode", "train.device", "train.eval_batch_size", "train.precision",
+               "train.channels_last")
+
+
+def check_teacher_run(cfg: VisionConfig) -> None:
+    """Refuse a `ban.teacher_run` that is not this sequence's teacher, before anything is written: not finished,
+    another model, or trained on other data (another split seed could put this run's validation images in its
+    training set) or, unless `ban.teacher_run_other_schedule`, with another schedule. Names the keys."""
+    run_dir, name = Path(cfg.ban.teacher_run), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
         raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
                         "finish it first, or unset ban.teacher_run to train the teacher here")
@@ -238,7 +249,27 @@ def _reuse_teacher(run_dir: Path, name: str) -> dict:
     if result.get("model") != name:
         raise UserError(f"ban.teacher_run={run_dir} holds a {result.get('model')} but model.name={name}: "
                         "point it at a run of the same model")
-    return {**result, "generation": 0, "teacher_run": str(run_dir)}
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"ban.teacher_run={run_dir} has no config.yaml, so its data and schedule cannot be checked: "
+                        "point it at a run made by `bornagain ban` or `bornagain train`")
+    keep = ("seed", "data.", "model.dropout") + (() if cfg.ban.teacher_run_other_schedule else ("train.",))
+    saved, now = flatten(load_yaml(run_dir / "config.yaml")), flatten(config_to_dict(_run_config(cfg, name)))
+    defaults = flatten(config_to_dict(VisionConfig()))
+    changed = [k for k in changed_keys({k: v for k, v in saved.items() if k.startswith(keep)},
+                                       {k: v for k, v in now.items() if k.startswith(keep)},
+                                       ignore=_HOW_IT_RAN, defaults={k: v for k, v in defaults.items()
+                                                                      if k.startswith(keep)})]
+    if changed:
+        schedule = [k for k in changed if k.startswith("train.")]
+        hint = (" (a deliberately different teacher schedule is allowed with ban.teacher_run_other_schedule=true)"
+                if schedule and len(schedule) == len(changed) else "")
+        raise UserError(f"ban.teacher_run={run_dir} was trained with other settings than this run "
+                        f"(changed: {', '.join(changed)}): use a teacher of the same data and split{hint}")
+
+
+def _reuse_teacher(run_dir: Path) -> dict:
+    """Generation 0 from an earlier finished run (ban.teacher_run, checked by check_teacher_run)."""
+    return {**read_json(run_dir / "results.json"), "generation": 0, "teacher_run": str(run_dir)}
 
 
 def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, generations: list[dict],

@@ -113,6 +113,9 @@ class BanConfig:
     prepare_teacher: bool = True
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
+    teacher_run_other_schedule: bool = False
+    """Accept a `ban.teacher_run` trained with another schedule (train.*) than this run; its data, split seed
+    and dropout must still match."""
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
