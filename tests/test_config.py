@@ -156,3 +156,12 @@ def test_a_run_made_before_a_key_existed_still_resumes(tmp_path):
     check_output_dir(tmp_path, cfg, resume=True)
     with pytest.raises(UserError, match="ban.prepare_teacher"):
         check_output_dir(tmp_path, load_config(VisionConfig, None, ["ban.prepare_teacher=false"]), resume=True)
+
+
+def test_a_setting_the_loss_preset_ignores_is_refused():
+    with pytest.raises(UserError, match="ban.loss=cwtm does not use ban.teacher_weight or ban.temperature"):
+        load_config(VisionConfig, None, ["ban.loss=cwtm", "ban.teacher_weight=2", "ban.temperature=3"])
+    with pytest.raises(UserError, match="ban.temperature"):
+        load_config(VisionConfig, None, ["ban.loss=cwtm", "ban.temperature=3"])
+    assert load_config(VisionConfig, None, ["ban.loss=cwtm", "ban.label_weight=0.7"]).ban.weights()[0] == 1.0
+    assert load_config(VisionConfig, None, ["ban.loss=dkpp", "ban.temperature=3"]).ban.weights()[2] == 3.0

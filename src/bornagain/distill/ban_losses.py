@@ -149,13 +149,15 @@ class LossPreset:
     teacher_weight: float  # default weight of the teacher term
     teacher_term: str  # what the reported kd_loss is
     parts: LossParts
+    ignores: tuple[str, ...] = ()  # weights this preset's loss does not read (setting one is refused)
 
 
 LOSS_PRESETS: dict[str, LossPreset] = {p.name: p for p in (
     LossPreset("ce", False, 1.0, 0.0, "none (labels only)", born_again_loss_parts),
     LossPreset("ban+l", True, 1.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),  # Eq. 2
     LossPreset("ban", True, 0.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),
-    LossPreset("cwtm", True, 1.0, 0.0, "label CE weighted by the teacher's max probability", _cwtm_parts),
+    LossPreset("cwtm", True, 1.0, 0.0, "label CE weighted by the teacher's max probability", _cwtm_parts,
+               ignores=("teacher_weight", "temperature")),
     LossPreset("dkpp", True, 0.0, 1.0, "T^2 * KL(permuted teacher || student), batch mean", _dkpp_parts),
 )}
 STUDENT_LOSSES = tuple(name for name, p in LOSS_PRESETS.items() if p.needs_teacher)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bornagain.config import TrainingConfig
-from bornagain.distill.ban_losses import STUDENT_LOSSES, ResolvedLoss, resolve_loss
+from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedLoss, resolve_loss
 from bornagain.errors import UserError
 
 
@@ -123,6 +123,11 @@ class BanConfig:
     def __post_init__(self):
         if self.loss not in STUDENT_LOSSES:
             raise UserError(f"config key 'ban.loss': {self.loss!r} is not one of {', '.join(map(repr, STUDENT_LOSSES))}")
+        ignored = [k for k in LOSS_PRESETS[self.loss].ignores if getattr(self, k) is not None]
+        if ignored:
+            raise UserError(f"ban.loss={self.loss} does not use {' or '.join('ban.' + k for k in ignored)} (its loss is "
+                            f"the {LOSS_PRESETS[self.loss].teacher_term}, with no teacher distribution term): "
+                            "remove the setting, or choose ban.loss=ban+l")
         if self.generations < 0:
             raise UserError(f"ban.generations={self.generations} must be >= 0")
         if any(k < 1 for k in self.ensembles):
