@@ -110,40 +110,31 @@ def squared_error(predictions: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (predictions.float().reshape(-1) - target.float().reshape(-1)) ** 2
 
 
-def classification_target(
-    arm: TargetArm | str,
-    labels: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    num_classes: int,
-    annealing: float,
-    distill_weight: float,
-) -> torch.Tensor:
-    """The (b, c) target of ``arm`` for a classification task (see the module docstring)."""
+def _resolved(arm: TargetArm | str, teacher: torch.Tensor | None, annealing: float,
+              distill_weight: float) -> tuple[TargetArm, float]:
+    """(the declared arm, the weight of the hard label), refusing a teacher arm without the teacher's outputs."""
     arm = target_arm(arm) if isinstance(arm, str) else arm
-    weight = arm.label_weight(annealing, distill_weight)
+    if arm.rest == "teacher" and teacher is None:
+        raise ValueError(f"arm {arm.name!r} needs the teacher's outputs")
+    return arm, arm.label_weight(annealing, distill_weight)
+
+
+def classification_target(arm: TargetArm | str, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                          num_classes: int, annealing: float, distill_weight: float) -> torch.Tensor:
+    """The (b, c) target of ``arm`` for a classification task (see the module docstring)."""
+    arm, weight = _resolved(arm, teacher_logits, annealing, distill_weight)
     if arm.rest == "teacher":
-        if teacher_logits is None:
-            raise ValueError(f"arm {arm.name!r} needs teacher logits")
         return annealed_classification_target(labels, teacher_logits, weight)
     if arm.rest == "prior":
         return smoothing_classification_target(labels, num_classes, weight)
     return F.one_hot(labels.long(), num_classes=num_classes).float()  # rest "none": the labels alone
 
 
-def regression_target(
-    arm: TargetArm | str,
-    labels: torch.Tensor,
-    teacher_predictions: torch.Tensor | None,
-    label_mean: float,
-    annealing: float,
-    distill_weight: float,
-) -> torch.Tensor:
+def regression_target(arm: TargetArm | str, labels: torch.Tensor, teacher_predictions: torch.Tensor | None,
+                      label_mean: float, annealing: float, distill_weight: float) -> torch.Tensor:
     """The (b,) target of ``arm`` for a regression task (see the module docstring)."""
-    arm = target_arm(arm) if isinstance(arm, str) else arm
-    weight = arm.label_weight(annealing, distill_weight)
+    arm, weight = _resolved(arm, teacher_predictions, annealing, distill_weight)
     if arm.rest == "teacher":
-        if teacher_predictions is None:
-            raise ValueError(f"arm {arm.name!r} needs teacher predictions")
         return annealed_regression_target(labels, teacher_predictions, weight)
     if arm.rest == "prior":
         return annealed_regression_target(labels, torch.full_like(labels.float(), label_mean), weight)

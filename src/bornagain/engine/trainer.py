@@ -24,14 +24,16 @@ A step is one optimiser update. Batches of an epoch are a pure function of (task
 so a resumed run rebuilds the epoch's list, restores the task's own random state and skips the
 batches already done: with a fixed seed and thread count on CPU the result is identical to an
 uninterrupted run.
+
+The loop's bookkeeping (position, device-side epoch sums, step records read in batches) is in
+records.py; stopping on signals and the test kill hooks in signals.py.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -40,10 +42,12 @@ import torch
 from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.compile import compile_events, maybe_compile
 from bornagain.engine.device import autocast
-from bornagain.engine.distributed import DistInfo, all_gather_objects, all_reduce_tensor, barrier, current
+from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current
 from bornagain.files import read_json, write_json
 from bornagain.engine.lock import run_lock
 from bornagain.engine.logging import RunLogger, progress, read_metrics
+from bornagain.engine.records import READ_EVERY_STEPS, EpochProgress, PendingRecords, StepOutput
+from bornagain.engine.signals import SignalFlag, fault_injection
 from bornagain.engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from bornagain.errors import UserError
 
@@ -79,20 +83,6 @@ class EngineSettings:
     """torch.compile the trained model (engine/compile.py); the time of the steps that compiled (the first,
     and any that met a new shape) is reported as compile_seconds and left out of the training time."""
     compile_mode: str = "default"
-
-
-@dataclass
-class StepOutput:
-    """A task's loss on one batch: the scalar to minimise, per-example sums for the epoch means,
-    and values for the step record. Tensors stay on the device (no host sync per step)."""
-
-    loss: torch.Tensor
-    count: int
-    """Examples in this rank's batch (the weight of this step in the epoch means)."""
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Summed over the batch's examples; epoch record key f"train_{name}" = total / examples."""
-    log: dict[str, Any] = field(default_factory=dict)
-    """Extra values of this step's record (read only on steps that log)."""
 
 
 class Task(Protocol):
@@ -155,11 +145,11 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
     optimizer, scheduler = task.build_optimizer(model, steps_per_epoch)
     logger = RunLogger(run_dir, tensorboard=settings.tensorboard, enabled=main)
 
-    state = _Progress()
+    state = EpochProgress()
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, restore_rng=False)
-        state = _Progress.from_extra(extra, device)
+        state = EpochProgress.from_extra(extra, device)
         rank_states = extra["ranks"]
         if len(rank_states) != dist.world_size:
             raise UserError(f"checkpoint '{ckpt}' was written by {len(rank_states)} process(es) but this run has "
@@ -199,8 +189,8 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
             _save(ckpt, model, optimizer, scheduler, state.to_extra() | {"ranks": ranks})
         barrier()
 
-    stop = _SignalFlag()
-    pending = _PendingRecords()
+    stop = SignalFlag()
+    pending = PendingRecords()
     with stop:
         while state.epoch < task.epochs:
             model.train()
@@ -210,7 +200,7 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
             for b in todo:
                 if b == 0:
                     state.lr = optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
-                _fault_injection(state.step, task.name)
+                fault_injection(state.step, task.name)
                 if compiled:
                     t_step, events = time.perf_counter(), compile_events()
                 out, grad_norm, lr = train_step(train_model, task, batches[b], state.step, optimizer, scheduler, settings)
@@ -224,7 +214,7 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                 state.step, state.batch = state.step + 1, b + 1
                 if settings.log_every_steps and state.step % settings.log_every_steps == 0:
                     pending.add(state.step - 1, out, grad_norm, lr)  # the 0-based step; read in batches
-                    if len(pending) >= _READ_EVERY_STEPS:
+                    if len(pending) >= READ_EVERY_STEPS:
                         state.check_finite(task.name)
                         pending.write(logger)
                 every = settings.checkpoint_every_steps
@@ -284,109 +274,6 @@ def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settin
     return out, grad_norm, lr
 
 
-class _Progress:
-    """Where the run is (step, epoch, batch in the epoch) and the epoch's running sums, on the device."""
-
-    def __init__(self):
-        self.step = self.epoch = self.batch = 0
-        self.seconds = 0.0  # training time of the current epoch before the last checkpoint
-        self.total_seconds = 0.0
-        self.compile_seconds = 0.0
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.bad_step = None  # tensor: first step whose loss was not finite (-1: none)
-        self.lr = float("nan")
-
-    def add(self, out: StepOutput, grad_norm) -> None:
-        loss = out.loss.detach()
-        for k, v in {"loss": loss * out.count, **out.sums}.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.count += out.count
-        # The finite check stays on the device; it is read when a record or a checkpoint is written.
-        if self.bad_step is None:
-            self.bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        keep = (self.bad_step >= 0) | torch.isfinite(loss)
-        self.bad_step = torch.where(keep, self.bad_step, self.step)
-
-    def check_finite(self, name: str) -> None:
-        if self.bad_step is not None and int(self.bad_step) >= 0:
-            raise UserError(f"{name}: the loss became non-finite at step {int(self.bad_step) + 1}; the last good "
-                            "checkpoint is kept. Lower the learning rate (or use train.precision=fp32) and --resume")
-
-    def epoch_record(self, dist: DistInfo, device: torch.device, seconds: float) -> dict:
-        keys = sorted(self.sums)
-        local = torch.stack([self.sums[k].to(torch.float64) for k in keys] + [torch.tensor(float(self.count),
-                            dtype=torch.float64, device=self.sums[keys[0]].device if keys else device)])
-        total = all_reduce_tensor(local).tolist()  # metrics over every rank's examples
-        n = max(total[-1], 1.0)
-        record = {"epoch": self.epoch + 1, "lr": self.lr}
-        record.update({f"train_{k}": v / n for k, v in zip(keys, total)})
-        record.update(examples=int(total[-1]), epoch_seconds=seconds,
-                      images_per_second=total[-1] / seconds if seconds > 0 else float("nan"))
-        self.total_seconds += seconds
-        return record
-
-    def next_epoch(self) -> None:
-        self.epoch, self.batch, self.seconds = self.epoch + 1, 0, 0.0
-        self.sums, self.count = {}, 0
-
-    def sums_to_extra(self) -> dict:
-        return {"count": self.count, "sums": {k: float(v) for k, v in self.sums.items()}}
-
-    def restore_sums(self, extra: dict, device: torch.device) -> None:
-        self.count = int(extra["count"])
-        self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in extra["sums"].items()}
-
-    def to_extra(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds, "lr": self.lr,
-                "total_seconds": self.total_seconds, "compile_seconds": self.compile_seconds, **self.sums_to_extra()}
-
-    @classmethod
-    def from_extra(cls, extra: dict, device: torch.device) -> "_Progress":
-        p = cls()
-        p.step, p.epoch, p.batch = int(extra["step"]), int(extra["epoch"]), int(extra["batch"])
-        p.seconds, p.total_seconds = float(extra["seconds"]), float(extra["total_seconds"])
-        p.lr = float(extra["lr"])
-        p.compile_seconds = float(extra.get("compile_seconds", 0.0))
-        p.restore_sums(extra, device)  # rank 0's (every rank's own are in extra["ranks"])
-        return p
-
-
-_READ_EVERY_STEPS = 32
-"""Step records stay on the device and are read (one transfer) every this many records, at checkpoints and
-at epoch ends: logging every step costs no host synchronisation per step."""
-
-
-class _PendingRecords:
-    """Step records whose tensor values (loss, grad norm, task logs) are still on the device."""
-
-    def __init__(self):
-        self.items: list[tuple[int, dict]] = []
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, step: int, out: StepOutput, grad_norm, lr: float) -> None:
-        record = {"loss": out.loss.detach(), "lr": lr}
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm.detach()
-        record.update(out.log)
-        self.items.append((step, record))
-
-    def write(self, logger: RunLogger) -> None:
-        """Read every pending tensor with one device-to-host copy, then log the records in order."""
-        if not self.items:
-            return
-        places = [(i, k) for i, (_, r) in enumerate(self.items) for k, v in r.items() if isinstance(v, torch.Tensor)]
-        values = torch.stack([self.items[i][1][k].float().reshape(()) for i, k in places]).tolist() if places else []
-        for (i, k), v in zip(places, values):
-            self.items[i][1][k] = v
-        for step, record in self.items:
-            logger.log(record, step=step)
-        self.items = []
-
-
 def _epoch_line(name: str, record: dict) -> str:
     shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
                      if k in ("train_loss", "train_accuracy", "val_accuracy", "dev_score") and isinstance(v, float))
@@ -425,52 +312,3 @@ def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo, *
     }
     write_json(run_dir / RESULTS, results)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the final weights replace the resume point
-
-
-_STOP_CHECK_EVERY = 8
-
-
-class _SignalFlag:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def requested(self, dist: DistInfo, step: int) -> bool:
-        # Under DDP every rank must stop after the same step: the ranks agree every _STOP_CHECK_EVERY steps
-        # (one small all-reduce and read then, not a host synchronisation per step).
-        if dist.enabled and step % _STOP_CHECK_EVERY == 0:
-            flag = all_reduce_tensor(torch.tensor([float(self.signum)], dtype=torch.float64), op="max")
-            self.signum = int(flag.item())
-            return self.signum != 0
-        return self.signum != 0 and not dist.enabled
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-def _fault_injection(step: int, run_name: str) -> None:
-    """Test hooks: BORNAGAIN_KILL_AT_STEP=N (or RUN:N, e.g. gen1:5) makes the process SIGKILL itself
-    before global step N (of run RUN); BORNAGAIN_TERM_AT_STEP the same with SIGTERM (which lets the step
-    finish). The resume tests use them to stop a run exactly mid-epoch."""
-    for variable, sig in (("BORNAGAIN_KILL_AT_STEP", signal.SIGKILL), ("BORNAGAIN_TERM_AT_STEP", signal.SIGTERM)):
-        at = os.environ.get(variable)
-        if at is None:
-            continue
-        name, _, number = at.rpartition(":")
-        if step == int(number) and name in ("", run_name):
-            os.kill(os.getpid(), sig)

@@ -253,12 +253,11 @@ def check_teacher_run(cfg: VisionConfig) -> None:
         raise UserError(f"ban.teacher_run={run_dir} has no config.yaml, so its data and schedule cannot be checked: "
                         "point it at a run made by `bornagain ban` or `bornagain train`")
     keep = ("seed", "data.", "model.dropout") + (() if cfg.ban.teacher_run_other_schedule else ("train.",))
-    saved, now = flatten(load_yaml(run_dir / "config.yaml")), flatten(config_to_dict(_run_config(cfg, name)))
-    defaults = flatten(config_to_dict(VisionConfig()))
-    changed = [k for k in changed_keys({k: v for k, v in saved.items() if k.startswith(keep)},
-                                       {k: v for k, v in now.items() if k.startswith(keep)},
-                                       ignore=_HOW_IT_RAN, defaults={k: v for k, v in defaults.items()
-                                                                      if k.startswith(keep)})]
+    def kept(tree: dict) -> dict:
+        return {k: v for k, v in flatten(tree).items() if k.startswith(keep)}
+
+    changed = changed_keys(kept(load_yaml(run_dir / "config.yaml")), kept(config_to_dict(_run_config(cfg, name))),
+                           ignore=_HOW_IT_RAN, defaults=kept(config_to_dict(VisionConfig())))
     if changed:
         schedule = [k for k in changed if k.startswith("train.")]
         hint = (" (a deliberately different teacher schedule is allowed with ban.teacher_run_other_schedule=true)"
