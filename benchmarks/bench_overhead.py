@@ -6,6 +6,7 @@ teacher costs about a third more. `bornagain` prepares the teacher once per gene
 into the convolutions, channels_last, its own precision); the "unprepared" rows show what that saves.
 
     python benchmarks/bench_overhead.py --data ../shared/data/cifar10-jpeg --images 5000 --rounds 2
+    python benchmarks/bench_overhead.py --device cuda --model wrn-28-10 --epochs 3 --settings bf16+CL bf16+CL+compile
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from bornagain.vision.prepare import prepare_data
 
 SETTINGS = {
     "fp32": ["train.precision=fp32"],
+    "fp32+CL": ["train.precision=fp32", "train.channels_last=true"],
     "bf16+CL": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16+CL+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
 }
 
 
@@ -45,13 +48,17 @@ def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(p, images=5000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per run; the last one is timed")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
+                   help="default: fp32 and fp32+CL, or fp32 and bf16+CL where bf16 is native")
     args = p.parse_args()
-    base = one_epoch_overrides(args)
-    settings = SETTINGS if native_bf16(torch.device("cpu")) else {"fp32": SETTINGS["fp32"], "fp32+CL": [
-        "train.precision=fp32", "train.channels_last=true"]}
+    base = [*one_epoch_overrides(args), f"train.device={args.device}", f"train.epochs={args.epochs}"]
+    names = args.settings or (["fp32", "bf16+CL"] if native_bf16(torch.device(args.device)) else ["fp32", "fp32+CL"])
+    settings = {name: SETTINGS[name] for name in names}
     data = prepare_data(load_config(VisionConfig, None, base).data, 0)
     torch.manual_seed(0)
-    raw_teacher = create_model(args.model, data.num_classes).eval().requires_grad_(False)
+    raw_teacher = create_model(args.model, data.num_classes).to(args.device).eval().requires_grad_(False)
     speeds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -64,8 +71,8 @@ def main() -> None:
                     key = f"{setting} | {way}"
                     speeds.setdefault(key, []).append(epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{len(speeds)}-{way}"))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
-    print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} rounds\n")
+    print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, device {args.device}, "
+          f"{torch.get_num_threads()} threads, epoch {args.epochs} of {args.epochs}, median of {args.rounds} rounds\n")
     print("| precision | way | images/s | overhead (plain / this) |")
     print("|---|---|---|---|")
     for setting in settings:

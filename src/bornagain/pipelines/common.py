@@ -19,6 +19,10 @@ def start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
         torch.set_num_threads(train.num_threads)
     device = resolve_device(train.device)
     dist = init_distributed(device.type)
+    if device.type == "cuda":
+        # CIFAR batches have one shape: cuDNN times its convolution algorithms once per shape and keeps the
+        # fastest (benchmarks/bench_flops.py --cudnn-benchmark off on measures what it saves)
+        torch.backends.cudnn.benchmark = True
     if train.precision == "bf16" and not native_bf16(device) and dist.is_main:
         _warn_once("train.precision=bf16, but this CPU has no bf16 instructions (AVX512-BF16, AMX): bf16 is "
                    "emulated and much slower than fp32 here (about 10x for convolutions); set train.precision=fp32")
