@@ -191,3 +191,16 @@ def test_report_reads_every_kind_of_run_directory(bam_run, tmp_path):
         report_command([str(tmp_path)])
     with pytest.raises(UserError, match="--output and --plots"):
         report_command([str(out)], str(tmp_path / "t"))
+
+
+def test_python_api_runs_the_glue_commands(bam_run):
+    """bornagain.api.glue_teachers / bam run what the commands run (here: everything is reused on resume)."""
+    from bornagain import api
+
+    _, out, results, overrides = bam_run
+    summary = api.glue_teachers(None, overrides=overrides, output=out, resume=True)
+    assert set(summary["teachers"]) == set(TASKS) and set(summary["tasks"]) == set(TASKS)
+    again = api.bam({"bam": {"targets": list(ARMS)}}, overrides=overrides, output=out, resume=True)
+    assert again["scores"] == results["scores"]
+    with pytest.raises(UserError, match="glue.data_dir"):
+        api.bam(None, overrides=[*overrides, "glue.data_dir=/nonexistent/glue"], output=out, resume=True)

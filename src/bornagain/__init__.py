@@ -1,3 +1,32 @@
-"""bornagain: Born-Again Networks (BAN) and Born-Again Multi-task networks (BAM)."""
+"""bornagain: Born-Again Networks (BAN) and Born-Again Multi-task networks (BAM).
+
+The public Python names (imported on first use, so `import bornagain` stays light):
+
+    run_ban, train, glue_teachers, bam             each command as a function (bornagain.api)
+    create_model, register_model, list_models      the model registry (bornagain.models)
+    born_again_loss, resolve_loss, LOSS_PRESETS    the BAN losses (bornagain.distill.ban_losses)
+    classification_target, regression_target       the BAM targets with teacher annealing (bornagain.distill.bam_targets)
+    UserError                                      what bad input raises (a ValueError with a one-line message)
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "run_ban": "bornagain.api", "train": "bornagain.api", "glue_teachers": "bornagain.api", "bam": "bornagain.api",
+    "create_model": "bornagain.models", "register_model": "bornagain.models", "list_models": "bornagain.models",
+    "born_again_loss": "bornagain.distill.ban_losses", "resolve_loss": "bornagain.distill.ban_losses",
+    "LOSS_PRESETS": "bornagain.distill.ban_losses",
+    "classification_target": "bornagain.distill.bam_targets", "regression_target": "bornagain.distill.bam_targets",
+    "UserError": "bornagain.errors",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'bornagain' has no attribute {name!r}")

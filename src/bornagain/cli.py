@@ -27,20 +27,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _vision_setup(args) -> tuple:
-    from bornagain.pipelines.ban import check_output_dir
-    from bornagain.config import load_config, replace
-    from bornagain.engine.device import resolve_device
-    from bornagain.engine.distributed import barrier, init_distributed
-    from bornagain.vision.config import VisionConfig
+    from bornagain.api import start_vision_run, vision_config
 
-    cfg = load_config(VisionConfig, args.config, args.overrides)
-    if args.output:
-        cfg = replace(cfg, output_dir=args.output)
-    output = Path(cfg.output_dir)
-    # under torchrun every rank checks before any rank writes, then they meet
-    info = init_distributed(resolve_device(cfg.train.device).type)
-    check_output_dir(output, cfg, resume=args.resume)
-    barrier()
+    cfg = vision_config(args.config, args.overrides, args.output)
+    output, info = start_vision_run(cfg, resume=args.resume)
     return cfg, output, info
 
 
@@ -87,13 +77,11 @@ def cmd_models(args) -> None:
 
 def glue_teachers_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
     """`bornagain glue-teachers [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
-    from bornagain.config import load_config
+    from bornagain.api import glue_config
     from bornagain.engine.distributed import current
-    from bornagain.glue.config import GlueExperimentConfig
     from bornagain.pipelines import glue_teachers
 
-    cfg = load_config(GlueExperimentConfig, config, overrides)
-    glue_teachers.preflight(cfg)  # a wrong path or name fails here, before any file is written
+    cfg = glue_config(config, overrides)  # a wrong path or name fails here, before any file is written
     output_dir = Path(output or cfg.output_dir)
     runs, summary = glue_teachers.run(cfg, output_dir, resume=resume)
     if current().is_main:
@@ -104,15 +92,12 @@ def glue_teachers_command(config: str | None, output: str | None, resume: bool, 
 
 def bam_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
     """`bornagain bam [--config FILE] [--output DIR] [--resume] [key=value ...]`."""
-    from bornagain.config import load_config
+    from bornagain.api import glue_config
     from bornagain.engine.distributed import current
     from bornagain.reports.bam_tables import render_markdown
-    from bornagain.glue.config import GlueExperimentConfig
     from bornagain.pipelines import bam
-    from bornagain.pipelines.glue_teachers import preflight
 
-    cfg = load_config(GlueExperimentConfig, config, overrides)
-    preflight(cfg)  # a wrong path or name fails here, before any file is written
+    cfg = glue_config(config, overrides)  # a wrong path or name fails here, before any file is written
     output_dir = Path(output or cfg.output_dir)
     results = bam.run(cfg, output_dir, resume=resume)
     if current().is_main:

@@ -14,6 +14,7 @@ one with a ``RenamedKeyWarning``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -77,6 +78,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -103,6 +106,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except UserError as e:
                 errors.append(str(e))
         raise UserError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise UserError(f"config key '{key}': {value!r} is not a mapping of names to values "
+                        f"(in YAML `{key.split('.')[-1]}: {{width: 64}}`, or {key}.width=64 on the command line)")
     if origin is tuple:
         (item_tp, *rest) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -229,8 +237,16 @@ def rename_keys(tree: dict, renamed: dict[str, str], *, warn: bool = True) -> di
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build config ``cls`` from YAML file ``path`` (optional) plus ``key=value`` overrides."""
+    return config_from_tree(cls, load_yaml(path) if path is not None else {}, overrides)
+
+
+def config_from_tree(cls: type[T], tree: dict, overrides: Sequence[str] = ()) -> T:
+    """Build config ``cls`` from a nested mapping (as a YAML recipe would hold it; not changed) plus
+    ``key=value`` overrides, with the same checks as a recipe file."""
+    if not isinstance(tree, dict):
+        raise UserError(f"a config must be a mapping of keys to values, got a {type(tree).__name__}")
     renamed: dict[str, str] = getattr(cls, "RENAMED_KEYS", {})
-    tree = rename_keys(load_yaml(path), renamed) if path is not None else {}
+    tree = rename_keys(copy.deepcopy(tree), renamed)
     for text in overrides:
         keys, value = _parse_override(text)
         dotted = ".".join(keys)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bornagain.errors import UserError
+from bornagain.models.imported import create_imported_model, is_import_path
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -78,7 +79,8 @@ def parse_model_name(name: str) -> tuple[str, dict[str, int | float]]:
             return pattern, {f: _parse_number(v) for f, v in zip(fields, match.groups())}
     raise UserError(
         f"unknown model {name!r}; known families: {', '.join(list_models())} "
-        "(fill the {fields} with numbers, e.g. 'densenet-bc-100-12', 'wrn-28-10', 'resnet-20')"
+        "(fill the {fields} with numbers, e.g. 'densenet-bc-100-12', 'wrn-28-10', 'resnet-20'), "
+        "or your own factory by import path: mypkg.nets:build_net or path/to/nets.py:build_net"
     )
 
 
@@ -87,14 +89,18 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
 
     Extra keyword arguments go to the family (``dropout=0.3`` for WRN,
     ``teacher="densenet-bc-90-60"`` for Match families); one the family does
-    not take raises UserError naming the ones it does.
+    not take raises UserError naming the ones it does. A name with a colon is a
+    user's factory by import path (``mypkg.nets:build_net``, ``nets.py:build_net``;
+    see models/imported.py), called with the same arguments.
     """
-    pattern, fields = parse_model_name(name)
-    fn = _MODELS[pattern][2]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise UserError(f"in_channels must be a positive integer (3 for RGB, 1 for grey), got {in_channels!r}")
+    if is_import_path(name):
+        return create_imported_model(name, num_classes, in_channels, **kwargs)
+    pattern, fields = parse_model_name(name)
+    fn = _MODELS[pattern][2]
     accepted = set(inspect.signature(fn).parameters) - set(fields) - {"num_classes", "in_channels", "name"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

@@ -31,10 +31,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _shared_layer(model: nn.Module, layer: str, role: str) -> nn.Module:
     module = getattr(model, layer, None)
     wanted = nn.Conv2d if layer == "stem" else nn.Linear
-    if not isinstance(module, wanted):
+    problems = [] if isinstance(module, wanted) else [
+        f"its `{layer}` is {type(module).__name__ if module is not None else 'missing'}, not an nn.{wanted.__name__}"]
+    if not isinstance(getattr(model, "num_features", None), int):
+        problems.append("it has no int `num_features`")
+    if problems:
         raise UserError(
-            f"the {role} ({type(model).__name__}) has no `{layer}` {wanted.__name__} to share; "
-            "build both models with bornagain.models.create_model"
+            f"ban.share_stem_and_head: the {role} ({type(model).__name__}) cannot share its first and last layer: "
+            f"{' and '.join(problems)}. A model must expose `stem` (its first nn.Conv2d), `classifier` (its last "
+            "nn.Linear) and `num_features` (the classifier's input width): add them, or set ban.share_stem_and_head=false"
         )
     return module
 

@@ -35,6 +35,7 @@ from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError
 from bornagain.distill.ban_losses import LOSS_PRESETS, resolve_loss
 from bornagain.models import create_model
+from bornagain.models.imported import is_import_path
 from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
@@ -49,9 +50,18 @@ label_loss = resolve_loss("ce")
 
 
 def model_kwargs(cfg: VisionConfig, name: str) -> dict:
-    kwargs = {}
-    if cfg.model.dropout is not None and name.startswith(("wrn", "match-wrn")):
-        kwargs["dropout"] = cfg.model.dropout
+    """Keyword arguments of architecture ``name``: model.kwargs for the teacher's architecture,
+    ban.student_kwargs for another student architecture; model.dropout for the WRN families."""
+    kwargs = dict(cfg.model.kwargs) if name == cfg.model.name else dict(cfg.ban.student_kwargs or {})
+    if cfg.model.dropout is not None:
+        if is_import_path(name):
+            raise UserError(f"model.dropout is for the zoo's WRN families; {name} is your own model: "
+                            "pass its dropout as model.kwargs.dropout (or however your factory names it)")
+        if name.startswith(("wrn", "match-wrn")):
+            if kwargs.get("dropout", cfg.model.dropout) != cfg.model.dropout:
+                raise UserError(f"model.dropout={cfg.model.dropout} and dropout={kwargs['dropout']} in the "
+                                "model's kwargs disagree: set it once")
+            kwargs["dropout"] = cfg.model.dropout
     if name.startswith("match-"):
         kwargs["teacher"] = cfg.ban.student_teacher_name or cfg.model.teacher or cfg.model.name
     return kwargs
@@ -252,7 +262,8 @@ def check_teacher_run(cfg: VisionConfig) -> None:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"ban.teacher_run={run_dir} has no config.yaml, so its data and schedule cannot be checked: "
                         "point it at a run made by `bornagain ban` or `bornagain train`")
-    keep = ("seed", "data.", "model.dropout") + (() if cfg.ban.teacher_run_other_schedule else ("train.",))
+    keep = ("seed", "data.", "model.dropout", "model.kwargs") + (() if cfg.ban.teacher_run_other_schedule
+                                                                   else ("train.",))
     def kept(tree: dict) -> dict:
         return {k: v for k, v in flatten(tree).items() if k.startswith(keep)}
 

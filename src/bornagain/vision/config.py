@@ -7,7 +7,7 @@ The defaults are the embedded digits demo; `configs/` holds the paper's recipes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from bornagain.config import TrainingConfig
 from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedLoss, resolve_loss
@@ -16,16 +16,25 @@ from bornagain.errors import UserError
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder."""
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors"] = "digits"
+    """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder |
+    tensors (one .safetensors / .npz file of uint8 images and int labels: vision/tensors.py)."""
     root: str | None = None
-    """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/)."""
+    """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/), or the
+    file of a tensors dataset."""
     download: bool = True
     """Download the official CIFAR archive (MD5-checked) when `root` lacks it."""
     val_size: int | float = 0.1
     """Validation split held out from the training set: a fraction (0-1) or a count (>= 1). Stratified, seeded."""
     augment: bool = True
     """Random crop after zero padding (4 px at 32x32) and, where valid, horizontal flip."""
+    crop_padding: int | None = None
+    """Zero padding of the random crop in pixels; null: one eighth of the image height (4 at 32x32, 1 at 8x8);
+    0: no crop."""
+    hflip: bool | None = None
+    """Random horizontal flips; null: the dataset's default (off for digits, on for the others)."""
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"
+    """tensors only: where the channels of the image arrays are (auto: the axis of size 1, 3 or 4)."""
     train_subset: int | None = None
     """Train on a seeded stratified subset of this many training images (quick experiments)."""
 
@@ -34,6 +43,11 @@ class DataConfig:
             raise UserError(f"data.val_size={self.val_size} must be >= 0 (a fraction below 1 or a count)")
         if self.name in ("imagefolder",) and not self.root:
             raise UserError("data.name=imagefolder needs data.root=DIR (a folder with train/<class>/ and test/<class>/)")
+        if self.name == "tensors" and not self.root:
+            raise UserError("data.name=tensors needs data.root=FILE (a .safetensors or .npz file with train_images, "
+                            "train_labels, test_images, test_labels)")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise UserError(f"data.crop_padding={self.crop_padding} must be >= 0 (0: no crop; null: the default)")
         if self.train_subset is not None and self.train_subset < 2:
             raise UserError(f"data.train_subset={self.train_subset} must be at least 2 (or null for all)")
 
@@ -41,7 +55,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet-8"
-    """A registered model name: see `bornagain models` (densenet-bc-L-k, wrn-d-w, preresnet-d, resnet-d, match-*)."""
+    """A registered model name: see `bornagain models` (densenet-bc-L-k, wrn-d-w, preresnet-d, resnet-d, match-*);
+    or your own factory by import path, `mypkg.nets:build_net` or `path/to/nets.py:build_net`, called as
+    build_net(num_classes=..., in_channels=..., **model.kwargs) (models/imported.py)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the model (`model.kwargs.width=64`): any your factory takes, or a zoo family's
+    options. They apply to model.name, and to students of the same architecture."""
     dropout: float | None = None
     """Dropout for families that take it (WRN default 0.3); null keeps the family's default."""
     teacher: str | None = None
@@ -93,6 +112,8 @@ class BanConfig:
     include_teacher_in_ensembles: bool = False
     student_model: str | None = None
     """Architecture of generations >= 1; null = the teacher's model.name."""
+    student_kwargs: dict[str, Any] | None = None
+    """Keyword arguments of a `ban.student_model` of another architecture (null: none)."""
     student_teacher_name: str | None = None
     """For Match students: the DenseNet-BC name they match (default: the teacher's model.name)."""
     share_stem_and_head: bool = False

@@ -19,8 +19,9 @@ from sklearn.model_selection import train_test_split
 from bornagain.errors import UserError
 from bornagain.vision.cifar import load_cifar
 from bornagain.vision.imagefolder import load_image_folder
+from bornagain.vision.tensors import load_tensor_file
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "tensors")
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,15 @@ def _to_dataset(split: tuple[np.ndarray, np.ndarray]) -> ImageDataset:
     )
 
 
-def load_vision_data(name: str, root: str | os.PathLike | None, *, download: bool = True) -> VisionData:
+def load_vision_data(name: str, root: str | os.PathLike | None, *, download: bool = True,
+                     layout: str = "auto") -> VisionData:
     """Load a whole vision dataset into memory.
 
     name: "digits" (scikit-learn's bundled 8x8 digits; `root` is ignored),
     "cifar10" / "cifar100" (python-pickle folders under `root`, downloaded and
-    MD5-checked when absent and `download` is set), or "imagefolder"
-    (`root`/{train,test}/<class>/*.png|jpg, decoded once and cached).
+    MD5-checked when absent and `download` is set), "imagefolder"
+    (`root`/{train,test}/<class>/*.png|jpg, decoded once and cached), or "tensors"
+    (`root` is a .safetensors / .npz file of arrays, `layout` where its channels are; vision/tensors.py).
     """
     if name not in DATASET_NAMES:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -130,13 +133,16 @@ def load_vision_data(name: str, root: str | os.PathLike | None, *, download: boo
         hflip = False  # a mirrored digit is another symbol (or none)
     else:
         if root is None:
-            what = "where to find or download it" if name != "imagefolder" else "the folder holding train/ and test/"
+            what = {"imagefolder": "the folder holding train/ and test/",
+                    "tensors": "the .safetensors or .npz file"}.get(name, "where to find or download it")
             raise UserError(f"dataset {name!r} needs a data root: pass root (--data-root) = {what}")
         if name in ("cifar10", "cifar100"):
             train, test, classes = load_cifar(name, root, download=download)
+        elif name == "tensors":
+            train, test, classes = load_tensor_file(root, layout)
         else:
             train, test, classes = load_image_folder(root)
-        hflip = True  # natural images: a mirrored scene keeps its label
+        hflip = True  # natural images: a mirrored scene keeps its label (data.hflip=false says otherwise)
     train_ds, test_ds = _to_dataset(train), _to_dataset(test)
     if train_ds.images.shape[1:] != test_ds.images.shape[1:]:
         raise UserError(

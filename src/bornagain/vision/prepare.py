@@ -46,7 +46,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     The split depends only on ``seed`` and the data, so every generation of a
     BAN sequence sees the same train/validation partition.
     """
-    vd = load_vision_data(data.name, data.root, download=data.download)
+    vd = load_vision_data(data.name, data.root, download=data.download, layout=data.layout)
     images, labels = vd.train.images, vd.train.labels
     if data.train_subset is not None and data.train_subset < labels.shape[0]:
         keep, _ = train_val_split(labels, labels.shape[0] - data.train_subset, seed=seed + 1)
@@ -60,11 +60,11 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     # normalisation statistics from the training part only: validation and test images shape nothing
     mean, std = channel_stats(images[train_idx])
     return PreparedData(
-        name=f"{Path(data.root).resolve().name} (imagefolder)" if data.name == "imagefolder" else vd.name,
+        name=f"{Path(data.root).resolve().name} ({data.name})" if data.name in ("imagefolder", "tensors") else vd.name,
         classes=tuple(vd.classes),
         train_images=images[train_idx], train_labels=labels[train_idx],
         val_images=images[val_idx], val_labels=labels[val_idx],
         test_images=vd.test.images, test_labels=vd.test.labels,
-        mean=tuple(mean), std=tuple(std), hflip=vd.hflip,
-        crop_pad=default_crop_pad(int(images.shape[2])),
+        mean=tuple(mean), std=tuple(std), hflip=vd.hflip if data.hflip is None else data.hflip,
+        crop_pad=default_crop_pad(int(images.shape[2])) if data.crop_padding is None else data.crop_padding,
     )
