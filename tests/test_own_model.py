@@ -152,6 +152,17 @@ def test_cross_architecture_student_by_import_path_shares_the_zoo_teachers_layer
     assert student["body.2.weight"].shape[0] == 24  # ban.student_kwargs reached the student's factory
 
 
+def test_teacher_run_of_an_own_model_is_checked_against_its_options(tmp_path, nets, capsys):
+    args = [f"model.name={nets}:build_net", "model.kwargs.width=6", *FAST]
+    assert main(["train", "--output", str(tmp_path / "teacher"), *args]) == 0
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), f"model.name={nets}:build_net",
+                          "model.kwargs.width=4", f"ban.teacher_run={tmp_path / 'teacher'}", *FAST])
+    assert "model.kwargs.width" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["ban", "--output", str(tmp_path / "out"), *args, f"ban.teacher_run={tmp_path / 'teacher'}",
+                 "ban.generations=1", "ban.ensembles=[]"]) == 0
+
+
 @pytest.mark.slow
 def test_import_path_model_on_digits_two_generations_killed_and_resumed(tmp_path, nets):
     args = [f"model.name={nets}:build_net", "model.kwargs.width=8", "ban.generations=2", "train.epochs=2",
