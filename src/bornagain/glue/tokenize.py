@@ -22,11 +22,13 @@ import torch
 
 from bornagain.errors import UserError
 from bornagain.glue.data import GlueExample
+from bornagain.glue.locations import resolve_location
 from bornagain.glue.tasks import GlueTask
 
 
 def load_tokenizer(name_or_path: str):
-    """A (fast) Hugging Face tokenizer from a local directory or a hub name."""
+    """A (fast) Hugging Face tokenizer from a local directory, a hub name or a package folder
+    (``package:NAME/folder``, glue/locations.py)."""
     import logging  # noqa: PLC0415
 
     from transformers import AutoTokenizer  # noqa: PLC0415  (heavy import)
@@ -35,7 +37,7 @@ def load_tokenizer(name_or_path: str):
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # offline retries would print warnings before our one-line error
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(resolve_location(name_or_path))
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load a tokenizer from {name_or_path!r} ({e.__class__.__name__}: {str(e).splitlines()[0]});"
