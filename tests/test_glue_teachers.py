@@ -123,12 +123,23 @@ def test_finished_teacher_is_not_retrained_and_settings_are_checked(setup, monke
     monkeypatch.setattr(teachers, "build_model", no_training)
     cli.glue_teachers_command(None, str(tmp_path / "run"), False, overrides)
     cli.glue_teachers_command(None, str(tmp_path / "run"), True, [*overrides, "train.progress=true"])
+    # the test-set predictions are an output, not a setting: a reuse that would not write them is no change
+    cli.glue_teachers_command(None, str(tmp_path / "run"), True, [*overrides, "glue.test_submissions=false"])
     with pytest.raises(UserError, match="other settings.*optim"):
         cli.glue_teachers_command(None, str(tmp_path / "run"), False, [*overrides, "optim.lr=0.01"])
 
 
 class Interrupted(Exception):
     pass
+
+
+def test_teacher_without_test_submissions_writes_none(setup):
+    tmp_path, overrides = setup
+    cli.glue_teachers_command(None, str(tmp_path / "run"), False,
+                              [*overrides, "glue.tasks=[RTE]", "train.epochs=1", "glue.test_submissions=false"])
+    results = json.loads((tmp_path / "run" / "teachers" / "RTE" / "results.json").read_text())
+    assert results["submission_files"] == [] and not (tmp_path / "run" / "teachers" / "RTE" / "submission").exists()
+    assert results["dev_metrics"]["score"] is not None
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypatch):

@@ -31,6 +31,10 @@ class GlueDataConfig:
     max_train_examples: int | None = None
     """For quick runs: keep a seeded, label-stratified subsample of at most this many
     training examples per task (ids and order of the kept examples unchanged). None = all."""
+    test_submissions: bool = True
+    """Write each teacher's GLUE test-server predictions (submission/). Predicting the test sets (9,000
+    sentences for the five small tasks) costs more than training a teacher on a few hundred examples on a
+    CPU: the CPU budget recipes turn it off. Not part of what defines a teacher or a student."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", canonical_task_names(self.tasks))

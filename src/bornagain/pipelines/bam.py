@@ -111,6 +111,7 @@ def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: d
         tree.pop(key)
     for key in ("targets", "seeds", "eval_batch_size", "paired_test"):
         tree["bam"].pop(key)
+    tree["glue"].pop("test_submissions")  # the teachers' output only
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
     tree["seed"] = seed
     tree["precision"] = cfg.train.precision

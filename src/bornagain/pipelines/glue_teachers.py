@@ -94,6 +94,7 @@ def teacher_settings(cfg: GlueExperimentConfig, task: str) -> dict:
     for key in ("output_dir", "bam"):
         tree.pop(key)
     tree["glue"].pop("tasks")
+    tree["glue"].pop("test_submissions")  # an output, not a setting of the teacher
     tree["train"] = {k: tree["train"][k] for k in ("epochs", "batch_size", "bucket_by_length")}
     tree["precision"] = cfg.train.precision
     tree["task"] = task
@@ -174,7 +175,7 @@ class TeacherTask:
         save_teacher_predictions(run_dir / PREDICTIONS, task=task.name, example_ids=self.train_split.ids,
                                  outputs=outputs, fingerprint=fingerprint)
         submissions = []
-        for split in task.test_splits:
+        for split in task.test_splits if cfg.glue.test_submissions else ():
             if not has_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source):
                 continue  # a local GLUE copy without test files: nothing to submit
             test_examples = load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
