@@ -48,15 +48,18 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     assert (out / "seed-0" / "gen1" / "checkpoint.safetensors").exists() and not (out / "seed-1").exists()
     assert not (out / "results.json").exists()
+    stamp = (out / "seed-0" / "gen0" / "model.safetensors").stat().st_mtime_ns
     resumed = _cli(out, "ban.seeds=[0,1,2]", "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    assert (out / "seed-0" / "gen0" / "model.safetensors").stat().st_mtime_ns == stamp  # finished: not retrained
     assert "Paired t over seeds" in resumed.stdout
 
     # seed-<s> is exactly `bornagain ban seed=s`, killed or not
     single = _cli(tmp_path / "single", "seed=0")
     assert single.returncode == 0, single.stderr
     seed0 = json.loads((out / "seed-0" / "results.json").read_text())
-    assert _untimed(seed0["generations"]) == _untimed(json.loads((tmp_path / "single" / "results.json").read_text())["generations"])
+    alone = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert _untimed(seed0["generations"]) == _untimed(alone["generations"])
     for s in (0, 1, 2):
         assert "seed: %d" % s in (out / f"seed-{s}" / "config.yaml").read_text()
 
@@ -69,7 +72,8 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path):
     assert columns["BAN-2"]["test_error"]["mean"] == pytest.approx(np.mean(ban2))
     assert columns["BAN-2"]["test_error"]["std"] == pytest.approx(np.std(ban2, ddof=1))
     assert columns["BAN-2"]["test_error"]["n"] == 3
-    assert columns["All"]["ece"]["values"] == [next(e["ece"] for e in r["ensembles"] if e["name"] == "All") for r in runs]
+    assert columns["All"]["ece"]["values"] == [next(e["ece"] for e in r["ensembles"] if e["name"] == "All")
+                                               for r in runs]
     assert columns["teacher"]["nll"]["values"] == [r["generations"][0]["test_nll"] for r in runs]
 
     tests = {(c["a"], c["b"]): c for c in agg["comparisons"]}
@@ -93,11 +97,7 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path):
                  "curves.png", "curves.pdf"):
         assert (out / name).stat().st_size > 0, name
 
-    # finished seeds are never retrained; --resume with another config is refused
-    stamp = (out / "seed-2" / "gen2" / "model.safetensors").stat().st_mtime_ns
-    again = _cli(out, "ban.seeds=[0,1,2]", "--resume")
-    assert again.returncode == 0, again.stderr
-    assert (out / "seed-2" / "gen2" / "model.safetensors").stat().st_mtime_ns == stamp
+    # --resume with another config is refused
     changed = _cli(out, "ban.seeds=[0,1,2]", "--resume", "train.lr=0.05")
     assert changed.returncode == 2 and "train.lr" in changed.stderr
 
@@ -130,3 +130,15 @@ def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bornagain: error: cannot pool")
     assert "data.augment, train.lr" in err[0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ban.seeds=[]"], "is empty"),
+    (["ban.seeds=[0,1,0]"], "repeats a seed"),
+    (["ban.seeds=[0,1]", "ban.teacher_run=somewhere"], "cannot be combined"),
+])
+def test_bad_seed_lists_are_refused_in_one_line(tmp_path, capsys, overrides, message):
+    assert main(["ban", "--output", str(tmp_path / "run"), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written

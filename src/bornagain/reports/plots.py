@@ -124,7 +124,8 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict]) ->
         ax.bar(centres[filled], b["accuracy"][filled], width=width, edgecolor="k", linewidth=0.5, color="C0",
                label="accuracy")
         ax.plot([0, 100], [0, 100], "--", color="0.4", linewidth=1, label="perfect calibration")
-        ax.plot(b["confidence"][filled], b["accuracy"][filled], ".", color="C3", label="mean confidence")
+        ax.plot(b["confidence"][filled], b["accuracy"][filled], ".", color="C3",
+                label="(mean confidence, accuracy) of a bin")
         ece = np.sum(b["count"] / b["count"].sum() * np.abs(b["accuracy"] - b["confidence"]))
         ax.set(xlim=(0, 100), ylim=(0, 100), title=f"{_label(g)}: ECE {ece:.2f}%", xlabel="confidence (%)")
         if i % cols == 0:

@@ -50,10 +50,14 @@ def comparison_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
     for c in agg["comparisons"]:
         b = _heading(c["b"]) + (" (best single)" if c["b_is_best_single"] else "")
         t = c["paired_t"]
-        t_text = "-" if math.isnan(t["p_value"]) else f"t({t['df']}) = {t['statistic']:.2f}, p = {format_p_value(t['p_value'])}"
         if math.isinf(t["statistic"]):
             t_text = "undefined (all differences equal)"
-        per_seed = ", ".join(f"{format_p_value(s['p_value'])} ({s['only_a_correct']}/{s['only_b_correct']})" for s in c["mcnemar"])
+        elif math.isnan(t["p_value"]):
+            t_text = "-"  # fewer than two seeds
+        else:
+            t_text = f"t({t['df']}) = {t['statistic']:.2f}, p = {format_p_value(t['p_value'])}"
+        per_seed = ", ".join(f"{format_p_value(s['p_value'])} ({s['only_a_correct']}/{s['only_b_correct']})"
+                             for s in c["mcnemar"])
         rows.append([f"{_heading(c['a'])} - {b}", f"{c['mean_difference']:+.2f}", t_text, per_seed,
                      format_p_value(c["mcnemar_combined_p"])])
     return header, rows

@@ -103,7 +103,8 @@ def _correct(run_dir: Path, results: dict, column: dict) -> torch.Tensor:
     if column["kind"] == "baseline":
         probs, labels = load_test_probs(run_dir / "baseline" / "test_probs.safetensors")
     else:
-        loaded = [load_test_probs(_member_dir(run_dir, by_gen[g]) / "test_probs.safetensors") for g in column["members"]]
+        loaded = [load_test_probs(_member_dir(run_dir, by_gen[g]) / "test_probs.safetensors")
+                  for g in column["members"]]
         labels = loaded[0][1]
         if any(not torch.equal(lab, labels) for _, lab in loaded):
             raise UserError(f"the generations of '{run_dir}' were tested on different test sets")
@@ -186,14 +187,14 @@ def write_aggregate(agg: dict, run_dirs: list[Path], output: Path, *, plots: boo
     from bornagain.reports.seed_tables import render  # noqa: PLC0415
 
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "results.json", agg)
-    written = [output / "results.json"]
+    written = []
     for fmt, name in (("markdown", "table.md"), ("csv", "table.csv"), ("latex", "table.tex")):
         atomic_write_text(output / name, render(agg, fmt))
         written.append(output / name)
     if plots:
         written += plot_runs(output, run_dirs, [read_json(d / "results.json") for d in run_dirs])
-    return written
+    write_json(output / "results.json", agg)  # last: it marks the aggregate as complete
+    return [*written, output / "results.json"]
 
 
 def pools(run_dirs: list[str]) -> bool:
