@@ -148,8 +148,8 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt)
     if any(k != "ban" for k in kinds):  # other kinds of run: printed, each in its own form
         if output or plots or fmt != "markdown":
-            raise UserError("--output, --plots and --format take `bornagain ban` runs only; drop them to print "
-                            "these runs")
+            raise UserError("--output and --plots (and --format csv or latex) take `bornagain ban` runs only; drop "
+                            "them to print these runs")
         return render_any(run_dirs)
     results = [load_run_results(d) for d in run_dirs]
     if plots:

@@ -127,7 +127,8 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict]) ->
         ax.plot(b["confidence"][filled], b["accuracy"][filled], ".", color="C3",
                 label="(mean confidence, accuracy) of a bin")
         ece = np.sum(b["count"] / b["count"].sum() * np.abs(b["accuracy"] - b["confidence"]))
-        ax.set(xlim=(0, 100), ylim=(0, 100), title=f"{_label(g)}: ECE {ece:.2f}%", xlabel="confidence (%)")
+        pooled = " (pooled)" if len(pairs) > 1 else ""  # the table's ECE is the mean of the seeds' own
+        ax.set(xlim=(0, 100), ylim=(0, 100), title=f"{_label(g)}: ECE{pooled} {ece:.2f}%", xlabel="confidence (%)")
         if i % cols == 0:
             ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
