@@ -38,7 +38,7 @@ from bornagain.models import create_model
 from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
-from bornagain.reports.plots import plot_run
+from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.ban_tables import write_tables
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
@@ -217,7 +217,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
         write_json(output / "results.json", results)
         write_tables([results], output)
         if plots:
-            plot_run(output, results)
+            plot_run(output, results, PNG_ONLY)  # PDFs too: `bornagain report OUTPUT --plots`
     barrier()
     return results
 

@@ -1,6 +1,7 @@
 """Plots of finished born-again runs, from their files alone (results.json, metrics.jsonl, test_probs).
 
-One run or several seeds of one config (then each point is the mean over seeds, with the spread):
+One run or several seeds of one config (then each point is the mean over seeds, with the spread), as PNG and
+PDF (`bornagain report --plots`, the `ban.seeds` aggregate) or PNG only (the end of every `bornagain ban` run):
 
     generations.{png,pdf}  test error against generation (mean ± std over seeds, each seed a dot),
                            the ensembles as separate marked points to the right
@@ -22,6 +23,8 @@ from bornagain.engine.logging import read_metrics
 from bornagain.reports.metrics import confidence_bins
 
 BINS = 15
+BOTH = ("png", "pdf")
+PNG_ONLY = ("png",)  # what every `bornagain ban` run draws at its end (a PDF costs as much again)
 
 
 def _pyplot():
@@ -33,10 +36,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
+def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    paths = [stem.with_suffix(f".{fmt}") for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=120)  # dpi: PNG only; a PDF stays vector
     return paths
 
 
@@ -54,7 +57,7 @@ def _mean_std(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     return a.mean(axis=0), (a.std(axis=0, ddof=1) if a.shape[0] > 1 else np.zeros(a.shape[1]))
 
 
-def plot_error_vs_generation(output: Path, results: list[dict]) -> list[Path]:
+def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[str, ...] = BOTH) -> list[Path]:
     plt = _pyplot()
     gens = [g["generation"] for g in results[0]["generations"]]
     errors = [[g["test_error"] for g in r["generations"]] for r in results]  # (seeds, generations)
@@ -84,7 +87,7 @@ def plot_error_vs_generation(output: Path, results: list[dict]) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    paths = _save(fig, output / "generations")
+    paths = _save(fig, output / "generations", formats)
     plt.close(fig)
     return paths
 
@@ -101,7 +104,8 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS
             "confidence": (100 * torch.bincount(which, confidence, bins) / safe).numpy()}
 
 
-def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict]) -> list[Path]:
+def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
+                     formats: tuple[str, ...] = BOTH) -> list[Path]:
     from bornagain.reports.seeds import load_test_probs  # noqa: PLC0415  (seeds.py imports this module)
 
     plt = _pyplot()
@@ -139,12 +143,13 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict]) ->
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)  # one legend, under the panels
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    paths = _save(fig, output / "reliability")
+    paths = _save(fig, output / "reliability", formats)
     plt.close(fig)
     return paths
 
 
-def plot_learning_curves(output: Path, run_dirs: list[Path], results: list[dict]) -> list[Path]:
+def plot_learning_curves(output: Path, run_dirs: list[Path], results: list[dict],
+                         formats: tuple[str, ...] = BOTH) -> list[Path]:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
@@ -179,18 +184,19 @@ def plot_learning_curves(output: Path, run_dirs: list[Path], results: list[dict]
         if ax.get_lines():
             ax.legend(fontsize=8, loc=corner)
     fig.tight_layout()
-    paths = _save(fig, output / "curves")
+    paths = _save(fig, output / "curves", formats)
     plt.close(fig)
     return paths
 
 
-def plot_runs(output: str | Path, run_dirs: list[str | Path], results: list[dict]) -> list[Path]:
+def plot_runs(output: str | Path, run_dirs: list[str | Path], results: list[dict],
+              formats: tuple[str, ...] = BOTH) -> list[Path]:
     """All three plots of one run, or of several seeds of one config, into ``output``; their paths."""
     output, run_dirs = Path(output), [Path(d) for d in run_dirs]
-    return [*plot_error_vs_generation(output, results), *plot_reliability(output, run_dirs, results),
-            *plot_learning_curves(output, run_dirs, results)]
+    return [*plot_error_vs_generation(output, results, formats), *plot_reliability(output, run_dirs, results, formats),
+            *plot_learning_curves(output, run_dirs, results, formats)]
 
 
-def plot_run(run_dir: str | Path, results: dict) -> list[Path]:
+def plot_run(run_dir: str | Path, results: dict, formats: tuple[str, ...] = BOTH) -> list[Path]:
     """The plots of one finished run, written into it."""
-    return plot_runs(run_dir, [run_dir], [results])
+    return plot_runs(run_dir, [run_dir], [results], formats)
