@@ -149,7 +149,8 @@ def test_report_renders_several_runs(tmp_path, capsys):
 
     for name, seed in (("a", 0), ("b", 1)):
         run_ban(_cfg("train.epochs=1", "ban.generations=1", f"seed={seed}"), tmp_path / name, resume=False)
-    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "rep")]) == 0
+    # --per-run: one row per run (without it, runs that differ only in seed are pooled: test_ban_seeds.py)
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--per-run", "--output", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert out.count("| resnet-8 |") == 2
     assert (tmp_path / "rep" / "table.csv").read_text().startswith("Network,Parameters,Baseline,BAN-1")

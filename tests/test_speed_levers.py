@@ -67,6 +67,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, count_read
 
     counts, pause = count_reads
     pause(ban, "summarize")  # the ensembles' metrics, after training
+    pause(ban, "plot_run")  # the reliability diagrams read the saved test probabilities, after training
     pause(ban, "prepare_data")  # splits and checks, before training
     pause(ClassifierTask, "evaluate")
     pause(ClassifierTask, "finish")

@@ -2,7 +2,7 @@
 
     bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
     bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
-    bornagain report RUN_DIR [RUN_DIR ...]                                    tables of finished runs (any kind)
+    bornagain report RUN_DIR [RUN_DIR ...] [--format F]                       tables of finished runs (any kind)
     bornagain models [--match-table]                                          registered models / Match parameter counts
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
@@ -60,7 +60,7 @@ def cmd_train(args) -> None:
 def cmd_report(args) -> None:
     from bornagain.reports.ban_tables import report_command
 
-    print(report_command(args.run_dirs, args.output, plots=args.plots), end="")
+    print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run), end="")
 
 
 def cmd_models(args) -> None:
@@ -122,11 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one classifier into a run directory")
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("report", help="tables of finished runs: `ban` runs one row each; any other run directory "
-                                        "(a generation, a GLUE teacher, a BAM student, a bam output) printed alone")
+    p = sub.add_parser("report", help="tables of finished runs: `ban` runs one row each, or pooled over seeds where "
+                                        "they differ only in seed; any other run directory (a generation, a GLUE "
+                                        "teacher, a BAM student, a bam output) printed alone")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="also write table.md and table.csv here")
-    p.add_argument("--plots", action="store_true", help="(re)draw curves.png and generations.png in each run")
+    p.add_argument("--plots", action="store_true", help="(re)draw the plots (PNG and PDF) in each run")
+    p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown",
+                   help="what to print (--output writes all three)")
+    p.add_argument("--per-run", action="store_true",
+                   help="one row per `ban` run even where they differ only in seed (default: pool them over seeds)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("models", help="list registered model families")
     p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")

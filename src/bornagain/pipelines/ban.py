@@ -39,7 +39,7 @@ from bornagain.models.imported import is_import_path
 from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
-from bornagain.reports.plots import plot_run
+from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.ban_tables import write_tables
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
@@ -160,16 +160,21 @@ def run_train(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     return fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=resume)
 
 
-def run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
-    """Train (or resume) the teacher, the generations and the optional baseline; write results and tables."""
+def run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:
+    """Train (or resume) the teacher, the generations and the optional baseline; write results, tables and
+    (``plots``) the plots."""
+    if cfg.ban.seeds is not None:  # one sequence per seed, then their aggregate (pipelines/ban_seeds.py)
+        from bornagain.pipelines.ban_seeds import run_seeds  # noqa: PLC0415  (it builds on run_ban)
+
+        return run_seeds(cfg, output, resume=resume)
     with run_lock(output, enabled=current().is_main):
-        return _run_ban(cfg, output, resume=resume)
+        return _run_ban(cfg, output, resume=resume, plots=plots)
 
 
 run = run_ban  # the pipeline's entry point: run(cfg, output, *, resume)
 
 
-def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
+def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
     if cfg.ban.teacher_run:
@@ -221,7 +226,8 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     if main:
         write_json(output / "results.json", results)
         write_tables([results], output)
-        plot_run(output, results)
+        if plots:
+            plot_run(output, results, PNG_ONLY)  # PDFs too: `bornagain report OUTPUT --plots`
     barrier()
     return results
 
@@ -292,7 +298,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
             raise UserError(f"'{run_dir}' was evaluated on another test set than this run's data; "
                             "its probabilities cannot join the ensemble")
     keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
-            "seed", "train_seconds")
+            "seed", "train_seconds", "teacher_run")  # teacher_run: where a reused teacher's files are (plots, seeds)
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
     return {
         "dataset": data.name,

@@ -103,15 +103,53 @@ def load_run_results(run_dir: str | Path) -> dict:
     return results
 
 
-def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False) -> str:
-    """Re-render tables from finished runs (several runs = several rows); print, and write if asked."""
+def latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("*", r"$\ast$"), ("<", r"$<$"), ("±", r"$\pm$"), ("->", r"$\rightarrow$")):
+        text = text.replace(a, b)
+    return text
+
+
+def latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}), every cell escaped."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(header) + "}",
+             r"\toprule", " & ".join(map(latex_escape, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(latex_escape, row)) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(caption) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(results: list[dict]) -> str:
+    h1, r1 = table1_rows(results)
+    out = latex_table(h1, r1, "Test error (%), last epoch of each generation.")
+    cross = [r for r in results if r.get("student_baseline")]
+    if cross:
+        out += "\n" + latex_table(*table2_rows(cross), "Cross-architecture students (Table 2 layout).")
+    return out
+
+
+REPORT_FORMATS = ("markdown", "csv", "latex")
+
+
+def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False, fmt: str = "markdown",
+                   per_run: bool = False) -> str:
+    """Re-render tables from finished runs and return the text to print in ``fmt`` (writing tables and plots
+    where asked). Several `ban` runs of one config that differ in their seed are pooled (reports/seeds.py)
+    unless ``per_run``; other `ban` runs give one row each; other kinds of run are printed in their own form."""
     if not run_dirs:
         raise UserError("bornagain report needs at least one run directory")
+    if fmt not in REPORT_FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(REPORT_FORMATS)}")
     from bornagain.reports.runs import kind_of, render_any  # noqa: PLC0415
+    from bornagain.reports.seeds import pool_command, pools  # noqa: PLC0415
 
-    if any(kind_of(Path(d)) != "ban" for d in run_dirs):  # other kinds of run: printed, each in its own form
-        if output or plots:
-            raise UserError("--output and --plots take `bornagain ban` runs only; drop them to print these runs")
+    kinds = [kind_of(Path(d)) for d in run_dirs]
+    if "ban-seeds" in kinds or (not per_run and set(kinds) == {"ban"} and pools(run_dirs)):
+        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt)
+    if any(k != "ban" for k in kinds):  # other kinds of run: printed, each in its own form
+        if output or plots or fmt != "markdown":
+            raise UserError("--output and --plots (and --format csv or latex) take `bornagain ban` runs only; drop "
+                            "them to print these runs")
         return render_any(run_dirs)
     results = [load_run_results(d) for d in run_dirs]
     if plots:
@@ -123,4 +161,5 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
     if output:
         Path(output).mkdir(parents=True, exist_ok=True)
         write_tables(results, Path(output))
-    return md
+        atomic_write_text(Path(output) / "table.tex", render_latex(results))
+    return {"markdown": md, "csv": csv_out, "latex": render_latex(results)}[fmt]

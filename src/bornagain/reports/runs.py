@@ -17,10 +17,13 @@ _SHOWN = ("run", "model", "task", "arm", "seed", "dataset", "params", "test_erro
 
 
 def kind_of(run_dir: Path) -> str:
-    """'ban' | 'bam' | 'glue-teachers' | 'run' (one engine run), or a UserError naming what is missing."""
+    """'ban' | 'ban-seeds' | 'bam' | 'glue-teachers' | 'run' (one engine run), or a UserError naming what is
+    missing."""
     results = run_dir / "results.json"
     if results.is_file():
         r = read_json(results)
+        if r.get("kind") == "ban-seeds":  # a `ban.seeds` output: the aggregate of its seed-<s> runs
+            return "ban-seeds"
         if "generations" in r:
             return "ban"
         if "rows" in r and "tests" in r:

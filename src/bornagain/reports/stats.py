@@ -18,7 +18,10 @@ Conventions
     p < 0.05 (see :func:`wilcoxon_min_p`).
 - Degenerate inputs get defined answers instead of warnings: fewer than two
   pairs give p = NaN; differences that are all exactly zero give p = 1.0 (no
-  evidence of a difference).
+  evidence of a difference); for the t-test, differences that are all equal and
+  non-zero give p = NaN (their standard deviation is 0, so t is infinite and the
+  test is undefined; scipy would say p = 0, which no finite sample supports).
+  The Wilcoxon test stays defined there (all ranks tie: p = 2 / 2^n).
 """
 
 from __future__ import annotations
@@ -77,9 +80,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    """Mean, sample std and count of ``values`` (one value per seed)."""
-    mean, std = mean_std(values)
-    return Summary(mean=mean, std=std, n=len(list(values)))
+    """Mean, sample std and count of ``values`` (one value per seed); any iterable, a generator too."""
+    array = _as_array(values, "values")  # read once: a generator is empty the second time
+    mean, std = mean_std(array)
+    return Summary(mean=mean, std=std, n=int(array.size))
 
 
 def wilcoxon_min_p(n: int) -> float:
@@ -110,6 +114,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, test: str = "t") -> P
         return PairedTest(test, math.nan, math.nan, n, mean_difference)
     if np.all(difference == 0):
         return PairedTest(test, 0.0, 1.0, n, mean_difference)
+    if test == "t" and np.all(difference == difference[0]):
+        # zero spread: t = mean / 0 is infinite and the t-test undefined (not p = 0)
+        return PairedTest(test, math.copysign(math.inf, difference[0]), math.nan, n, mean_difference)
     with warnings.catch_warnings():
         # scipy warns about precision on nearly identical inputs; the result is still defined.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -137,3 +144,54 @@ def format_p_value(p_value: float) -> str:
     if p_value < 0.001:
         return "<0.001"
     return f"{p_value:.3f}"
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two classifiers on the *same* test examples.
+
+    ``only_a`` examples are right under ``a`` and wrong under ``b``; ``only_b`` the reverse. Under the null
+    (both have the same error rate on this test distribution) each discordant example is a fair coin, so
+    ``only_a ~ Binomial(only_a + only_b, 1/2)``; the p-value is that binomial test's two-sided p.
+    """
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
+    """McNemar's exact (binomial) test from per-example correctness of two models on one test set."""
+    a = np.asarray(list(correct_a), dtype=bool)
+    b = np.asarray(list(correct_b), dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise UserError(f"McNemar's test needs the two models' answers on the same test examples, got {a.shape} "
+                        f"and {b.shape}")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    return mcnemar_from_counts(only_a, only_b)
+
+
+def mcnemar_from_counts(only_a: int, only_b: int) -> McNemar:
+    """McNemar's exact test from the two discordant counts of a 2x2 contingency table; p = 1 with none."""
+    if only_a + only_b == 0:
+        return McNemar(only_a, only_b, 1.0)
+    p = scipy_stats.binomtest(only_a, only_a + only_b, 0.5, alternative="two-sided").pvalue
+    return McNemar(only_a, only_b, float(p))
+
+
+COMBINE_METHOD = "fisher"
+COMBINE_NAME = "Fisher's method"
+
+
+def combine_p_values(p_values: Sequence[float]) -> float:
+    """Fisher's method: X = -2 sum ln p_i ~ chi^2 with 2k degrees of freedom under the joint null
+    (``scipy.stats.combine_pvalues(method="fisher")``). It assumes independent tests; NaN when there are none.
+    A p_i of 0 gives 0; NaNs are left out."""
+    values = [p for p in p_values if not math.isnan(p)]
+    if not values:
+        return math.nan
+    if min(values) <= 0.0:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy_stats.combine_pvalues(values, method=COMBINE_METHOD).pvalue)

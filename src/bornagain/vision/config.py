@@ -140,8 +140,14 @@ class BanConfig:
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
+    seeds: tuple[int, ...] | None = None
+    """Run the whole sequence once per seed into OUTPUT/seed-<s>/ (each a normal run with seed=s) and write
+    mean +- std, paired tests and McNemar tests over the seeds at OUTPUT/ (pipelines/ban_seeds.py);
+    null: one sequence with the top-level `seed`, in OUTPUT/ itself."""
 
     def __post_init__(self):
+        if self.seeds is not None:
+            check_seeds(self.seeds, teacher_run=self.teacher_run)
         if self.loss not in STUDENT_LOSSES:
             raise UserError(f"config key 'ban.loss': {self.loss!r} is not one of {', '.join(map(repr, STUDENT_LOSSES))}")
         ignored = [k for k in LOSS_PRESETS[self.loss].ignores if getattr(self, k) is not None]
@@ -167,6 +173,17 @@ class BanConfig:
         """(label_weight, teacher_weight, temperature) after applying the preset."""
         loss = self.student_loss()
         return loss.label_weight, loss.teacher_weight, loss.temperature
+
+
+def check_seeds(seeds: tuple[int, ...], *, teacher_run: str | None) -> None:
+    """ban.seeds: at least one, no repeats, and no single reused teacher (each seed trains its own)."""
+    if not seeds:
+        raise UserError("ban.seeds=[] is empty: give one or more seeds (ban.seeds=[0,1,2]) or null for `seed` alone")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"ban.seeds={list(seeds)} repeats a seed: each seed runs once")
+    if teacher_run is not None:
+        raise UserError("ban.seeds and ban.teacher_run cannot be combined: one reused teacher has one seed, so the "
+                        "seeds would not be independent repetitions; unset ban.teacher_run")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,233 @@
+"""Born-again sequences repeated over seeds: mean +- std of every column, and the tests behind each claim.
+
+Reads finished `bornagain ban` runs (their results.json, config.yaml and each member's
+test_probs.safetensors) and touches no model. Used by `ban.seeds` (pipelines/ban_seeds.py) and by
+`bornagain report RUN_DIR ...` on runs that differ only in their seed.
+
+Columns: the teacher (generation 0, the paper's "Baseline"), BAN-1..K, the optional student baseline, and
+every ensemble. Each metric (test error %, NLL, ECE %) is summarised as mean, sample std (ddof 1) and n.
+
+Comparisons (``a`` against ``b``, differences a - b in test-error points, negative = ``a`` better):
+BAN-k vs the teacher, each ensemble vs the teacher and vs the best single generation (the generation
+with the lowest mean *validation* error, so the test set selects nothing), BAN-1 vs the student baseline.
+Two tests each:
+- the paired t-test over seeds (reports/stats.py paired_test, scipy.stats.ttest_rel): is the mean
+  difference non-zero across repetitions of the whole training? n - 1 degrees of freedom.
+- McNemar's exact test per seed on the same test examples (argmax correctness), combined over seeds with
+  Fisher's method: do the two models of one seed differ on this test set? It sees test-set sampling noise
+  for fixed models, not the seed-to-seed variability of training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from bornagain.config import config_to_dict, load_yaml
+from bornagain.engine.settings import changed_keys
+from bornagain.errors import UserError
+from bornagain.files import atomic_write_text, read_json, write_json
+from bornagain.reports.ensembles import average_probabilities
+from bornagain.reports.stats import (COMBINE_NAME, TEST_NAMES, combine_p_values, mcnemar_exact, paired_test,
+                                     summarize)
+
+KIND = "ban-seeds"
+METRICS = ("test_error", "nll", "ece")
+PAIRED = "t"
+
+# Keys that say how a run ran, not what it learned: runs that differ in them still pool (and the seed).
+POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", "train.progress", "train.tensorboard", "train.num_threads",
+               "train.compile", "train.compile_mode", "train.device", "train.checkpoint_every_steps")
+
+
+def check_poolable(run_dirs: list[Path]) -> None:
+    """Refuse runs whose configs differ in anything but the seed and how they ran, naming the keys; and
+    refuse a seed given twice."""
+    from bornagain.vision.config import VisionConfig  # noqa: PLC0415  (defaults of keys added since)
+
+    configs = []
+    for d in run_dirs:
+        if not (d / "config.yaml").is_file():
+            raise UserError(f"'{d}' has no config.yaml, so it cannot be checked against the other runs: "
+                            "pool only runs made by `bornagain ban`")
+        configs.append(load_yaml(d / "config.yaml"))
+    defaults = config_to_dict(VisionConfig())
+    for d, cfg in zip(run_dirs[1:], configs[1:]):
+        changed = changed_keys(configs[0], cfg, ignore=POOL_EXEMPT, defaults=defaults)
+        if changed:
+            raise UserError(f"cannot pool '{run_dirs[0]}' and '{d}' over seeds: their configs differ in "
+                            f"{', '.join(changed)} (only the seed may differ); pass --per-run for one row per run")
+    seeds = [c.get("seed", 0) for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"the runs share a seed ({seeds}): pooling needs one run per seed")
+
+
+def load_test_probs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (n, classes) float64, labels (n,)) saved by a finished run."""
+    try:
+        saved = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"'{path}' is corrupt or missing ({e.__class__.__name__}): rerun that generation "
+                        "with --resume") from None
+    return saved["probs"].double(), saved["labels"]
+
+
+def _member_dir(run_dir: Path, generation: dict) -> Path:
+    if generation.get("generation") == 0 and generation.get("teacher_run"):
+        return Path(generation["teacher_run"])
+    return run_dir / f"gen{generation['generation']}"
+
+
+def _columns(results: dict) -> list[dict]:
+    """Column descriptions of one run: name, kind and the metrics of that column."""
+    cols = [{"name": "teacher" if g["generation"] == 0 else f"BAN-{g['generation']}", "kind": "generation",
+             "generation": g["generation"], "members": [g["generation"]],
+             "test_error": g["test_error"], "nll": g["test_nll"], "ece": g["test_ece"],
+             "val_error": None if g.get("val_accuracy") is None else 100.0 - g["val_accuracy"]}
+            for g in results["generations"]]
+    if results.get("student_baseline"):
+        b = results["student_baseline"]
+        cols.append({"name": "student baseline", "kind": "baseline", "generation": None, "members": [],
+                     "test_error": b["test_error"], "nll": b["test_nll"], "ece": b["test_ece"], "val_error": None})
+    cols += [{"name": e["name"], "kind": "ensemble", "generation": None, "members": e["members"],
+              "test_error": e["test_error"], "nll": e["nll"], "ece": e["ece"], "val_error": None}
+             for e in results["ensembles"]]
+    return cols
+
+
+def _correct(run_dir: Path, results: dict, column: dict) -> torch.Tensor:
+    """(n,) bool: argmax correctness of one column of one run on its test set."""
+    by_gen = {g["generation"]: g for g in results["generations"]}
+    if column["kind"] == "baseline":
+        probs, labels = load_test_probs(run_dir / "baseline" / "test_probs.safetensors")
+    else:
+        loaded = [load_test_probs(_member_dir(run_dir, by_gen[g]) / "test_probs.safetensors")
+                  for g in column["members"]]
+        labels = loaded[0][1]
+        if any(not torch.equal(lab, labels) for _, lab in loaded):
+            raise UserError(f"the generations of '{run_dir}' were tested on different test sets")
+        probs = average_probabilities([p for p, _ in loaded])  # (n, classes); one member: its own probs
+    return probs.argmax(dim=1) == labels
+
+
+def _summary(values: list[float]) -> dict:
+    s = summarize(values)
+    return {"mean": s.mean, "std": s.std, "n": s.n, "values": values}
+
+
+def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
+    """(a, b) pairs: BAN-k vs teacher, ensembles vs teacher and vs the best single generation, BAN-1 vs the
+    student baseline."""
+    pairs = [(n, "teacher") for n in names if n.startswith("BAN-")]
+    for n in names:
+        if n.startswith("Ens*") or n == "All":
+            pairs.append((n, "teacher"))
+            if best and best != "teacher":
+                pairs.append((n, best))
+    if "student baseline" in names and "BAN-1" in names:
+        pairs.append(("BAN-1", "student baseline"))
+    return pairs
+
+
+def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None) -> dict:
+    """The aggregate of finished ban runs of one config, one per seed (checked by the caller)."""
+    runs = [read_json(d / "results.json") for d in run_dirs]
+    seeds = [r["seed"] for r in runs]
+    columns = [_columns(r) for r in runs]
+    names = [c["name"] for c in columns[0]]
+    if any([c["name"] for c in cols] != names for cols in columns):
+        raise UserError("the runs have different generations or ensembles: pool runs of one config only")
+    rows = []
+    for i, name in enumerate(names):
+        row = {"name": name, "kind": columns[0][i]["kind"], "members": columns[0][i]["members"]}
+        row |= {m: _summary([cols[i][m] for cols in columns]) for m in METRICS}
+        val = [cols[i]["val_error"] for cols in columns]
+        row["val_error"] = None if None in val else _summary(val)
+        rows.append(row)
+    singles = [r for r in rows if r["kind"] == "generation" and r["val_error"] is not None]
+    best = min(singles, key=lambda r: r["val_error"]["mean"])["name"] if singles else None
+    by_name = {r["name"]: i for i, r in enumerate(rows)}
+    tests = []
+    for a, b in comparisons_of(names, best):
+        ia, ib = by_name[a], by_name[b]
+        err_a = [cols[ia]["test_error"] for cols in columns]
+        err_b = [cols[ib]["test_error"] for cols in columns]
+        t = paired_test(err_a, err_b, test=PAIRED)
+        per_seed = []
+        for d, r, cols, seed in zip(run_dirs, runs, columns, seeds):
+            m = mcnemar_exact(_correct(d, r, cols[ia]).tolist(), _correct(d, r, cols[ib]).tolist())
+            per_seed.append({"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
+                             "p_value": m.p_value})
+        tests.append({"a": a, "b": b, "b_is_best_single": b == best and b != "teacher",
+                      "mean_difference": t.mean_difference,
+                      "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
+                      "mcnemar": per_seed,
+                      "mcnemar_combined_p": combine_p_values([s["p_value"] for s in per_seed])})
+    first = runs[0]
+    return {
+        "kind": KIND, "seeds": seeds, "runs": labels or [str(d) for d in run_dirs],
+        "dataset": first["dataset"], "model": first["model"], "student_model": first.get("student_model"),
+        "params": first["params"], "loss": first.get("loss"), "epochs": first.get("epochs"),
+        "columns": rows, "best_single_generation": best, "best_single_selected_by": "lowest mean validation error",
+        "comparisons": tests,
+        "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
+                  "mcnemar": "McNemar's exact test per seed (binomial on the discordant test examples, "
+                             "scipy.stats.binomtest), two-sided",
+                  "combined": f"{COMBINE_NAME} over the per-seed McNemar p-values (scipy.stats.combine_pvalues)"},
+        "ece_bins": "15 equal-width confidence bins, closed on the right",
+        "reported_epoch": "last",
+    }
+
+
+def write_aggregate(agg: dict, run_dirs: list[Path], output: Path, *, plots: bool = True) -> list[Path]:
+    """results.json, table.md/.csv/.tex and (with ``plots``) the seed plots at ``output``."""
+    from bornagain.reports.plots import plot_runs  # noqa: PLC0415  (matplotlib only when plotting)
+    from bornagain.reports.seed_tables import render  # noqa: PLC0415
+
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, name in (("markdown", "table.md"), ("csv", "table.csv"), ("latex", "table.tex")):
+        atomic_write_text(output / name, render(agg, fmt))
+        written.append(output / name)
+    if plots:
+        written += plot_runs(output, run_dirs, [read_json(d / "results.json") for d in run_dirs])
+    write_json(output / "results.json", agg)  # last: it marks the aggregate as complete
+    return [*written, output / "results.json"]
+
+
+def pools(run_dirs: list[str]) -> bool:
+    """Several `ban` runs whose recorded seeds differ: repetitions to pool (check_poolable decides if they may)."""
+    seeds = [load_yaml(Path(d) / "config.yaml").get("seed", 0) if (Path(d) / "config.yaml").is_file() else None
+             for d in run_dirs]
+    return len(run_dirs) > 1 and len(set(seeds)) > 1
+
+
+def seed_runs_of(top: Path) -> list[Path]:
+    """The seed runs of a `ban.seeds` output, as its results.json lists them (relative to it)."""
+    return [top / name for name in read_json(top / "results.json")["runs"]]
+
+
+def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, plots: bool, fmt: str) -> str:
+    """`bornagain report` on one `ban.seeds` output, or on `ban` runs of one config that differ in the seed."""
+    from bornagain.reports.plots import plot_runs  # noqa: PLC0415
+    from bornagain.reports.seed_tables import render  # noqa: PLC0415
+
+    if "ban-seeds" in kinds:
+        if len(run_dirs) != 1:
+            raise UserError("a `ban.seeds` output is reported alone: give it by itself, or give its seed-<s> runs")
+        top = Path(run_dirs[0])
+        dirs = seed_runs_of(top)
+        labels = [d.name for d in dirs]
+    else:
+        top, dirs, labels = None, [Path(d) for d in run_dirs], None
+        if plots and not output:
+            raise UserError("--plots of runs pooled over seeds needs --output DIR (where to draw them)")
+    check_poolable(dirs)
+    agg = aggregate(dirs, labels=labels)
+    if output:
+        write_aggregate(agg, dirs, Path(output), plots=plots)
+    elif plots:
+        plot_runs(top, dirs, [read_json(d / "results.json") for d in dirs])
+    return render(agg, fmt)

@@ -1,0 +1,145 @@
+"""`ban.seeds` end to end and `bornagain report` over seeds: each seed's run is the single-seed run, a killed
+seed resumes, the aggregate is the statistics of the seed runs' own files, differing configs are refused."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy import stats as scipy_stats
+
+from bornagain.cli import main
+
+TINY = ["train.epochs=2", "model.name=resnet-8", "train.batch_size=64", "train.progress=false",
+        "train.tensorboard=false", "train.num_threads=1", "data.train_subset=300", "data.val_size=60",
+        "ban.generations=2"]
+
+
+def _cli(out, *extra, kill_at=None):
+    env = dict(os.environ, BORNAGAIN_NO_PROGRESS="1")
+    env.pop("BORNAGAIN_KILL_AT_STEP", None)
+    if kill_at is not None:
+        env["BORNAGAIN_KILL_AT_STEP"] = kill_at
+    return subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(out), *TINY, *extra],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def _untimed(gens):
+    return [{k: v for k, v in g.items() if k != "train_seconds"} for g in gens]
+
+
+def _correct(run, *gens):
+    probs = [load_file(str(run / f"gen{g}" / "test_probs.safetensors")) for g in gens]
+    mean = torch.stack([p["probs"].double() for p in probs]).mean(0)
+    return (mean.argmax(1) == probs[0]["labels"]).numpy()
+
+
+@pytest.mark.slow
+def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    # 240 training images / 64 = 4 steps an epoch: gen1's step 6 is mid epoch 2 of seed 0's first student
+    killed = _cli(out, "ban.seeds=[0,1,2]", kill_at="gen1:6")
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "seed-0" / "gen1" / "checkpoint.safetensors").exists() and not (out / "seed-1").exists()
+    assert not (out / "results.json").exists()
+    stamp = (out / "seed-0" / "gen0" / "model.safetensors").stat().st_mtime_ns
+    resumed = _cli(out, "ban.seeds=[0,1,2]", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "seed-0" / "gen0" / "model.safetensors").stat().st_mtime_ns == stamp  # finished: not retrained
+    assert "Paired t over seeds" in resumed.stdout
+
+    # seed-<s> is exactly `bornagain ban seed=s`, killed or not
+    _ban(tmp_path, "single", "seed=0", epochs=2)
+    seed0 = json.loads((out / "seed-0" / "results.json").read_text())
+    alone = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert _untimed(seed0["generations"]) == _untimed(alone["generations"])
+    for s in (0, 1, 2):
+        assert "seed: %d" % s in (out / f"seed-{s}" / "config.yaml").read_text()
+
+    agg = json.loads((out / "results.json").read_text())
+    runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1, 2)]
+    columns = {c["name"]: c for c in agg["columns"]}
+    assert list(columns) == ["teacher", "BAN-1", "BAN-2", "Ens*2", "All"]
+    ban2 = [r["generations"][2]["test_error"] for r in runs]
+    teacher = [r["generations"][0]["test_error"] for r in runs]
+    assert columns["BAN-2"]["test_error"]["mean"] == pytest.approx(np.mean(ban2))
+    assert columns["BAN-2"]["test_error"]["std"] == pytest.approx(np.std(ban2, ddof=1))
+    assert columns["BAN-2"]["test_error"]["n"] == 3
+    assert columns["All"]["ece"]["values"] == [next(e["ece"] for e in r["ensembles"] if e["name"] == "All")
+                                               for r in runs]
+    assert columns["teacher"]["nll"]["values"] == [r["generations"][0]["test_nll"] for r in runs]
+
+    tests = {(c["a"], c["b"]): c for c in agg["comparisons"]}
+    t = tests[("BAN-2", "teacher")]
+    reference = scipy_stats.ttest_rel(ban2, teacher)
+    if math.isnan(t["paired_t"]["p_value"]):  # equal differences: undefined, see test_seed_stats
+        assert len(set(np.subtract(ban2, teacher))) == 1
+    else:
+        assert t["paired_t"]["p_value"] == pytest.approx(reference.pvalue)
+    for s, per_seed in zip((0, 1, 2), t["mcnemar"]):
+        a, b = _correct(out / f"seed-{s}", 2), _correct(out / f"seed-{s}", 0)
+        only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+        assert (per_seed["only_a_correct"], per_seed["only_b_correct"]) == (only_a, only_b)
+        if only_a + only_b:
+            assert per_seed["p_value"] == pytest.approx(scipy_stats.binomtest(only_a, only_a + only_b).pvalue)
+    ens = tests[("Ens*2", "teacher")]["mcnemar"][1]
+    a, b = _correct(out / "seed-1", 1, 2), _correct(out / "seed-1", 0)
+    assert (ens["only_a_correct"], ens["only_b_correct"]) == (int(np.sum(a & ~b)), int(np.sum(~a & b)))
+    assert agg["tests"]["combined"].startswith("Fisher")
+    for name in ("table.md", "table.csv", "table.tex", "generations.png", "generations.pdf", "reliability.png",
+                 "curves.png", "curves.pdf"):
+        assert (out / name).stat().st_size > 0, name
+
+    # --resume with another config is refused, naming the key
+    assert main(["ban", "--output", str(out), "--resume", *TINY, "ban.seeds=[0,1,2]", "train.lr=0.05"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+def _ban(tmp_path, name, *extra, epochs=1):
+    """One sequence in this process, without plots (the seed test draws them)."""
+    from bornagain.config import load_config
+    from bornagain.pipelines.ban import run_ban
+    from bornagain.vision.config import VisionConfig
+
+    out = tmp_path / name
+    run_ban(load_config(VisionConfig, None, [*TINY, f"train.epochs={epochs}", *extra]), out, resume=False, plots=False)
+    return str(out)
+
+
+def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, capsys):
+    a = _ban(tmp_path, "a", "seed=0")
+    b = _ban(tmp_path, "b", "seed=1", "train.checkpoint_every_steps=2")  # how it ran: may differ
+    assert main(["report", a, b, "--output", str(tmp_path / "pooled")]) == 0
+    out = capsys.readouterr().out
+    assert "over n = 2 seeds (0, 1)" in out and "| BAN-1 - Teacher |" in out
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert pooled["kind"] == "ban-seeds" and pooled["seeds"] == [0, 1]
+    assert main(["report", a, b, "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert "\\begin{tabular}" in latex and "$\\pm$" in latex and "Ens$\\ast$2" in latex
+    assert main(["report", a, b, "--per-run"]) == 0  # one row per run, as before
+    assert capsys.readouterr().out.count("| resnet-8 |") == 2
+
+    c = _ban(tmp_path, "c", "seed=2", "train.lr=0.05", "data.augment=false")
+    assert main(["report", a, c]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bornagain: error: cannot pool")
+    assert "data.augment, train.lr" in err[0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ban.seeds=[]"], "is empty"),
+    (["ban.seeds=[0,1,0]"], "repeats a seed"),
+    (["ban.seeds=[0,1]", "ban.teacher_run=somewhere"], "cannot be combined"),
+])
+def test_bad_seed_lists_are_refused_in_one_line(tmp_path, capsys, overrides, message):
+    assert main(["ban", "--output", str(tmp_path / "run"), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written
