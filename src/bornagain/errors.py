@@ -9,5 +9,12 @@ class UserError(ValueError):
     """
 
 
+def describe(error: BaseException, limit: int = 200) -> str:
+    """"Type: first line of the message" of an exception from code we do not own (a user's module, a file
+    parser, torch.compile), for a one-line UserError."""
+    first = (str(error).strip().splitlines() or [""])[0][:limit]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 class RenamedKeyWarning(FutureWarning):
     """A config key given under its old name: it still works, and the message names the new one."""

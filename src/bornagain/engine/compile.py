@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from bornagain.errors import describe
+
 
 @functools.cache
 def compile_unavailable() -> str | None:
@@ -18,8 +20,7 @@ def compile_unavailable() -> str | None:
     try:
         torch.compile(lambda x: x * 2 + 1)(torch.ones(4))
     except Exception as e:  # noqa: BLE001 - any failure means: train eagerly
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        return f"{type(e).__name__}: {first}"
+        return describe(e)
     return None
 
 

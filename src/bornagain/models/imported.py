@@ -25,17 +25,12 @@ from typing import Any, Callable
 
 from torch import nn
 
-from bornagain.errors import UserError
+from bornagain.errors import UserError, describe
 
 
 def is_import_path(name: str) -> bool:
     """``module:attr`` (a registered zoo name never holds a colon)."""
     return ":" in name
-
-
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _load_file(path: Path, name: str):
@@ -54,7 +49,7 @@ def _load_file(path: Path, name: str):
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - the user's module: any failure is one clear line
         del sys.modules[module_name]
-        raise UserError(f"model.name={name!r}: importing {path} failed ({_first_line(e)}); "
+        raise UserError(f"model.name={name!r}: importing {path} failed ({describe(e)}); "
                         f"fix that file so that `python {path}` runs") from None
     return module
 
@@ -77,7 +72,7 @@ def resolve_factory(name: str) -> Callable[..., Any]:
             raise UserError(f"model.name={name!r}: no module named {e.name!r}; install the package, add its folder "
                             "to PYTHONPATH, or give the file's path (nets.py:build_net)") from None
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"model.name={name!r}: importing {target} failed ({_first_line(e)})") from None
+            raise UserError(f"model.name={name!r}: importing {target} failed ({describe(e)})") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -97,10 +92,10 @@ def create_imported_model(name: str, num_classes: int, in_channels: int, **kwarg
         model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as e:
         raise UserError(f"model.name={name!r}: calling it with num_classes, in_channels and model.kwargs "
-                        f"{sorted(kwargs)} failed ({_first_line(e)}); it must accept "
+                        f"{sorted(kwargs)} failed ({describe(e)}); it must accept "
                         "factory(num_classes=..., in_channels=..., **model.kwargs)") from None
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"model.name={name!r}: building the model failed ({_first_line(e)})") from None
+        raise UserError(f"model.name={name!r}: building the model failed ({describe(e)})") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name={name!r} returned a {type(model).__name__}, not a torch.nn.Module: "
                         "the factory must return the model")

@@ -41,7 +41,7 @@ from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
 from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.ban_tables import write_tables
-from bornagain.vision.config import VisionConfig
+from bornagain.vision.config import RUN_MECHANICS, VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
 
 
@@ -248,9 +248,7 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
 
 
 # Keys of a run's config that say how it ran, not what it learned from: a reused teacher may differ in them.
-_HOW_IT_RAN = ("train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
-               "train.compile", "train.compile_mode", "train.device", "train.eval_batch_size", "train.precision",
-               "train.channels_last")
+_HOW_IT_RAN = (*RUN_MECHANICS, "train.device", "train.eval_batch_size", "train.precision", "train.channels_last")
 
 
 def check_teacher_run(cfg: VisionConfig) -> None:
@@ -334,7 +332,5 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
                         "or choose another --output")
     saved_path = output / "config.yaml"
     if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
-        ignore = ("train.progress", "train.tensorboard", "train.num_threads", "output_dir",
-                  "train.checkpoint_every_steps", "train.compile", "train.compile_mode")
-        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=ignore,
+        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=(*RUN_MECHANICS, "output_dir"),
                        defaults=config_to_dict(VisionConfig()))  # keys added since the run was made

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 
 from bornagain.config import save_config
 from bornagain.engine.checkpoint import save_tensors
@@ -28,9 +27,9 @@ from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, current, shard
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.trainer import StepOutput, finished_results, is_finished, train
-from bornagain.errors import UserError
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
+from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
 from bornagain.reports.metrics import classification_metrics
 from bornagain.vision.batches import BatchPipeline, predict_logits
 from bornagain.vision.config import TrainConfig, VisionConfig
@@ -79,15 +78,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, *, ste
                                        schedule=train.schedule, milestones=train.milestones, gamma=train.gamma,
                                        warmup_epochs=train.warmup_epochs, warmup_steps=warmup_steps),
     )
-
-
-def load_probs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probs (n, classes), labels (n,)) saved by a finished run."""
-    try:
-        d = load_file(str(path))
-    except Exception as e:
-        raise UserError(f"'{path}' is corrupt or missing ({e.__class__.__name__}); rerun that generation") from None
-    return d["probs"], d["labels"]
 
 
 class ClassifierTask:

@@ -8,9 +8,31 @@ or re-running a model.
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from bornagain.errors import UserError
 from bornagain.reports.metrics import classification_metrics
+
+
+def load_probs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (n, classes), labels (n,)) saved by a finished run (its test_probs / val_probs.safetensors)."""
+    try:
+        d = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"'{path}' is corrupt or missing ({e.__class__.__name__}): rerun that generation "
+                        "with --resume") from None
+    return d["probs"], d["labels"]
+
+
+def generation_dir(run_dir: Path, generation: dict) -> Path:
+    """Where one generation (a row of a ban results.json) keeps its files: a reused teacher
+    (ban.teacher_run) in its own run, every other generation in ``run_dir``/gen<g>."""
+    if generation.get("teacher_run"):
+        return Path(generation["teacher_run"])
+    return Path(run_dir) / f"gen{generation['generation']}"
 
 
 def average_probabilities(probs: list[torch.Tensor]) -> torch.Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bornagain.engine.logging import read_metrics
+from bornagain.reports.ensembles import generation_dir, load_probs
 from bornagain.reports.metrics import confidence_bins
 
 BINS = 15
@@ -45,10 +46,6 @@ def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
 
 def _label(generation: int) -> str:
     return "teacher" if generation == 0 else f"BAN-{generation}"
-
-
-def _generation_dir(run_dir: Path, g: dict) -> Path:
-    return Path(g["teacher_run"]) if g.get("teacher_run") else run_dir / f"gen{g['generation']}"
 
 
 def _mean_std(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +103,6 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS
 
 def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
                      formats: tuple[str, ...] = BOTH) -> list[Path]:
-    from bornagain.reports.seeds import load_test_probs  # noqa: PLC0415  (seeds.py imports this module)
-
     plt = _pyplot()
     gens = [g["generation"] for g in results[0]["generations"]]
     cols = min(len(gens), 4)
@@ -117,12 +112,12 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
     centres = (np.arange(BINS) + 0.5) * width
     for i, g in enumerate(gens):
         ax = axes[i // cols][i % cols]
-        files = [_generation_dir(d, r["generations"][i]) / "test_probs.safetensors" for d, r in zip(run_dirs, results)]
+        files = [generation_dir(d, r["generations"][i]) / "test_probs.safetensors" for d, r in zip(run_dirs, results)]
         if not all(f.is_file() for f in files):  # a reused teacher recorded before its path was kept
             ax.set_title(f"{_label(g)}: no saved test probabilities", fontsize=9)
             ax.axis("off")
             continue
-        pairs = [load_test_probs(f) for f in files]
+        pairs = [load_probs(f) for f in files]
         b = reliability_bins(torch.cat([p for p, _ in pairs]), torch.cat([lab for _, lab in pairs]))
         filled = b["count"] > 0
         ax.bar(centres[filled], b["accuracy"][filled], width=width, edgecolor="k", linewidth=0.5, color="C0",
@@ -156,7 +151,7 @@ def plot_learning_curves(output: Path, run_dirs: list[Path], results: list[dict]
     fig, (ax_val, ax_label, ax_kd) = plt.subplots(1, 3, figsize=(13, 4))
     n = len(results)
     for i, g in enumerate(results[0]["generations"]):
-        records = [[rec for rec in read_metrics(_generation_dir(d, r["generations"][i]) / "metrics.jsonl")
+        records = [[rec for rec in read_metrics(generation_dir(d, r["generations"][i]) / "metrics.jsonl")
                     if "epoch_seconds" in rec] for d, r in zip(run_dirs, results)]
         if not all(records) or len({len(rs) for rs in records}) != 1:
             continue  # a run without (complete) records: nothing comparable to draw

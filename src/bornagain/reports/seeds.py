@@ -23,13 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from bornagain.config import config_to_dict, load_yaml
 from bornagain.engine.settings import changed_keys
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
-from bornagain.reports.ensembles import average_probabilities
+from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs
+from bornagain.vision.config import RUN_MECHANICS
 from bornagain.reports.stats import (COMBINE_NAME, TEST_NAMES, combine_p_values, mcnemar_exact, paired_test,
                                      summarize)
 
@@ -38,8 +38,7 @@ METRICS = ("test_error", "nll", "ece")
 PAIRED = "t"
 
 # Keys that say how a run ran, not what it learned: runs that differ in them still pool (and the seed).
-POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", "train.progress", "train.tensorboard", "train.num_threads",
-               "train.compile", "train.compile_mode", "train.device", "train.checkpoint_every_steps")
+POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", *RUN_MECHANICS, "train.device")
 
 
 def check_poolable(run_dirs: list[Path]) -> None:
@@ -64,22 +63,6 @@ def check_poolable(run_dirs: list[Path]) -> None:
         raise UserError(f"the runs share a seed ({seeds}): pooling needs one run per seed")
 
 
-def load_test_probs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probs (n, classes) float64, labels (n,)) saved by a finished run."""
-    try:
-        saved = load_file(str(path))
-    except Exception as e:
-        raise UserError(f"'{path}' is corrupt or missing ({e.__class__.__name__}): rerun that generation "
-                        "with --resume") from None
-    return saved["probs"].double(), saved["labels"]
-
-
-def _member_dir(run_dir: Path, generation: dict) -> Path:
-    if generation.get("generation") == 0 and generation.get("teacher_run"):
-        return Path(generation["teacher_run"])
-    return run_dir / f"gen{generation['generation']}"
-
-
 def _columns(results: dict) -> list[dict]:
     """Column descriptions of one run: name, kind and the metrics of that column."""
     cols = [{"name": "teacher" if g["generation"] == 0 else f"BAN-{g['generation']}", "kind": "generation",
@@ -101,9 +84,9 @@ def _correct(run_dir: Path, results: dict, column: dict) -> torch.Tensor:
     """(n,) bool: argmax correctness of one column of one run on its test set."""
     by_gen = {g["generation"]: g for g in results["generations"]}
     if column["kind"] == "baseline":
-        probs, labels = load_test_probs(run_dir / "baseline" / "test_probs.safetensors")
+        probs, labels = load_probs(run_dir / "baseline" / "test_probs.safetensors")
     else:
-        loaded = [load_test_probs(_member_dir(run_dir, by_gen[g]) / "test_probs.safetensors")
+        loaded = [load_probs(generation_dir(run_dir, by_gen[g]) / "test_probs.safetensors")
                   for g in column["members"]]
         labels = loaded[0][1]
         if any(not torch.equal(lab, labels) for _, lab in loaded):

@@ -14,6 +14,12 @@ from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedL
 from bornagain.errors import UserError
 
 
+# Keys that say how a run runs (logging, threads, checkpoint cadence, compilation), never what it learns: a run
+# continues, pools with others over seeds, or serves as a reused teacher whatever their values.
+RUN_MECHANICS = ("train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
+                 "train.compile", "train.compile_mode")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors"] = "digits"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bornagain.errors import UserError
+from bornagain.errors import UserError, describe
 
 KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _CHANNEL_SIZES = (1, 3, 4)
@@ -41,8 +41,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
     except Exception as e:  # noqa: BLE001 - OSError, ValueError, zipfile.BadZipFile, safetensors errors: unreadable
-        first = (str(e).strip().splitlines() or [""])[0][:150]
-        raise UserError(f"data.root={path} cannot be read as {suffix} ({type(e).__name__}: {first}): the file is "
+        raise UserError(f"data.root={path} cannot be read as {suffix} ({describe(e, 150)}): the file is "
                         "corrupt or not what its name says; write it again (numpy.savez or "
                         "safetensors.numpy.save_file)") from None
     raise UserError(f"data.root={path} is a {suffix or 'file without suffix'}: data.name=tensors reads .safetensors "
