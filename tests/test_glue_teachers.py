@@ -22,7 +22,8 @@ from bornagain import cli
 from bornagain.pipelines import glue_teachers as teachers
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_train_examples
-from bornagain.glue.evaluation import predict_outputs
+from bornagain.glue.data import load_split
+from bornagain.glue.evaluation import evaluate_dev, json_safe, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.submission import read_submission
 from bornagain.glue.tasks import get_task
@@ -93,6 +94,12 @@ def test_teachers_end_to_end(setup, capsys):
         expected = predict_outputs(model, encode_examples(task, train, tokenizer, cfg.max_seq_length), task,
                                    device=torch.device("cpu"))
         assert torch.allclose(cache.lookup([e.id for e in train]), expected, atol=1e-5)
+        # the reported dev metrics are the final weights' (kept from the last epoch's evaluation)
+        dev = {s: encode_examples(task, load_split(task, s, data_dir=cfg.glue.data_dir, source="tsv"), tokenizer,
+                                  cfg.max_seq_length) for s in task.dev_splits}
+        fresh = json_safe(evaluate_dev(model, dev, task, device=torch.device("cpu")))
+        assert fresh.keys() == results["dev_metrics"].keys()
+        assert all(fresh[k] == pytest.approx(results["dev_metrics"][k], abs=1e-6, nan_ok=True) for k in fresh)
         assert cache.outputs.shape == ((24,) if task.is_regression else (24, task.num_labels))
         # a submission file in the GLUE server format
         rows = read_submission(run_dir / "submission" / task.submission_files[0])
@@ -234,3 +241,31 @@ def test_teacher_from_the_hub_source(setup, monkeypatch):
     run_dir = tmp_path / "hub" / "teachers" / "RTE"
     assert json.loads((run_dir / "results.json").read_text())["num_train_examples"] == 16
     assert [i for i, _ in read_submission(run_dir / "submission" / "RTE.tsv")] == [0, 1, 2, 3]
+
+
+def test_sharded_prediction_equals_one_process(setup, monkeypatch):
+    """Under torchrun each rank predicts every second length-sorted batch and the shares are gathered:
+    the gathered outputs equal one process's, row for row. The gather is replayed in one process
+    (rank 1's share first, then rank 0 receives both), so the test exercises the split and the scatter."""
+    from bornagain.engine.distributed import DistInfo
+    from bornagain.glue import evaluation
+
+    tmp_path, overrides = setup
+    cfg = load_config(GlueExperimentConfig, None, overrides)
+    tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
+    cpu = torch.device("cpu")
+    for name in ("STS-B", "RTE"):  # a regression head and a classifier
+        task = get_task(name)
+        torch.manual_seed(0)
+        model = build_model(cfg, [name])
+        split = encode_examples(task, load_train_examples(cfg, name), tokenizer, cfg.max_seq_length)
+        whole = predict_outputs(model, split, task, device=cpu, batch_size=5)  # 24 rows: 5 batches
+        shares = []
+        # each call's share goes in front: rank 1 runs first, then rank 0 gathers [its own, rank 1's]
+        monkeypatch.setattr(evaluation, "all_gather_objects", lambda mine: shares.insert(0, mine) or list(shares))
+        predict_outputs(model, split, task, device=cpu, batch_size=5, dist=DistInfo(rank=1, world_size=2))
+        gathered = predict_outputs(model, split, task, device=cpu, batch_size=5, dist=DistInfo(rank=0, world_size=2))
+        rows = [sorted(int(i) for index, _ in share for i in index) for share in shares]
+        assert [len(share) for share in shares] == [3, 2]  # batches 0, 2, 4 and 1, 3
+        assert sorted(rows[0] + rows[1]) == list(range(24))  # disjoint, and every row once
+        assert torch.allclose(gathered, whole, atol=1e-6)

@@ -102,7 +102,8 @@ def bam_command(config: str | None, output: str | None, resume: bool, overrides:
     results = bam.run(cfg, output_dir, resume=resume)
     if current().is_main:
         print(render_markdown(results))
-        print(f"results in {output_dir}: results.json, table.md, table.csv")
+        minutes, seconds = divmod(round(results["wall_seconds"]), 60)
+        print(f"results in {output_dir}: results.json, table.md, table.csv ({minutes} min {seconds} s)")
 
 
 def cmd_glue_teachers(args) -> None:

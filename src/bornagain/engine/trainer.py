@@ -103,7 +103,9 @@ class Task(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any, step: int) -> StepOutput: ...
 
     def evaluate(self, model: torch.nn.Module, epoch: int) -> dict:
-        """Metrics at the end of ``epoch`` (rank 0 only; the model is in eval mode under no_grad)."""
+        """Metrics at the end of ``epoch`` (the model is in eval mode under no_grad). Rank 0 only, unless
+        the task sets ``evaluate_on_every_rank = True``: then every rank calls it (to share the work;
+        the task gathers) and rank 0's metrics are logged."""
 
     def finish(self, model: torch.nn.Module, run_dir: Path) -> dict:
         """Write the run's own outputs (rank 0 only) and return its fields of results.json."""
@@ -234,10 +236,12 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
             pending.write(logger)
             seconds = state.seconds + time.perf_counter() - t0
             record = state.epoch_record(dist, device, seconds)
-            if main:
+            if main or getattr(task, "evaluate_on_every_rank", False):
                 model.eval()
                 with torch.no_grad():
-                    record.update(task.evaluate(model, state.epoch))
+                    metrics = task.evaluate(model, state.epoch)
+            if main:
+                record.update(metrics)
                 warnings = epoch_check(record) if epoch_check is not None else []
                 if warnings:
                     record["warnings"] = warnings

@@ -3,6 +3,10 @@
 Shared by the single-task teachers and the BAM student. Outputs come back in the
 split's example order: (n, num_labels) logits, or (n,) regression outputs on
 the [0, 1] scale, as float32 CPU tensors.
+
+Under torchrun the engine evaluates on every rank (``evaluate_on_every_rank``): each
+rank predicts every world_size-th length-sorted batch and the outputs are gathered,
+so evaluation uses every process instead of leaving all but rank 0 waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 import torch
 
 from bornagain.engine.device import autocast
+from bornagain.engine.distributed import DistInfo, all_gather_objects
 from bornagain.engine.logging import progress
 from bornagain.glue.data import GlueExample, majority_label
 from bornagain.glue.metrics import compute_metrics, predictions_from_outputs, task_score
@@ -24,18 +29,29 @@ from bornagain.glue.tokenize import EncodedSplit, eval_batch_indices, iterate_ba
 @torch.inference_mode()
 def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, *, device: torch.device,
                     precision: str = "fp32", batch_size: int = 128, pad_token_id: int = 0,
-                    show_progress: bool = False) -> torch.Tensor:
-    """Outputs of `task`'s head on every example of `split` (eval mode: no dropout)."""
+                    show_progress: bool = False, dist: DistInfo | None = None) -> torch.Tensor:
+    """Outputs of `task`'s head on every example of `split` (eval mode: no dropout).
+
+    With ``dist`` (world size > 1) every rank must call this: each predicts its share of the
+    batches and every rank gets all outputs back.
+    """
     was_training = model.training
     model.eval()
     shape = (len(split),) if task.is_regression else (len(split), task.num_labels)
     outputs = torch.empty(shape, dtype=torch.float32)
     batches = eval_batch_indices(split.lengths, batch_size)  # sorted by length: least padding
+    sharded = dist is not None and dist.world_size > 1
+    if sharded:  # round robin over the sorted batches: every rank gets short and long ones
+        batches = batches[dist.rank::dist.world_size]
+    mine: list[tuple[torch.Tensor, torch.Tensor]] = []
     for batch in progress(iterate_batches(split, batches, pad_token_id, device), total=len(batches),
                           desc=f"predict {task.name}", enabled=show_progress):
         with autocast(device, precision):
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task.name)
-        outputs[batch["index"].cpu()] = out.float().cpu()  # scatter back to example order
+        mine.append((batch["index"].cpu(), out.float().cpu()))
+    for part in all_gather_objects(mine) if sharded else [mine]:
+        for index, out in part:
+            outputs[index] = out  # scatter back to example order
     model.train(was_training)
     return outputs
 
@@ -49,12 +65,12 @@ def split_metrics(task: GlueTask, split_name: str, outputs: torch.Tensor,
 
 def evaluate_dev(model: MultiTaskModel, dev_splits: dict[str, EncodedSplit], task: GlueTask, *,
                  device: torch.device, precision: str = "fp32", batch_size: int = 128,
-                 pad_token_id: int = 0) -> dict[str, float]:
-    """All dev metrics of a task plus its GLUE `score` (mean of its metrics)."""
+                 pad_token_id: int = 0, dist: DistInfo | None = None) -> dict[str, float]:
+    """All dev metrics of a task plus its GLUE `score` (mean of its metrics); ``dist``: see predict_outputs."""
     metrics: dict[str, float] = {}
     for name, split in dev_splits.items():
         outputs = predict_outputs(model, split, task, device=device, precision=precision,
-                                  batch_size=batch_size, pad_token_id=pad_token_id)
+                                  batch_size=batch_size, pad_token_id=pad_token_id, dist=dist)
         metrics.update(split_metrics(task, name, outputs, split.labels))
     metrics["score"] = task_score(task, metrics)
     return metrics

@@ -161,7 +161,11 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
     for seed in cfg.bam.seeds:
         teacher_seed = teacher_seed_of(cfg, seed)
         teachers = ensure_seed_teachers(cfg, output_dir, teacher_seed, resume=resume)
+        first = teacher_seed not in runs["teachers"]  # one set of teachers may teach every student seed
         runs["teachers"][teacher_seed] = {task: _nan_for_none(run.dev_metrics) for task, run in teachers.items()}
+        if main and first:
+            print(f"teachers seed {teacher_seed}: GLUE {100 * glue_score(runs['teachers'][teacher_seed]):.1f} "
+                  f"({time.perf_counter() - started:.0f} s since start)", flush=True)
         if not runs["majority"]:  # a reference row: always predicting the most frequent training class
             runs["majority"][teacher_seed] = {task: _nan_for_none(run.majority_baseline) for task, run in teachers.items()}
         data_cfg = dataclasses.replace(cfg, seed=teacher_seed)
@@ -188,6 +192,7 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
     results = build_results(runs, tuple(cfg.glue.tasks), test=cfg.bam.paired_test)
     results["teacher_seeds"] = {str(seed): teacher_seed_of(cfg, seed) for seed in cfg.bam.seeds}
     results["config"] = config_to_dict(cfg)
+    results["wall_seconds"] = time.perf_counter() - started  # this invocation's (a resumed run: since the resume)
     if main:  # only rank 0 writes
         write_json(output_dir / "results.json", json_safe(results))
         atomic_write_text(output_dir / "table.md", render_markdown(results))

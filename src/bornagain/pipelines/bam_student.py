@@ -154,11 +154,13 @@ def student_loss(model: MultiTaskModel, batch: dict, *, arm: TargetArm | str, an
 
 
 def evaluate_student(model: MultiTaskModel, dev: dict[str, dict[str, EncodedSplit]], *, batch_size: int,
-                     pad_token_id: int, device: torch.device, precision: str = "fp32") -> dict[str, dict[str, float]]:
-    """GLUE dev metrics of every task through its own head: {task: {metric: value, "score": mean}}."""
+                     pad_token_id: int, device: torch.device, precision: str = "fp32",
+                     dist=None) -> dict[str, dict[str, float]]:
+    """GLUE dev metrics of every task through its own head: {task: {metric: value, "score": mean}}.
+    With ``dist`` every rank calls it and predicts its share (see glue/evaluation.py)."""
     return {
         task: evaluate_dev(model, splits, get_task(task), device=device, precision=precision, batch_size=batch_size,
-                           pad_token_id=pad_token_id)
+                           pad_token_id=pad_token_id, dist=dist)
         for task, splits in dev.items()
     }
 
@@ -174,6 +176,7 @@ class StudentTask:
     """
 
     find_unused_parameters = True  # a head whose task is absent from a batch gets no gradient
+    evaluate_on_every_rank = True  # under torchrun the ranks share the dev predictions
 
     def __init__(self, data: StudentData, *, arm: str, seed: int, bam, optim_cfg, device: torch.device,
                  precision: str, pad_token_id: int, model: MultiTaskModel | None = None, build=None):
@@ -212,15 +215,16 @@ class StudentTask:
         log.update({f"loss/{task}": value for task, value in parts["task_loss"].items()})
         return StepOutput(loss=parts["loss"], count=len(triples), log=log)
 
-    def _dev_metrics(self, model) -> dict:
+    def _dev_metrics(self, model, dist=None) -> dict:
         return evaluate_student(model, self.data.dev, batch_size=self.bam.eval_batch_size,
-                                pad_token_id=self.pad_token_id, device=self.device, precision=self.precision)
+                                pad_token_id=self.pad_token_id, device=self.device, precision=self.precision,
+                                dist=dist)
 
     def evaluate(self, model, epoch: int) -> dict:
         # Once, after the last update (the final model's scores: no model selection on dev).
         if epoch + 1 < self.epochs:
             return {}
-        self._final = self._dev_metrics(model)
+        self._final = self._dev_metrics(model, dist=current())
         return {f"dev/{task}/{name}": value for task, values in self._final.items() for name, value in values.items()}
 
     def finish(self, model, run_dir: Path) -> dict:

@@ -118,6 +118,8 @@ def _finished_run(cfg: GlueExperimentConfig, task: str, run_dir: Path) -> Teache
 class TeacherTask:
     """The engine's view of one single-task teacher (see the engine's Task protocol)."""
 
+    evaluate_on_every_rank = True  # under torchrun the ranks share the dev predictions
+
     def __init__(self, cfg: GlueExperimentConfig, task: GlueTask, device: torch.device):
         self.cfg, self.task, self.device = cfg, task, device
         self.name, self.epochs = f"{task.name} teacher", cfg.train.epochs
@@ -157,13 +159,16 @@ class TeacherTask:
                     batch_size=self.cfg.train.eval_batch_size, pad_token_id=self.pad_id)
 
     def evaluate(self, model, epoch: int) -> dict:
-        dev = evaluate_dev(model, self.dev_splits, self.task, **self._eval_kwargs())
+        dev = evaluate_dev(model, self.dev_splits, self.task, dist=current(), **self._eval_kwargs())
+        if epoch + 1 == self.epochs:
+            self._final_dev = dev  # the final model's: finish() reports it without predicting dev again
         return {f"dev/{k}": v for k, v in dev.items()}
 
     def finish(self, model, run_dir: Path) -> dict:
         """Dev metrics, own-train-set predictions, submission; this teacher's fields of results.json."""
         cfg, task, kw = self.cfg, self.task, self._eval_kwargs()
-        dev = json_safe(evaluate_dev(model, self.dev_splits, task, **kw))
+        final = getattr(self, "_final_dev", None)  # None when resumed after the last epoch's evaluation
+        dev = json_safe(final if final is not None else evaluate_dev(model, self.dev_splits, task, **kw))
         baseline = majority_baseline(task, self.train_examples, self.dev_examples)
         write_json(run_dir / "dev_metrics.json", {"task": task.name, "dev": dev, "majority_baseline": baseline,
                                                   "model": "last epoch (no selection on dev)"})
