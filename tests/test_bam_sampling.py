@@ -77,3 +77,35 @@ def test_total_steps_and_errors():
     assert total_steps(SIZES, 64, 0.5) == -(-steps_per_epoch(SIZES, 64) // 2)
     with pytest.raises(UserError, match="no training examples"):
         task_shares({"RTE": 0}, 0.75)
+
+
+def _padded_tokens(plan, lengths):
+    """Tokens a run of this plan pays for: each minibatch is padded to its longest member."""
+    return sum(len(batch) * max(lengths[t][row] for t, row, _ in batch)
+               for batch in (plan.batch(b) for b in range(plan.num_batches)))
+
+
+def test_length_bucketing_keeps_the_examples_mixes_tasks_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    # GLUE-like lengths: single sentences short, sentence pairs (MRPC, STS-B, RTE) long.
+    means = {"CoLA": 11, "SST-2": 13, "MRPC": 53, "STS-B": 31, "RTE": 70}
+    lengths = {t: np.clip(rng.poisson(means[t], n), 3, 128) for t, n in SIZES.items()}
+    plain = plan_epoch(SIZES, 0.75, 32, seed=4, epoch=1, swap_tasks=("MRPC",))
+    bucketed = plan_epoch(SIZES, 0.75, 32, seed=4, epoch=1, swap_tasks=("MRPC",), lengths=lengths)
+    assert plain.num_batches == bucketed.num_batches
+    # The same drawn examples (with the same swaps), only in another order.
+    key = lambda p: sorted(zip(p.task_index.tolist(), p.example_index.tolist(), p.swapped.tolist()))  # noqa: E731
+    assert key(plain) == key(bucketed)
+    assert not np.array_equal(plain.task_index, bucketed.task_index)
+    # Padding falls by a large factor; full minibatches keep their size, the short one is last.
+    assert _padded_tokens(bucketed, lengths) < 0.7 * _padded_tokens(plain, lengths)
+    sizes = [len(bucketed.batch(b)) for b in range(bucketed.num_batches)]
+    assert all(s == 32 for s in sizes[:-1]) and sizes[-1] == sum(SIZES.values()) - 32 * (len(sizes) - 1)
+    # Tasks of similar length still share minibatches, and the batch order is not sorted by length.
+    mixed = [len({t for t, _, _ in bucketed.batch(b)}) for b in range(bucketed.num_batches)]
+    assert np.mean(mixed) > 1.5
+    longest = [max(lengths[t][r] for t, r, _ in bucketed.batch(b)) for b in range(bucketed.num_batches)]
+    assert longest != sorted(longest)
+    # Deterministic in (seed, epoch): a resumed run re-creates it.
+    again = plan_epoch(SIZES, 0.75, 32, seed=4, epoch=1, swap_tasks=("MRPC",), lengths=lengths)
+    assert np.array_equal(again.example_index, bucketed.example_index)

@@ -47,6 +47,9 @@ class BamConfig:
     epochs: float = 6.0
     """Student epochs; one epoch = sum over tasks of |D_task| examples (see sampling.py)."""
     eval_batch_size: int = 256
+    bucket_by_length: bool = False
+    """Sort each chunk of 50 mixed minibatches by token length (less padding, tasks still mixed;
+    see sampling.py). Off by default: the original's plain mixed order."""
     paired_test: Literal["t", "wilcoxon"] = "t"
     """Significance test over seeds: paired t-test (scipy ttest_rel) or Wilcoxon signed-rank
     (which cannot reach p < 0.05 with fewer than 6 seeds)."""

@@ -26,6 +26,14 @@ which makes lambda = step / total_steps exact. Epoch e's plan depends only on
 ``both_orders`` (MRPC, STS-B): each drawn example of such a task is presented
 with its two sentences swapped with probability 1/2; its label and its teacher
 prediction (looked up by the original example id) stay the same.
+
+``lengths`` (``bam.bucket_by_length``): the mixed order is cut into chunks of
+``bucket_batches`` minibatches, each chunk is sorted by token length and cut into
+minibatches, and the full minibatches are shuffled (the short last one stays
+last). A minibatch then holds examples of similar length, still drawn from
+every task, and is padded far less: without it a mixed batch is padded to its
+longest member, which with RTE and MRPC in the mix is close to max_seq_length
+for every batch.
 """
 
 from __future__ import annotations
@@ -125,8 +133,13 @@ def plan_epoch(
     seed: int,
     epoch: int,
     swap_tasks: Sequence[str] = (),
+    lengths: Mapping[str, np.ndarray] | None = None,
+    bucket_batches: int = 50,
 ) -> EpochPlan:
-    """The mixed-task order of epoch ``epoch`` (deterministic in ``seed`` and ``epoch``)."""
+    """The mixed-task order of epoch ``epoch`` (deterministic in ``seed`` and ``epoch``).
+
+    ``lengths[task]`` (shape (|D_task|,), token counts) turns on length bucketing (module doc).
+    """
     tasks = tuple(task_sizes)
     counts = allocate_counts(task_shares(task_sizes, exponent), examples_per_epoch(task_sizes))
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0xBA4])
@@ -135,4 +148,30 @@ def plan_epoch(
     swappable = np.isin(task_index, [k for k, t in enumerate(tasks) if t in set(swap_tasks)])  # (n,)
     swapped = swappable & (rng.random(len(task_index)) < 0.5)
     order = rng.permutation(len(task_index))  # mix the tasks inside every minibatch
+    if lengths is not None:
+        order = _bucket_order(order, _drawn_lengths(lengths, tasks, task_index, example_index), batch_size,
+                              bucket_batches, rng)
     return EpochPlan(tasks, task_index[order], example_index[order], swapped[order], batch_size)
+
+
+def _drawn_lengths(lengths: Mapping[str, np.ndarray], tasks: tuple[str, ...], task_index: np.ndarray,
+                   example_index: np.ndarray) -> np.ndarray:
+    """Token count of every drawn example, shape (n,) (a swapped pair has the same length)."""
+    out = np.zeros(len(task_index), dtype=np.int64)
+    for k, task in enumerate(tasks):
+        rows = task_index == k
+        out[rows] = np.asarray(lengths[task])[example_index[rows]]
+    return out
+
+
+def _bucket_order(order: np.ndarray, drawn_lengths: np.ndarray, batch_size: int, bucket_batches: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``order`` with each chunk of ``bucket_batches`` minibatches sorted by length, then the full
+    minibatches shuffled; the last, possibly short, minibatch stays last so ``EpochPlan.batch``
+    keeps cutting at multiples of ``batch_size``."""
+    chunk = batch_size * bucket_batches
+    order = np.concatenate([part[np.argsort(drawn_lengths[part], kind="stable")]
+                            for part in np.array_split(order, max(1, -(-len(order) // chunk)))])
+    full = len(order) // batch_size
+    batches = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), order[full * batch_size:]])

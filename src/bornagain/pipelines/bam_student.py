@@ -191,6 +191,7 @@ class StudentTask:
         self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size)
         self.name, self.epochs = f"{self.arm.name} seed {seed}", -(-self.total // self.per_epoch)
         self.teacher_outputs = _to_device(data.teacher_outputs, device) if self.arm.needs_teacher else None
+        self.lengths = {t: data.train[t].lengths for t in data.tasks} if bam.bucket_by_length else None
 
     def build_model(self) -> MultiTaskModel:
         return self._model if self._model is not None else self._build()
@@ -202,7 +203,8 @@ class StudentTask:
 
     def epoch_batches(self, epoch: int, dist) -> list:
         plan = plan_epoch(self.sizes, self.bam.task_weight_exponent, self.bam.batch_size,
-                          seed=derive_seed(self.seed, "bam-sampling"), epoch=epoch, swap_tasks=tuple(self.data.swapped))
+                          seed=derive_seed(self.seed, "bam-sampling"), epoch=epoch, swap_tasks=tuple(self.data.swapped),
+                          lengths=self.lengths)
         steps = min(self.per_epoch, self.total - epoch * self.per_epoch)  # a fractional last epoch
         return [plan.batch(i)[dist.rank::dist.world_size] for i in range(steps)]
 
