@@ -130,3 +130,52 @@ def test_config_defaults_are_the_paper_teacher_settings():
     assert load_config(GlueExperimentConfig, None, ["glue.tasks=[cola,STSB]"]).glue.tasks == ("CoLA", "STS-B")
     with pytest.raises(UserError, match="twice"):
         load_config(GlueExperimentConfig, None, ["glue.tasks=[CoLA,cola]"])
+
+
+def test_pooling_choices_read_the_states_they_name(tmp_path):
+    encoder_dir = tiny_bert_dir(tmp_path)
+    ids = torch.randint(1, 50, (3, 6))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0  # row 0: two padding positions
+    ids[0, 4:] = 0
+    types = torch.zeros_like(ids)
+    models = {}
+    for pooling in ("pooler", "cls", "mean"):
+        torch.manual_seed(0)  # the same encoder weights under each pooling
+        models[pooling] = build_model(tiny_cfg(encoder_dir, f"encoder.pooling={pooling}"), ["RTE"]).eval()
+    states = models["pooler"].encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    mean = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # (b, hidden)
+    assert torch.allclose(models["mean"].pooled(ids, mask, types), mean, atol=1e-6)
+    assert torch.allclose(models["cls"].pooled(ids, mask, types), states[:, 0], atol=1e-6)
+    assert not torch.allclose(models["pooler"].pooled(ids, mask, types), states[:, 0], atol=1e-3)
+    # Padding beyond the mask does not move the mean.
+    longer_ids = torch.cat([ids, torch.zeros(3, 2, dtype=ids.dtype)], 1)
+    longer_mask = torch.cat([mask, torch.zeros(3, 2, dtype=mask.dtype)], 1)
+    assert torch.allclose(models["mean"].pooled(longer_ids, longer_mask, torch.zeros_like(longer_ids)), mean, atol=1e-5)
+    # The pooler is dropped where it is not read (no dead weights for the optimiser or DDP).
+    assert any(n.startswith("encoder.pooler") for n, _ in models["pooler"].named_parameters())
+    assert not any(n.startswith("encoder.pooler") for n, _ in models["mean"].named_parameters())
+    with pytest.raises(UserError, match="encoder.pooling"):
+        tiny_cfg(encoder_dir, "encoder.pooling=max")
+
+
+def test_runs_recorded_before_a_key_existed_keep_working(tmp_path):
+    """A settings file without encoder.pooling / bam.bucket_by_length was made with their defaults."""
+    from bornagain.engine.settings import check_or_record
+    from bornagain.pipelines.bam import student_settings
+    from bornagain.pipelines.glue_teachers import teacher_settings
+
+    cfg = tiny_cfg(tiny_bert_dir(tmp_path / "enc"))
+    for name, now in (("teacher.json", teacher_settings(cfg, "RTE")),
+                      ("student.json", student_settings(cfg, "labels", 0, None))):
+        old = json.loads(json.dumps(now))
+        old["encoder"].pop("pooling")
+        old.get("bam", {}).pop("bucket_by_length", None)
+        (tmp_path / name).write_text(json.dumps(old))
+        check_or_record(tmp_path / name, now, defaults=cfg.ADDED_KEYS)  # accepted
+    changed = tiny_cfg(tmp_path / "enc", "encoder.pooling=mean", "bam.bucket_by_length=true")
+    with pytest.raises(UserError, match="encoder.pooling"):
+        check_or_record(tmp_path / "teacher.json", teacher_settings(changed, "RTE"), defaults=cfg.ADDED_KEYS)
+    with pytest.raises(UserError, match="bam.bucket_by_length"):
+        check_or_record(tmp_path / "student.json", student_settings(changed, "labels", 0, None),
+                        defaults=cfg.ADDED_KEYS)

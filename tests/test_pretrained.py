@@ -69,7 +69,8 @@ def test_pretrained_teachers_cache_and_a_student_end_to_end(tmp_path):
     overrides = [f"glue.data_dir={glue}", "glue.tasks=[CoLA,MRPC,STS-B]", f"encoder.name_or_path={MINILM}",
                  "encoder.from_scratch=false", "max_seq_length=32", "train.epochs=1", "train.batch_size=8",
                  "bam.batch_size=8", "bam.epochs=1", "bam.seeds=[0]", "bam.targets=[annealed]", "train.device=cpu",
-                 "train.progress=false", "train.num_threads=1", "optim.lr=5e-5", "bam.lr=5e-5"]
+                 "train.progress=false", "train.num_threads=1", "optim.lr=5e-5", "bam.lr=5e-5",
+                 "encoder.pooling=mean", "bam.bucket_by_length=true"]  # as configs/bam-minilm-cpu.yaml
     results = api.bam(None, overrides=overrides, output=tmp_path / "out")
     assert set(results["scores"]["annealed"]["0"]) == {"CoLA", "MRPC", "STS-B", "GLUE"}
     assert set(results["scores"]["teachers"]["0"]) == {"CoLA", "MRPC", "STS-B", "GLUE"}
@@ -83,3 +84,4 @@ def test_pretrained_teachers_cache_and_a_student_end_to_end(tmp_path):
         # a few steps at 5e-5 leave the pretrained embeddings nearly where they were (a random init would not be)
         cosine = torch.nn.functional.cosine_similarity(weights[key].flatten(), word.flatten(), dim=0)
         assert cosine > 0.99, (path, float(cosine))
+        assert not any("pooler" in k for k in weights), path  # mean pooling: the unread pooler is dropped

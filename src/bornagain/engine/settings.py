@@ -23,9 +23,10 @@ def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: 
                  defaults: dict | None = None) -> list[str]:
     """Dotted keys whose values differ (keys starting with an ``ignore`` prefix do not matter; ``renamed``
     maps old dotted names in ``saved``, recorded before a key was renamed, to their new names; a key that
-    ``saved`` lacks, recorded before the key existed, counts as its value in ``defaults``)."""
+    ``saved`` lacks, recorded before the key existed, counts as its value in ``defaults`` when ``now`` has it)."""
     a, b = flatten(saved), flatten(now)
-    a = {**flatten(defaults or {}), **{(renamed or {}).get(k, k): v for k, v in a.items()}}
+    a = {**{k: v for k, v in flatten(defaults or {}).items() if k in b},
+         **{(renamed or {}).get(k, k): v for k, v in a.items()}}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
 
 
@@ -38,10 +39,10 @@ def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ..
 
 
 def check_or_record(path: Path, settings: dict, *, ignore: tuple[str, ...] = (), write: bool = True,
-                    renamed: dict[str, str] | None = None) -> None:
+                    renamed: dict[str, str] | None = None, defaults: dict | None = None) -> None:
     """Compare ``settings`` with those recorded in ``path`` (JSON), or record them there first
-    (``write=False`` on the ranks that do not write files)."""
+    (``write=False`` on the ranks that do not write files; ``defaults``: see ``changed_keys``)."""
     if path.exists():
-        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed)
+        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed, defaults=defaults)
     elif write:
         write_json(path, settings)

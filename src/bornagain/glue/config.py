@@ -55,6 +55,11 @@ class EncoderConfig:
     """Tokenizer directory or hub name; defaults to name_or_path."""
     head_dropout: float = 0.1
     """Dropout on the pooled output, before each task head."""
+    pooling: Literal["pooler", "cls", "mean"] = "pooler"
+    """The sentence vector the heads read: `pooler` (BERT's pooler, tanh(W h_[CLS] + b), the BAM
+    paper's; the [CLS] state for encoders without one), `cls` (the [CLS] state itself) or `mean`
+    (the mean of the last hidden states over the real tokens: what sentence-transformers checkpoints
+    such as all-MiniLM-L6-v2 were trained to produce; their [CLS] state and pooler were not)."""
     hidden_dropout: float | None = None
     """Override the encoder config's hidden_dropout_prob (None: keep the checkpoint's)."""
     attention_dropout: float | None = None
@@ -151,6 +156,11 @@ class GlueExperimentConfig:
         **{f"teacher.{k}": f"train.{k}" for k in ("epochs", "batch_size", "eval_batch_size", "bucket_by_length",
                                                    "checkpoint_every_steps", "log_every_steps")},
         "bam.checkpoint_every_steps": "train.checkpoint_every_steps",
+    }
+    ADDED_KEYS: ClassVar[dict[str, object]] = {
+        # keys added after runs were recorded: a recorded run without them had these values
+        "encoder.pooling": "pooler",
+        "bam.bucket_by_length": False,
     }
 
     seed: int = 0

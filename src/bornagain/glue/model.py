@@ -1,6 +1,8 @@
 """A shared Hugging Face encoder with one small head per GLUE task.
 
-    h = pooled_output(encoder(x))             # (b, hidden): BERT's pooler, tanh(W h_[CLS] + b)
+    h = pooled_output(encoder(x))             # (b, hidden): BERT's pooler, tanh(W h_[CLS] + b),
+                                              # or h_[CLS], or the masked mean of the last states
+                                              # (`encoder.pooling`: pooler | cls | mean)
     classification:  z = W_task dropout(h)    # (b, num_labels) logits for softmax
     regression:      y = w_task . dropout(h)  # (b,) STS-B score on the [0, 1] scale
 
@@ -39,10 +41,16 @@ class TaskHead(nn.Module):
 class MultiTaskModel(nn.Module):
     """`encoder` (a Hugging Face `PreTrainedModel`) shared by the task `heads` (keyed by task name)."""
 
-    def __init__(self, encoder: nn.Module, heads: nn.ModuleDict):
+    def __init__(self, encoder: nn.Module, heads: nn.ModuleDict, pooling: str = "pooler"):
         super().__init__()
+        if pooling not in ("pooler", "cls", "mean"):
+            raise UserError(f"encoder.pooling={pooling!r}: choose pooler, cls or mean")
         self.encoder = encoder
         self.heads = heads
+        self.pooling = pooling
+        if pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+            # Unused, it would only be trained by weight decay and trip DistributedDataParallel.
+            encoder.pooler = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -50,13 +58,17 @@ class MultiTaskModel(nn.Module):
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled sentence representation (b, hidden): the pooler output, else the first token."""
+        """Sentence representation (b, hidden) by ``self.pooling``: the pooler output (else the first
+        token's state), the first token's state, or the mean of the states of the unmasked tokens."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:  # encoders without a pooler (ELECTRA, DistilBERT): the [CLS] state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (b, t, 1)
+            return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, hidden)
+        pooled = getattr(out, "pooler_output", None) if self.pooling == "pooler" else None
+        if pooled is None:  # `cls`, or encoders without a pooler (ELECTRA, DistilBERT): the [CLS] state
             pooled = out.last_hidden_state[:, 0]  # (b, hidden)
         return pooled
 
@@ -124,7 +136,7 @@ def build_model(cfg, tasks: list[str] | tuple[str, ...]) -> MultiTaskModel:
         task = get_task(name)
         heads[task.name] = TaskHead(hidden, task.num_labels, regression=task.is_regression,
                                     dropout=cfg.encoder.head_dropout, initializer_range=init_range)
-    return MultiTaskModel(encoder, heads)
+    return MultiTaskModel(encoder, heads, pooling=cfg.encoder.pooling)
 
 
 def num_encoder_layers(model: MultiTaskModel) -> int:
