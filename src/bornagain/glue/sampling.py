@@ -45,6 +45,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bornagain.errors import UserError
+from bornagain.glue.tokenize import sort_within_chunks
 
 
 def task_shares(task_sizes: Mapping[str, int], exponent: float) -> dict[str, float]:
@@ -169,9 +170,7 @@ def _bucket_order(order: np.ndarray, drawn_lengths: np.ndarray, batch_size: int,
     """``order`` with each chunk of ``bucket_batches`` minibatches sorted by length, then the full
     minibatches shuffled; the last, possibly short, minibatch stays last so ``EpochPlan.batch``
     keeps cutting at multiples of ``batch_size``."""
-    chunk = batch_size * bucket_batches
-    order = np.concatenate([part[np.argsort(drawn_lengths[part], kind="stable")]
-                            for part in np.array_split(order, max(1, -(-len(order) // chunk)))])
+    order = sort_within_chunks(order, drawn_lengths, batch_size * bucket_batches)
     full = len(order) // batch_size
     batches = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
     return np.concatenate([batches.reshape(-1), order[full * batch_size:]])

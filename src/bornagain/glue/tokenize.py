@@ -137,6 +137,15 @@ def collate(split: EncodedSplit, indices: np.ndarray | list[int], pad_token_id: 
     }
 
 
+def sort_within_chunks(order: np.ndarray, lengths: np.ndarray, chunk: int) -> np.ndarray:
+    """``order`` cut into chunks of about ``chunk`` positions, each sorted (stably) by ``lengths[order]``:
+    the bucketing step shared by the teachers' batches and the student's mixed ones (glue/sampling.py)."""
+    if not len(order):
+        return order
+    return np.concatenate([part[np.argsort(lengths[part], kind="stable")]
+                           for part in np.array_split(order, max(1, -(-len(order) // chunk)))])
+
+
 def train_batch_indices(lengths: np.ndarray, batch_size: int, *, seed: int, bucket: bool = True,
                         bucket_batches: int = 50) -> list[np.ndarray]:
     """One epoch of training batches (index arrays), random but reproducible from `seed`.
@@ -146,11 +155,7 @@ def train_batch_indices(lengths: np.ndarray, batch_size: int, *, seed: int, buck
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
     if bucket:
-        chunk = batch_size * bucket_batches
-        order = np.concatenate([
-            part[np.argsort(lengths[part], kind="stable")]
-            for part in np.array_split(order, max(1, -(-len(order) // chunk)))
-        ]) if len(order) else order
+        order = sort_within_chunks(order, lengths, batch_size * bucket_batches)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if bucket:
         batches = [batches[i] for i in rng.permutation(len(batches))]
