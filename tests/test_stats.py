@@ -1,5 +1,6 @@
 """Statistics over seeds: mean/std, paired tests and their edge cases."""
 
+import itertools
 import math
 
 import numpy as np
@@ -66,3 +67,51 @@ def test_formatting():
     assert format_mean_std(Summary(math.nan, math.nan, 0)) == "-"
     assert format_p_value(0.0004) == "<0.001" and format_p_value(0.0312) == "0.031"
     assert format_p_value(math.nan) == "-"
+
+
+def _brute_force_wilcoxon(d):
+    """Two-sided exact signed-rank p by listing all 2^m sign assignments of the mid-ranks of the m non-zero
+    |d| (zeros dropped, Wilcoxon's handling): P(|T+ - E| >= |t+ - E|), E = sum of ranks / 2."""
+    d = np.asarray(d, dtype=float)
+    d = d[d != 0]
+    ranks = scipy_stats.rankdata(np.abs(d))  # mid-ranks for ties
+    t_obs = ranks[d > 0].sum()
+    centre = ranks.sum() / 2
+    signs = np.array(list(itertools.product((0, 1), repeat=d.size)))  # (2^m, m): 1 = positive
+    t_all = signs @ ranks
+    return np.mean(np.abs(t_all - centre) >= abs(t_obs - centre) - 1e-9)
+
+
+@pytest.mark.parametrize("d", [
+    [1.0, 1.0, 2.0],  # a tie, n = 3
+    [0.0, 1.0, -2.0],  # a zero
+    [0.0, 2.0, -3.0, 4.0, 4.0],  # a zero and a tie
+    [0.5, 0.5, -0.5, 1.5, 0.0, 2.0],  # three tied |d|, a zero, n = 6
+    [-1.0, 2.0, 2.0, 3.0, 3.0, 3.0],
+    # n = 14 and 16 with ties and zeros: scipy >= 1.15 enumerates only up to n = 13, then uses the normal
+    # approximation; scipy < 1.15 uses it for every input with a tie or a zero
+    [1, 2, 2, 3, 3, 3, 4, 5, 6, -1, 0, 7, 8, 9],
+    [1, 1, 1, 1, 2, 2, 2, 3, 3, 0, 0, -2, -1, 4, 4, 5],
+])
+def test_wilcoxon_is_exact_with_ties_and_zeros(d):
+    result = paired_test(d, [0.0] * len(d), test="wilcoxon")
+    assert result.p_value == pytest.approx(_brute_force_wilcoxon(d), rel=1e-12)
+    assert result.method == "exact"
+
+
+def test_wilcoxon_matches_scipys_exact_p_without_ties_or_zeros():
+    rng = np.random.default_rng(0)
+    for n in (3, 4, 5, 8, 12):
+        for _ in range(5):
+            d = rng.permutation(np.arange(1, n + 1)) * rng.choice([-1, 1], n) + rng.uniform(0, 0.1, n)
+            reference = scipy_stats.wilcoxon(d, method="exact")
+            result = paired_test(d, np.zeros(n), test="wilcoxon")
+            assert result.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+            assert result.statistic == pytest.approx(reference.statistic)  # min(T+, T-)
+
+
+def test_wilcoxon_minimum_p_is_two_over_two_to_the_n():
+    for n in range(2, 9):
+        assert paired_test(np.arange(1, n + 1), np.zeros(n), test="wilcoxon").p_value == pytest.approx(wilcoxon_min_p(n))
+    # a zero difference drops out: 4 pairs, 3 non-zero, p no lower than 2 / 2^3 >= 2 / 2^4
+    assert paired_test([1.0, 2.0, 3.0, 0.0], [0.0] * 4, test="wilcoxon").p_value == pytest.approx(0.25)
