@@ -193,3 +193,23 @@ def test_a_teacher_run_of_other_data_or_schedule_is_refused(tmp_path):
     with pytest.raises(UserError, match="changed: seed"):  # the data are never waived
         run_ban(_cfg("train.epochs=1", "ban.generations=1", teacher, "seed=3", "ban.teacher_run_other_schedule=true"),
                 tmp_path / "refused", resume=False)
+
+
+def test_a_teacher_run_is_compared_on_what_reached_its_model(tmp_path):
+    """model.dropout reaches only the architectures that take it. A Table 2 recipe sets it for its WRN students
+    and points ban.teacher_run at a DenseNet teacher trained without it: that teacher is accepted (it never saw
+    the dropout). A WRN teacher trained with dropout 0.3 is refused for a run whose WRN would get 0.0."""
+    from bornagain.errors import UserError
+
+    small = ["train.epochs=1", "data.train_subset=200", "data.val_size=50", "train.num_threads=1"]
+    run_ban(_cfg(*small, "model.name=densenet-bc-10-4", "ban.generations=0"), tmp_path / "densenet", resume=False)
+    match = run_ban(_cfg(*small, "model.name=densenet-bc-10-4", "model.dropout=0.3", "ban.generations=1",
+                         "ban.student_model=match-wrn-1-1", "ban.share_stem_and_head=true", "ban.ensembles=[]",
+                         f"ban.teacher_run={tmp_path / 'densenet' / 'gen0'}"), tmp_path / "match", resume=False)
+    assert match["student_model"] == "match-wrn-1-1" and len(match["generations"]) == 2
+    run_ban(_cfg(*small, "model.name=wrn-10-1", "model.dropout=0.3", "ban.generations=0"), tmp_path / "wrn",
+            resume=False)
+    with pytest.raises(UserError, match=r"model.kwargs.dropout \(recorded 0.3, now 0.0\)"):
+        run_ban(_cfg(*small, "model.name=wrn-10-1", "model.dropout=0.0", "ban.generations=1",
+                     f"ban.teacher_run={tmp_path / 'wrn' / 'gen0'}"), tmp_path / "refused", resume=False)
+    assert not (tmp_path / "refused").exists()

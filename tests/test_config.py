@@ -142,20 +142,91 @@ def test_loss_presets_and_target_arms_are_declared_once():
     assert not cfg.bam.needs_teachers
 
 
-def test_a_run_made_before_a_key_existed_still_resumes(tmp_path):
-    """A config.yaml without keys added later (here ban.prepare_teacher, train.compile) resumes as if it
-    had their defaults; one that differs from them is refused, naming the key."""
+# The keys of the first config a `bornagain ban` run recorded (the project's first release): every key added since
+# must say in ADDED_KEYS what was in force before it existed.
+FIRST_RECORDED_VISION_KEYS = (
+    "ban.ensembles ban.generations ban.include_teacher_in_ensembles ban.label_weight ban.loss ban.share_stem_and_head "
+    "ban.student_baseline ban.student_model ban.student_teacher_name ban.teacher_weight ban.temperature "
+    "ban.train_shared_layers data.augment data.download data.name data.root data.train_subset data.val_size "
+    "model.dropout model.name model.teacher output_dir seed train.batch_size train.channels_last train.device "
+    "train.epochs train.eval_batch_size train.gamma train.lr train.milestones train.momentum train.nesterov "
+    "train.num_threads train.precision train.progress train.schedule train.tensorboard train.warmup_epochs "
+    "train.weight_decay").split()
+FIRST_RECORDED_GLUE_KEYS = (
+    "bam.batch_size bam.both_orders bam.checkpoint_every_steps bam.distill_weight bam.epochs bam.eval_batch_size "
+    "bam.lr bam.paired_test bam.seeds bam.targets bam.task_weight_exponent bam.teacher_per_seed "
+    "encoder.attention_dropout encoder.from_scratch encoder.head_dropout encoder.hidden_dropout encoder.hidden_size "
+    "encoder.intermediate_size encoder.name_or_path encoder.num_attention_heads encoder.num_hidden_layers "
+    "encoder.tokenizer glue.data_dir glue.max_train_examples glue.source glue.tasks max_seq_length optim.adam_beta1 "
+    "optim.adam_beta2 optim.adam_eps optim.layerwise_lr_decay optim.lr optim.max_grad_norm optim.warmup_fraction "
+    "optim.weight_decay output_dir seed teacher.batch_size teacher.bucket_by_length teacher.checkpoint_every_steps "
+    "teacher.epochs teacher.eval_batch_size teacher.log_every_steps train.device train.num_threads train.precision "
+    "train.progress").split()
+
+
+def _dotted_fields(cls, prefix=""):
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(kind):
+            out += _dotted_fields(type(kind), f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def test_every_key_added_since_the_first_release_records_its_value_of_then():
+    """A key a recorded run lacks takes the value in force before the key existed, so each added key must be
+    listed; an unlisted one would count as changed and refuse every older run."""
+    from bornagain.engine.settings import flatten
+    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain.pipelines.bam import student_settings
+    from bornagain.pipelines.glue_teachers import teacher_settings
+
+    added = [k for k in _dotted_fields(VisionConfig) if k not in FIRST_RECORDED_VISION_KEYS]
+    assert "ban.normalize_loss_weights" in added
+    assert sorted(k for k in added if k not in VisionConfig.ADDED_KEYS) == []
+    assert set(VisionConfig.ADDED_KEYS) <= set(_dotted_fields(VisionConfig))
+    # GLUE runs record the settings of a teacher or student (a subset of the config, under today's names)
+    cfg = GlueExperimentConfig()
+    first = {GlueExperimentConfig.RENAMED_KEYS.get(k, k) for k in FIRST_RECORDED_GLUE_KEYS}
+    settings = set(flatten(teacher_settings(cfg, "RTE"))) | set(flatten(student_settings(cfg, "labels", 0, None)))
+    added = [k for k in _dotted_fields(GlueExperimentConfig) if k not in first and k in settings]
+    assert sorted(k for k in added if k not in GlueExperimentConfig.ADDED_KEYS) == []
+
+
+def test_a_run_made_before_a_key_existed_resumes_with_the_value_of_then(tmp_path):
+    """A config.yaml without keys added later is read with the values in force when it was made, not today's
+    defaults: a BAN+L run made before ban.normalize_loss_weights trained with the weights 1 / 1, so continuing
+    it with today's default (0.5 / 0.5) is refused, naming the key and both values; with the value of then it
+    resumes. A key whose value of then is today's default (train.compile) needs nothing."""
     import yaml
 
     from bornagain.pipelines.ban import check_output_dir
 
     cfg = load_config(VisionConfig, None, [f"output_dir={tmp_path}"])
     old = config_to_dict(cfg)
-    del old["ban"]["prepare_teacher"], old["train"]["compile"]
+    del old["ban"]["normalize_loss_weights"], old["ban"]["prepare_teacher"], old["train"]["compile"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    check_output_dir(tmp_path, cfg, resume=True)
-    with pytest.raises(UserError, match="ban.prepare_teacher"):
-        check_output_dir(tmp_path, load_config(VisionConfig, None, ["ban.prepare_teacher=false"]), resume=True)
+    with pytest.raises(UserError, match=r"ban.normalize_loss_weights \(recorded False, now True\)"):
+        check_output_dir(tmp_path, cfg, resume=True)
+    then = load_config(VisionConfig, None, ["ban.normalize_loss_weights=false", "ban.prepare_teacher=false"])
+    check_output_dir(tmp_path, then, resume=True)
+    assert then.ban.weights() == (1.0, 1.0, 1.0)
+
+
+def test_recorded_config_fills_added_keys_with_their_value_of_then():
+    from bornagain.config import recorded_config
+
+    old = config_to_dict(load_config(VisionConfig, None, ["model.kwargs.width=8"]))
+    del old["ban"]["normalize_loss_weights"], old["data"]["layout"]
+    cfg = recorded_config(VisionConfig, old)
+    assert cfg.ban.normalize_loss_weights is False and cfg.data.layout == "auto"
+    assert cfg.model.kwargs == {"width": 8}
+    del old["model"]["kwargs"]
+    assert recorded_config(VisionConfig, old).model.kwargs == {}
 
 
 def test_a_setting_the_loss_preset_ignores_is_refused():

@@ -172,10 +172,10 @@ def test_runs_recorded_before_a_key_existed_keep_working(tmp_path):
         old["encoder"].pop("pooling")
         old.get("bam", {}).pop("bucket_by_length", None)
         (tmp_path / name).write_text(json.dumps(old))
-        check_or_record(tmp_path / name, now, defaults=cfg.ADDED_KEYS)  # accepted
+        check_or_record(tmp_path / name, now, added=cfg.ADDED_KEYS)  # accepted
     changed = tiny_cfg(tmp_path / "enc", "encoder.pooling=mean", "bam.bucket_by_length=true")
     with pytest.raises(UserError, match="encoder.pooling"):
-        check_or_record(tmp_path / "teacher.json", teacher_settings(changed, "RTE"), defaults=cfg.ADDED_KEYS)
+        check_or_record(tmp_path / "teacher.json", teacher_settings(changed, "RTE"), added=cfg.ADDED_KEYS)
     with pytest.raises(UserError, match="bam.bucket_by_length"):
         check_or_record(tmp_path / "student.json", student_settings(changed, "labels", 0, None),
-                        defaults=cfg.ADDED_KEYS)
+                        added=cfg.ADDED_KEYS)

@@ -26,6 +26,7 @@ from typing import Any, Literal, Sequence, TypeVar, Union
 
 import yaml
 
+from bornagain.engine.settings import recorded
 from bornagain.errors import RenamedKeyWarning, UserError
 
 T = TypeVar("T")
@@ -255,6 +256,15 @@ def config_from_tree(cls: type[T], tree: dict, overrides: Sequence[str] = ()) ->
             keys = renamed[dotted].split(".")
         _set_nested(tree, keys, value)
     return _build(cls, tree)
+
+
+def recorded_config(cls: type[T], tree: dict) -> T:
+    """The config a run was made with, from the tree it recorded (its config.yaml): keys it lacks because they
+    were added later take the value in force then (``cls.ADDED_KEYS``), not today's default."""
+    nested: dict = {}
+    for dotted, value in recorded(tree, getattr(cls, "ADDED_KEYS", {}), getattr(cls, "RENAMED_KEYS", {})).items():
+        _set_nested(nested, dotted.split("."), value)
+    return _build(cls, nested)
 
 
 def config_to_dict(cfg: Any) -> dict:

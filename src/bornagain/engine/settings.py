@@ -19,30 +19,53 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def recorded(saved: dict, added: dict[str, object] | None = None, renamed: dict[str, str] | None = None) -> dict:
+    """The settings a run was made with, as dotted keys under today's names: ``renamed`` maps old dotted names
+    (recorded before a key was renamed) to new ones, and a key in ``added`` that the record lacks (it was made
+    before the key existed) takes the value that was in force then, never today's default, which may differ
+    (``ban.normalize_loss_weights``: a run made before it trained with the weights 1 / 1, today's default
+    normalises them to 0.5 / 0.5). A key that is neither recorded nor in ``added`` stays absent, so it counts
+    as changed: every config class lists its added keys (``ADDED_KEYS``; a test checks the list is complete)."""
+    flat = {(renamed or {}).get(k, k): v for k, v in flatten(saved).items()}
+    then = {}
+    for key, value in (added or {}).items():
+        if key not in flat and not any(k.startswith(key + ".") for k in flat):
+            then.update(flatten({key: value}) if isinstance(value, dict) else {key: value})  # {}: no dotted key
+    return {**then, **flat}
+
+
 def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None,
-                 defaults: dict | None = None) -> list[str]:
-    """Dotted keys whose values differ (keys starting with an ``ignore`` prefix do not matter; ``renamed``
-    maps old dotted names in ``saved``, recorded before a key was renamed, to their new names; a key that
-    ``saved`` lacks, recorded before the key existed, counts as its value in ``defaults`` when ``now`` has it)."""
-    a, b = flatten(saved), flatten(now)
-    a = {**{k: v for k, v in flatten(defaults or {}).items() if k in b},
-         **{(renamed or {}).get(k, k): v for k, v in a.items()}}
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
+                 added: dict[str, object] | None = None) -> list[str]:
+    """Dotted keys whose values differ between a recorded run (``saved``, read with ``recorded``) and ``now``;
+    keys starting with an ``ignore`` prefix do not matter."""
+    a, b = recorded(saved, added, renamed), flatten(now)
+    return sorted(k for k in set(a) | set(b) if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not k.startswith(ignore))
+
+
+_ABSENT = object()  # a key one side lacks differs from any value, None too
+
+
+def describe_changes(saved: dict, now: dict, keys: list[str], renamed: dict[str, str] | None = None,
+                     added: dict[str, object] | None = None) -> str:
+    """'changed: key (recorded X, now Y), ...' for the changed ``keys``."""
+    a, b = recorded(saved, added, renamed), flatten(now)
+    show = lambda d, k: repr(d[k]) if k in d else "absent"  # noqa: E731
+    return "changed: " + ", ".join(f"{k} (recorded {show(a, k)}, now {show(b, k)})" for k in keys)
 
 
 def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ...] = (),
-                   renamed: dict[str, str] | None = None, defaults: dict | None = None) -> None:
-    changed = changed_keys(saved, now, ignore, renamed, defaults)
+                   renamed: dict[str, str] | None = None, added: dict[str, object] | None = None) -> None:
+    changed = changed_keys(saved, now, ignore, renamed, added)
     if changed:
-        raise UserError(f"'{where}' was made with other settings (changed: {', '.join(changed)}); "
-                        "continue it with the same settings, or choose another --output")
+        raise UserError(f"'{where}' was made with other settings ({describe_changes(saved, now, changed, renamed, added)}); "
+                        "continue it with the recorded settings (as key=value overrides), or choose another --output")
 
 
 def check_or_record(path: Path, settings: dict, *, ignore: tuple[str, ...] = (), write: bool = True,
-                    renamed: dict[str, str] | None = None, defaults: dict | None = None) -> None:
+                    renamed: dict[str, str] | None = None, added: dict[str, object] | None = None) -> None:
     """Compare ``settings`` with those recorded in ``path`` (JSON), or record them there first
-    (``write=False`` on the ranks that do not write files; ``defaults``: see ``changed_keys``)."""
+    (``write=False`` on the ranks that do not write files; ``added``, ``renamed``: see ``recorded``)."""
     if path.exists():
-        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed, defaults=defaults)
+        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed, added=added)
     elif write:
         write_json(path, settings)

@@ -131,7 +131,7 @@ def _finished_student(run_dir: Path) -> dict | None:
 
 
 def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
-    check_or_record(run_dir / SETTINGS, settings, write=current().is_main, defaults=GlueExperimentConfig.ADDED_KEYS)
+    check_or_record(run_dir / SETTINGS, settings, write=current().is_main, added=GlueExperimentConfig.ADDED_KEYS)
     if (run_dir / "checkpoint.safetensors").exists() and _finished_student(run_dir) is None and not resume:
         raise UserError(f"'{run_dir}' holds an unfinished student: pass --resume to continue it, "
                         "or choose another --output")

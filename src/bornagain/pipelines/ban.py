@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, load_yaml, save_config
+from bornagain.config import config_to_dict, load_yaml, recorded_config, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
 from bornagain.engine.lock import run_lock
-from bornagain.engine.settings import changed_keys, flatten, refuse_changed
+from bornagain.engine.settings import changed_keys, describe_changes, flatten, refuse_changed
 from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
 from bornagain.files import read_json, write_json
 from bornagain.engine.logging import read_metrics
@@ -251,10 +251,24 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
 _HOW_IT_RAN = (*RUN_MECHANICS, "train.device", "train.eval_batch_size", "train.precision", "train.channels_last")
 
 
+def teacher_shaping(cfg: VisionConfig, *, schedule: bool) -> dict:
+    """What shaped the training of a run of ``cfg.model.name``, as dotted keys: the split seed, the data, the
+    arguments its factory received (``model.dropout`` only where the architecture takes it: the DenseNet
+    teacher of a Table 2 recipe never sees the dropout that recipe sets for its WRN students) and, with
+    ``schedule``, ``train.*``. Not ``ban.*``: a teacher learns from its labels alone."""
+    tree = {"seed": cfg.seed, "data": config_to_dict(cfg.data),
+            "model": {"name": cfg.model.name, "kwargs": model_kwargs(cfg, cfg.model.name)}}  # as the factory got them
+    if schedule:
+        tree["train"] = config_to_dict(cfg.train)
+    return flatten(tree)
+
+
 def check_teacher_run(cfg: VisionConfig) -> None:
     """Refuse a `ban.teacher_run` that is not this sequence's teacher, before anything is written: not finished,
     another model, or trained on other data (another split seed could put this run's validation images in its
-    training set) or, unless `ban.teacher_run_other_schedule`, with another schedule. Names the keys."""
+    training set), with other model arguments or, unless `ban.teacher_run_other_schedule`, with another
+    schedule. The run's recorded config is read as it was made (keys added since take their values of then).
+    Names the keys."""
     run_dir, name = Path(cfg.ban.teacher_run), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
         raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
@@ -266,19 +280,20 @@ def check_teacher_run(cfg: VisionConfig) -> None:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"ban.teacher_run={run_dir} has no config.yaml, so its data and schedule cannot be checked: "
                         "point it at a run made by `bornagain ban` or `bornagain train`")
-    keep = ("seed", "data.", "model.dropout", "model.kwargs") + (() if cfg.ban.teacher_run_other_schedule
-                                                                   else ("train.",))
-    def kept(tree: dict) -> dict:
-        return {k: v for k, v in flatten(tree).items() if k.startswith(keep)}
-
-    changed = changed_keys(kept(load_yaml(run_dir / "config.yaml")), kept(config_to_dict(_run_config(cfg, name))),
-                           ignore=_HOW_IT_RAN, defaults=kept(config_to_dict(VisionConfig())))
+    try:
+        theirs = recorded_config(VisionConfig, load_yaml(run_dir / "config.yaml"))
+    except UserError as e:
+        raise UserError(f"ban.teacher_run={run_dir}: its config.yaml cannot be read ({e}); point it at a run made "
+                        "by `bornagain ban` or `bornagain train`") from None
+    schedule = not cfg.ban.teacher_run_other_schedule
+    before, now = teacher_shaping(theirs, schedule=schedule), teacher_shaping(_run_config(cfg, name), schedule=schedule)
+    changed = changed_keys(before, now, ignore=_HOW_IT_RAN)
     if changed:
         schedule = [k for k in changed if k.startswith("train.")]
         hint = (" (a deliberately different teacher schedule is allowed with ban.teacher_run_other_schedule=true)"
                 if schedule and len(schedule) == len(changed) else "")
         raise UserError(f"ban.teacher_run={run_dir} was trained with other settings than this run "
-                        f"(changed: {', '.join(changed)}): use a teacher of the same data and split{hint}")
+                        f"({describe_changes(before, now, changed)}): use a teacher of the same data and split{hint}")
 
 
 def _reuse_teacher(run_dir: Path) -> dict:
@@ -333,4 +348,4 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
     saved_path = output / "config.yaml"
     if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
         refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=(*RUN_MECHANICS, "output_dir"),
-                       defaults=config_to_dict(VisionConfig()))  # keys added since the run was made
+                       added=VisionConfig.ADDED_KEYS)  # keys added since the run was made: their values of then

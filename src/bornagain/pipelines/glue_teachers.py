@@ -110,7 +110,7 @@ def label_loss(task: GlueTask, outputs: torch.Tensor, labels: torch.Tensor) -> t
 
 def _finished_run(cfg: GlueExperimentConfig, task: str, run_dir: Path) -> TeacherRun:
     check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task), renamed=cfg.RENAMED_KEYS,
-                    defaults=cfg.ADDED_KEYS)
+                    added=cfg.ADDED_KEYS)
     r = read_json(run_dir / RESULTS)
     return TeacherRun(task, run_dir, r["dev_metrics"], r["majority_baseline"], r["prediction_fingerprint"],
                       r["train_seconds"])
@@ -210,7 +210,7 @@ def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path
         if not resuming:
             (run_dir / SETTINGS).unlink(missing_ok=True)  # a fresh start records this run's settings
         check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task.name), renamed=cfg.RENAMED_KEYS,
-                        defaults=cfg.ADDED_KEYS)
+                        added=cfg.ADDED_KEYS)
         save_config(cfg, run_dir / "config.yaml")
     settings = engine_settings(cfg.train, device, seed=derive_seed(cfg.seed, "teacher", task.name),
                                max_grad_norm=cfg.optim.max_grad_norm, log_every_steps=cfg.train.log_every_steps)

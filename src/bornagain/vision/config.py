@@ -7,7 +7,7 @@ The defaults are the embedded digits demo; `configs/` holds the paper's recipes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from bornagain.config import TrainingConfig
 from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedLoss, resolve_loss
@@ -194,6 +194,26 @@ def check_seeds(seeds: tuple[int, ...], *, teacher_run: str | None) -> None:
 
 @dataclass(frozen=True)
 class VisionConfig:
+    ADDED_KEYS: ClassVar[dict[str, object]] = {
+        # Keys added after runs were recorded, with the value in force before each existed (not today's default):
+        # a run recorded without one resumes, pools and serves as a teacher with that value (engine/settings.py).
+        "ban.teacher_run": None,
+        "train.checkpoint_every_steps": 0,
+        "ban.student_warmup_epochs": 0.0,
+        "ban.normalize_loss_weights": False,  # BAN+L trained with the weights 1 / 1 (Eq. 2) before this key
+        "train.compile": False,
+        "train.compile_mode": "default",
+        "ban.teacher_precision": None,  # the students' precision
+        "ban.prepare_teacher": False,  # the frozen teacher ran with its batch norms unfolded
+        "ban.teacher_run_other_schedule": False,
+        "ban.seeds": None,
+        "data.crop_padding": None,
+        "data.hflip": None,
+        "data.layout": "auto",
+        "model.kwargs": {},
+        "ban.student_kwargs": None,
+    }
+
     seed: int = 0
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
