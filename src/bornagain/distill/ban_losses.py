@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bornagain.engine.distributed import all_reduce_tensor, current
 from bornagain.errors import UserError
 
 
@@ -71,15 +72,26 @@ def cwtm_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
                     *, label_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Confidence-Weighted by Teacher Max: label CE with per-example weights
 
-        w_s = max_j p_t(j|x_s) / sum_u max_j p_t(j|x_u)     (weights sum to 1 over the batch)
+        w_s = max_j p_t(j|x_s) / sum_u max_j p_t(j|x_u)     (weights sum to 1 over the *global* batch)
 
     so loss = label_weight * sum_s w_s * CE(y_s, softmax(z_s)). No teacher distribution term.
+
+    Under torchrun each rank holds a slice of the global batch and DistributedDataParallel averages the ranks'
+    gradients. The denominator is therefore summed over every rank (one all-reduce of a scalar that carries no
+    gradient) and this rank's share is multiplied by the world size R: the mean over ranks of
+    R * sum_{s in rank} w_s CE_s is the weighted mean over the global batch, as in one process (R = 1: the
+    arithmetic of one process, unchanged). Normalising per rank would weight a rank of confident teachers
+    like one of unsure teachers.
     """
     _check_logits(student_logits, teacher_logits, labels)
     confidence = F.softmax(teacher_logits.float(), dim=1).max(dim=1).values  # (b,)
-    weights = confidence / confidence.sum()
+    world = current().world_size
+    total = confidence.sum() if world == 1 else all_reduce_tensor(confidence.sum().detach().clone())  # scalar
+    weights = confidence / total
     per_example = F.cross_entropy(student_logits.float(), labels, reduction="none")  # (b,)
     weighted = (weights * per_example).sum()
+    if world > 1:
+        weighted = weighted * world
     return {"loss": label_weight * weighted, "label_loss": per_example.mean().detach(), "kd_loss": weighted.detach()}
 
 

@@ -55,18 +55,35 @@ def current() -> DistInfo:
     return DistInfo()
 
 
+def comm_device() -> torch.device:
+    """Where a collective's tensors must live: NCCL moves only CUDA tensors of this process's GPU (a CPU tensor
+    fails: "No backend type associated with device type cpu"), gloo here only CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _checked(t: torch.Tensor, what: str) -> torch.Tensor:
+    """Every tensor collective passes here: a tensor on another device than the process group moves is a bug
+    of ours, named at once (and caught on a CPU-only machine by tests that fake an NCCL group)."""
+    want = comm_device()
+    if t.device != want:
+        raise RuntimeError(f"{what}: a tensor on {t.device} given to the {dist.get_backend()} process group, which "
+                           f"needs {want}")
+    return t
+
+
+def _enabled() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over ranks (epoch loss totals, correct counts)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+    """Every rank waits here. Under NCCL the barrier is told its GPU (else it guesses, and warns)."""
+    if _enabled():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def shard(index: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -75,17 +92,26 @@ def shard(index: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Sum (or max) a tensor over ranks in place; identity outside torchrun. gloo reduces CPU tensors,
-    nccl device tensors: the tensor stays where it is."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """Sum (or max) a tensor over ranks in place; identity outside torchrun. ``t`` must be on
+    :func:`comm_device` (the run's GPU under NCCL, the CPU under gloo)."""
+    if not _enabled():
         return t
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    dist.all_reduce(_checked(t, "all_reduce_tensor"), op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t
 
 
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's ``value`` (a stop request: one rank's signal stops all); ``value`` alone
+    outside torchrun. The tensor is made where the process group moves tensors."""
+    if not _enabled():
+        return value
+    return all_reduce_tensor(torch.tensor([float(value)], dtype=torch.float64, device=comm_device()), op="max").item()
+
+
 def all_gather_objects(obj) -> list:
-    """Every rank's ``obj`` in rank order (e.g. RNG states for rank 0 to checkpoint); [obj] alone."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """Every rank's ``obj`` in rank order (e.g. RNG states for rank 0 to checkpoint); [obj] alone. (Pickled;
+    under NCCL torch stages the bytes on the current GPU, which init_distributed set.)"""
+    if not _enabled():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-import torch
-
-from bornagain.engine.distributed import DistInfo, all_reduce_tensor
+from bornagain.engine.distributed import DistInfo, max_over_ranks
 
 
 STOP_CHECK_EVERY = 8
@@ -35,8 +33,7 @@ class SignalFlag:
         # Under DDP every rank must stop after the same step: the ranks agree every STOP_CHECK_EVERY steps
         # (one small all-reduce and read then, not a host synchronisation per step).
         if dist.enabled and step % STOP_CHECK_EVERY == 0:
-            flag = all_reduce_tensor(torch.tensor([float(self.signum)], dtype=torch.float64), op="max")
-            self.signum = int(flag.item())
+            self.signum = int(max_over_ranks(self.signum))
             return self.signum != 0
         return self.signum != 0 and not dist.enabled
 
