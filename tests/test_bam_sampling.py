@@ -79,6 +79,21 @@ def test_total_steps_and_errors():
         task_shares({"RTE": 0}, 0.75)
 
 
+def test_a_last_minibatch_smaller_than_the_world_is_dropped_on_every_rank():
+    """Each rank takes a slice of every mixed minibatch: a last one of fewer examples than ranks would leave a
+    rank with none. 69 examples in batches of 4: the 18th batch holds 1; under 2 processes it is dropped (17
+    steps a epoch, every slice non-empty), under 1 process it is kept."""
+    sizes = {"CoLA": 23, "MRPC": 23, "STS-B": 23}
+    assert steps_per_epoch(sizes, 4) == 18 and steps_per_epoch(sizes, 4, world_size=2) == 17
+    assert steps_per_epoch(sizes, 4, world_size=1) == 18 and steps_per_epoch({"RTE": 8}, 4, world_size=2) == 2
+    assert total_steps(sizes, 4, 2.0, world_size=2) == 34
+    plan = plan_epoch(sizes, 0.75, 4, seed=0, epoch=0)
+    assert len(plan.batch(17)) == 1
+    assert all(len(plan.batch(i)[rank::2]) >= 1 for i in range(17) for rank in (0, 1))
+    with pytest.raises(UserError, match="cannot be shared by 4 processes"):
+        steps_per_epoch({"RTE": 3}, 8, world_size=4)
+
+
 def _padded_tokens(plan, lengths):
     """Tokens a run of this plan pays for: each minibatch is padded to its longest member."""
     return sum(len(batch) * max(lengths[t][row] for t, row, _ in batch)

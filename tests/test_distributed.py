@@ -114,3 +114,22 @@ def test_torchrun_two_processes_bam_matches_one_process_and_resumes_exactly(tmp_
     b = load_file(str(tmp_path / "resumed" / student / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _epoch_losses(tmp_path / "two" / student) == _epoch_losses(tmp_path / "resumed" / student)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
+def test_torchrun_two_processes_bam_with_a_last_minibatch_smaller_than_the_world(tmp_path):
+    """3 tasks of 23 examples in minibatches of 4: each epoch's last mixed minibatch holds one example, which
+    two ranks cannot share (one would get none, and the run crashed). It is dropped on both ranks, like the
+    vision and teacher runs drop theirs: the student finishes with 17 steps an epoch instead of 18."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue
+
+    args = [*tiny_overrides(write_tiny_glue(tmp_path / "glue", n_train=23), write_tiny_encoder(tmp_path / "encoder")),
+            "bam.seeds=[0]", "bam.targets=[annealed]", "train.tensorboard=false", "bam.batch_size=4",
+            "bam.epochs=2"]
+    two = _torchrun("bam", tmp_path / "two", args)
+    assert two.returncode == 0, two.stderr[-3000:]
+    results = json.loads((tmp_path / "two/students/annealed/seed0/results.json").read_text())
+    assert (results["world_size"], results["total_steps"], results["per_rank_batch"]) == (2, 34, 2)

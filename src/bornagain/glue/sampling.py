@@ -20,8 +20,9 @@ of steps is therefore known up front,
     steps_per_epoch = ceil(sum_t |D_t| / batch_size)
     total_steps     = ceil(epochs * steps_per_epoch),
 
-which makes lambda = step / total_steps exact. Epoch e's plan depends only on
-(seed, e), so a resumed run re-creates it instead of storing sampler state.
+which makes lambda = step / total_steps exact (under torchrun a last minibatch smaller than the
+number of processes is dropped: see ``steps_per_epoch``). Epoch e's plan depends only on (seed, e),
+so a resumed run re-creates it instead of storing sampler state.
 
 ``both_orders`` (MRPC, STS-B): each drawn example of such a task is presented
 with its two sentences swapped with probability 1/2; its label and its teacher
@@ -77,18 +78,29 @@ def examples_per_epoch(task_sizes: Mapping[str, int]) -> int:
     return int(sum(task_sizes.values()))
 
 
-def steps_per_epoch(task_sizes: Mapping[str, int], batch_size: int) -> int:
-    """ceil(sum_t |D_t| / batch_size)."""
+def steps_per_epoch(task_sizes: Mapping[str, int], batch_size: int, world_size: int = 1) -> int:
+    """ceil(sum_t |D_t| / batch_size), less the short last minibatch when it holds fewer examples than there are
+    processes under torchrun (each rank takes a slice of every minibatch and needs at least one example): that
+    minibatch is dropped on every rank alike, and its at most world_size - 1 examples wait for the next epoch's
+    fresh draw. The vision runs and the GLUE teachers drop such a batch the same way."""
     if batch_size <= 0:
         raise UserError(f"bam.batch_size must be positive, got {batch_size}")
-    return math.ceil(examples_per_epoch(task_sizes) / batch_size)
+    examples = examples_per_epoch(task_sizes)
+    steps = math.ceil(examples / batch_size)
+    last = examples - (steps - 1) * batch_size  # examples in the last minibatch, 1..batch_size
+    if last < world_size:
+        steps -= 1
+    if steps < 1:
+        raise UserError(f"{examples} training example(s) per epoch cannot be shared by {world_size} processes: "
+                        "give more examples (glue.max_train_examples) or launch fewer processes")
+    return steps
 
 
-def total_steps(task_sizes: Mapping[str, int], batch_size: int, epochs: float) -> int:
+def total_steps(task_sizes: Mapping[str, int], batch_size: int, epochs: float, world_size: int = 1) -> int:
     """ceil(epochs * steps_per_epoch): the lambda schedule's denominator."""
     if epochs <= 0:
         raise UserError(f"bam.epochs must be positive, got {epochs}")
-    return max(1, math.ceil(epochs * steps_per_epoch(task_sizes, batch_size) - 1e-9))
+    return max(1, math.ceil(epochs * steps_per_epoch(task_sizes, batch_size, world_size) - 1e-9))
 
 
 @dataclass(frozen=True)

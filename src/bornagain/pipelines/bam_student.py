@@ -187,8 +187,9 @@ class StudentTask:
         self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
         self._model, self._build = model, build
         self.sizes = data.task_sizes
-        self.total = total_steps(self.sizes, bam.batch_size, bam.epochs)
-        self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size)
+        world = current().world_size  # a last minibatch smaller than the world is dropped (glue/sampling.py)
+        self.total = total_steps(self.sizes, bam.batch_size, bam.epochs, world)
+        self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size, world)
         self.name, self.epochs = f"{self.arm.name} seed {seed}", -(-self.total // self.per_epoch)
         self.teacher_outputs = _to_device(data.teacher_outputs, device) if self.arm.needs_teacher else None
         self.lengths = {t: data.train[t].lengths for t in data.tasks} if bam.bucket_by_length else None
