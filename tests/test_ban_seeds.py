@@ -91,7 +91,11 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path, capsys
     ens = tests[("Ens*2", "teacher")]["mcnemar"][1]
     a, b = _correct(out / "seed-1", 1, 2), _correct(out / "seed-1", 0)
     assert (ens["only_a_correct"], ens["only_b_correct"]) == (int(np.sum(a & ~b)), int(np.sum(~a & b)))
-    assert agg["tests"]["combined"].startswith("Fisher")
+    pooled = t["mcnemar_pooled"]  # one exact binomial test on the discordant counts summed over seeds
+    assert pooled["only_a_correct"] == sum(s["only_a_correct"] for s in t["mcnemar"])
+    assert pooled["only_b_correct"] == sum(s["only_b_correct"] for s in t["mcnemar"])
+    assert agg["tests"]["mcnemar_pooled"].startswith("McNemar's exact test pooled over seeds")
+    assert agg["loss"] == runs[0]["loss"] and agg["loss_weights"] == runs[0]["loss_weights"]
     for name in ("table.md", "table.csv", "table.tex", "generations.png", "generations.pdf", "reliability.png",
                  "curves.png", "curves.pdf"):
         assert (out / name).stat().st_size > 0, name

@@ -1,16 +1,25 @@
 """The statistics behind the seed tables, against scipy and against values computed by hand:
-paired t, McNemar's exact test, Fisher's combination, ECE (right-closed bins) and NLL."""
+paired t, McNemar's exact test per seed and pooled over seeds, ECE (right-closed bins) and NLL; and what the
+tables say about them and about the students' loss, from hand-made runs (no training)."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors.torch import save_file
 from scipy import stats as scipy_stats
 
+from bornagain.config import config_to_dict
+from bornagain.errors import UserError
+from bornagain.reports import ban_tables, seed_tables
 from bornagain.reports.metrics import classification_metrics, confidence_bins
 from bornagain.reports.plots import reliability_bins
-from bornagain.reports.stats import combine_p_values, mcnemar_exact, mcnemar_from_counts, paired_test, summarize
+from bornagain.reports.seeds import aggregate, check_poolable
+from bornagain.reports.stats import mcnemar_exact, mcnemar_from_counts, mcnemar_pooled, paired_test, summarize
+from bornagain.vision.config import VisionConfig
 
 
 def test_summarize_counts_a_generator():
@@ -53,14 +62,123 @@ def test_mcnemar_on_a_hand_made_contingency_table():
     assert mcnemar_from_counts(0, 0).p_value == 1.0  # no discordant example: no evidence
 
 
-def test_fisher_combination_by_hand_and_scipy():
-    # chi^2 with 4 degrees of freedom: sf(x) = exp(-x/2) (1 + x/2), x = -2 ln(p1 p2)
-    p1, p2 = 0.1, 0.2
-    half = -math.log(p1 * p2)
-    assert combine_p_values([p1, p2]) == pytest.approx(math.exp(-half) * (1 + half))
-    assert combine_p_values([p1, p2]) == pytest.approx(scipy_stats.combine_pvalues([p1, p2], method="fisher").pvalue)
-    assert combine_p_values([0.3]) == pytest.approx(0.3)  # one test: its own p
-    assert math.isnan(combine_p_values([]))
+def test_pooled_mcnemar_lets_seeds_of_opposite_direction_cancel():
+    # one seed's student clearly better, another's clearly worse, by equal counts: no evidence either way
+    per_seed = [mcnemar_from_counts(40, 10), mcnemar_from_counts(10, 40)]
+    assert all(m.p_value < 0.001 for m in per_seed)
+    # Fisher's method, which the tables used before, adds the two up regardless of sign
+    assert scipy_stats.combine_pvalues([m.p_value for m in per_seed], method="fisher").pvalue < 0.001
+    pooled = mcnemar_pooled(per_seed)
+    assert (pooled.only_a, pooled.only_b) == (50, 50)
+    assert pooled.p_value == pytest.approx(1.0)
+
+
+def test_pooled_mcnemar_sees_a_consistent_direction_that_no_single_seed_shows():
+    per_seed = [mcnemar_from_counts(30, 20), mcnemar_from_counts(32, 18), mcnemar_from_counts(31, 19)]
+    assert all(m.p_value > 0.05 for m in per_seed)
+    pooled = mcnemar_pooled(per_seed)
+    assert (pooled.only_a, pooled.only_b) == (93, 57)
+    assert pooled.p_value == pytest.approx(scipy_stats.binomtest(93, 150, 0.5).pvalue)  # one exact binomial test
+    assert pooled.p_value < 0.01
+    assert mcnemar_pooled([mcnemar_from_counts(0, 0)]).p_value == 1.0  # no discordant example anywhere
+    assert math.isnan(mcnemar_pooled([]).p_value)  # no seed: no test
+
+
+# --- hand-made ban runs: two generations on 100 test examples, no model -------------------------------------------
+
+def _fake_run(run_dir, seed, only_student, only_teacher, *, loss="ban+l", weights=(0.5, 0.5, 1.0), normalize=True):
+    """A finished `ban` run: teacher and BAN-1 both right on 20 examples, only the student right on
+    ``only_student``, only the teacher on ``only_teacher``, the rest wrong for both."""
+    n, both = 100, 20
+    right_t = torch.zeros(n, dtype=torch.bool)
+    right_s = torch.zeros(n, dtype=torch.bool)
+    right_t[:both] = right_s[:both] = True
+    right_s[both:both + only_student] = True
+    right_t[both + only_student:both + only_student + only_teacher] = True
+    labels = torch.zeros(n, dtype=torch.long)
+    generations = []
+    for g, right in ((0, right_t), (1, right_s)):
+        probs = torch.where(right[:, None], torch.tensor([0.9, 0.1]), torch.tensor([0.1, 0.9]))
+        (run_dir / f"gen{g}").mkdir(parents=True)
+        save_file({"probs": probs.contiguous(), "labels": labels}, str(run_dir / f"gen{g}" / "test_probs.safetensors"))
+        m = classification_metrics(probs, labels)
+        generations.append({"generation": g, "model": "resnet-8", "params": 75000, "test_error": m["error"],
+                            "val_accuracy": 50.0 + g, "test_nll": m["nll"], "test_ece": m["ece"]})
+    results = {"dataset": "digits", "model": "resnet-8", "student_model": "resnet-8", "params": 75000,
+               "student_params": 75000, "loss": loss,
+               "loss_weights": dict(zip(("label_weight", "teacher_weight", "temperature"), weights)),
+               "normalize_loss_weights": normalize, "epochs": 1, "seed": seed, "generations": generations,
+               "ensembles": [], "student_baseline": None, "reported_epoch": "last"}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def test_seed_aggregate_pools_discordant_counts_and_the_table_says_what_that_tests(tmp_path):
+    runs = [_fake_run(tmp_path / "s0", 0, 40, 10), _fake_run(tmp_path / "s1", 1, 10, 40)]
+    agg = aggregate(runs)
+    [c] = agg["comparisons"]
+    assert (c["a"], c["b"]) == ("BAN-1", "teacher") and c["mean_difference"] == pytest.approx(0.0)
+    assert [(s["only_a_correct"], s["only_b_correct"]) for s in c["mcnemar"]] == [(40, 10), (10, 40)]
+    assert all(s["p_value"] < 0.001 for s in c["mcnemar"])  # kept: each seed's pair does differ
+    assert "mcnemar_combined_p" not in c
+    assert c["mcnemar_pooled"] == {"only_a_correct": 50, "only_b_correct": 50, "p_value": pytest.approx(1.0)}
+    assert "pooled over seeds" in agg["tests"]["mcnemar_pooled"]
+    assert "not seed-to-seed" in agg["tests"]["mcnemar_pooled"]
+    md = seed_tables.render(agg, "markdown")
+    assert "McNemar pooled over seeds" in md and "| 1.000 (50/50) |" in md
+    assert "Fisher" not in md and "Fisher" not in seed_tables.render(agg, "latex")
+    assert "where they disagree" in seed_tables.notes(agg)
+
+    same_way = aggregate([_fake_run(tmp_path / "t0", 0, 40, 10), _fake_run(tmp_path / "t1", 1, 40, 10)])
+    pooled = same_way["comparisons"][0]["mcnemar_pooled"]
+    assert (pooled["only_a_correct"], pooled["only_b_correct"]) == (80, 20) and pooled["p_value"] < 1e-6
+
+
+def _results(loss="ban+l", weights=(0.5, 0.5, 1.0), normalize=True, model="resnet-8"):
+    gens = [{"generation": g, "test_error": 10.0 - g} for g in (0, 1)]
+    return {"model": model, "student_model": model, "params": 75000, "generations": gens, "ensembles": [],
+            "student_baseline": None, "loss": loss, "normalize_loss_weights": normalize,
+            "loss_weights": dict(zip(("label_weight", "teacher_weight", "temperature"), weights))}
+
+
+def test_ban_tables_state_the_students_loss_and_its_weights():
+    md_half, csv_half = ban_tables.render([_results()])
+    md_eq2, csv_eq2 = ban_tables.render([_results(weights=(1.0, 1.0, 1.0), normalize=False)])
+    assert "Students: ban+l, loss = 0.5·CE + 0.5·T²·KL(teacher || student), T = 1 (weights normalised to sum " \
+           "to 1; the paper's Eq. 2 is 1 / 1)" in md_half
+    assert "Students: ban+l, loss = 1·CE + 1·T²·KL(teacher || student), T = 1 (the paper's Eq. 2)" in md_eq2
+    assert "0.5·CE" not in md_eq2 and "Eq. 2)" not in md_half.replace("is 1 / 1)", "")
+    # CSV: the same table, the loss in columns of its own at the end of each row (one run may differ from another)
+    header, row = csv_half.splitlines()[:2]
+    assert header.startswith("Network,Parameters,Baseline,BAN-1")
+    assert header.endswith("Loss,Label weight,Teacher weight,Temperature,Weights normalised")
+    assert row.endswith("ban+l,0.5,0.5,1,yes") and csv_eq2.splitlines()[1].endswith("ban+l,1,1,1,no")
+    assert "Eq. 2" in ban_tables.render_latex([_results()])
+    assert r"$\cdot$" in ban_tables.render_latex([_results()])  # the middle dot escaped for LaTeX
+
+    cwtm, cwtm_csv = ban_tables.render([_results(loss="cwtm", weights=(1.0, 0.0, 1.0))])
+    assert "Students: cwtm, loss = 1·CE weighted per example by the teacher's max probability" in cwtm
+    assert "no teacher distribution term" in cwtm and "T²" not in cwtm
+    assert cwtm_csv.splitlines()[1].endswith("cwtm,1,,,yes")  # no teacher weight, no temperature
+
+    # two runs of one network with different weights: each row's loss is named
+    mixed, _ = ban_tables.render([_results(), _results(weights=(1.0, 1.0, 1.0), normalize=False)])
+    assert "row 1 (resnet-8): ban+l, loss = 0.5·CE" in mixed and "row 2 (resnet-8): ban+l, loss = 1·CE" in mixed
+
+
+def test_seed_tables_state_the_students_loss_and_its_weights(tmp_path):
+    half = aggregate([_fake_run(tmp_path / "a0", 0, 40, 10), _fake_run(tmp_path / "a1", 1, 10, 40)])
+    eq2 = aggregate([_fake_run(tmp_path / "b0", 0, 40, 10, weights=(1.0, 1.0, 1.0), normalize=False),
+                     _fake_run(tmp_path / "b1", 1, 10, 40, weights=(1.0, 1.0, 1.0), normalize=False)])
+    assert half["loss_weights"] == {"label_weight": 0.5, "teacher_weight": 0.5, "temperature": 1.0}
+    assert half["normalize_loss_weights"] is True and eq2["normalize_loss_weights"] is False
+    assert "loss = 0.5·CE + 0.5·T²·KL(teacher || student), T = 1 (weights normalised" in seed_tables.caption(half)
+    assert "loss = 1·CE + 1·T²·KL(teacher || student), T = 1 (the paper's Eq. 2)" in seed_tables.caption(eq2)
+    for fmt in ("markdown", "latex"):
+        assert "Eq. 2 is 1 / 1" in seed_tables.render(half, fmt) and "Eq. 2 is" not in seed_tables.render(eq2, fmt)
+    metric_header, metric_row = seed_tables.render(half, "csv").splitlines()[:2]
+    assert metric_header.endswith("Loss,Label weight,Teacher weight,Temperature,Weights normalised")
+    assert metric_row.endswith("ban+l,0.5,0.5,1,yes")
 
 
 def _three_examples():
@@ -87,3 +205,18 @@ def test_reliability_bins_agree_with_the_ece():
     assert b["count"].sum() == 3 and b["count"][[8, 9, 11]].tolist() == [1, 1, 1]
     ece = float(np.sum(b["count"] / 3 * np.abs(b["accuracy"] - b["confidence"])))
     assert ece == pytest.approx(classification_metrics(probs, labels)["ece"])
+
+
+def test_runs_pool_only_with_the_settings_they_were_made_with(tmp_path):
+    # a run recorded before ban.normalize_loss_weights existed trained BAN+L with 1 / 1: it must not pool with a
+    # new run at the default 0.5 / 0.5, though today's default would fill the missing key with true
+    old, new, new2 = (config_to_dict(VisionConfig(seed=s)) for s in (0, 1, 2))
+    del old["ban"]["normalize_loss_weights"]
+    dirs = []
+    for name, cfg in (("old", old), ("new", new), ("new2", new2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+        dirs.append(tmp_path / name)
+    with pytest.raises(UserError, match="ban.normalize_loss_weights"):
+        check_poolable(dirs[:2])
+    check_poolable(dirs[1:])  # two new runs that differ in the seed only

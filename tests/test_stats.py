@@ -112,6 +112,7 @@ def test_wilcoxon_matches_scipys_exact_p_without_ties_or_zeros():
 
 def test_wilcoxon_minimum_p_is_two_over_two_to_the_n():
     for n in range(2, 9):
-        assert paired_test(np.arange(1, n + 1), np.zeros(n), test="wilcoxon").p_value == pytest.approx(wilcoxon_min_p(n))
+        p = paired_test(np.arange(1, n + 1), np.zeros(n), test="wilcoxon").p_value
+        assert p == pytest.approx(wilcoxon_min_p(n))
     # a zero difference drops out: 4 pairs, 3 non-zero, p no lower than 2 / 2^3 >= 2 / 2^4
     assert paired_test([1.0, 2.0, 3.0, 0.0], [0.0] * 4, test="wilcoxon").p_value == pytest.approx(0.25)

@@ -3,6 +3,11 @@
 Table 1 (born-again sequences): Network | Parameters | Baseline | BAN-1 ... BAN-K | Ens*2 | Ens*3
 Table 2 (cross-architecture):   Network | Parameters | Baseline | BAN   (+ the teacher it learned from)
 Cells are CIFAR-style test error in %.
+
+Every caption states the students' loss and its weights as the run recorded them (results.json "loss",
+"loss_weights", "normalize_loss_weights"): a BAN-1 trained with the default normalised 0.5 / 0.5 weights is
+not the paper's Eq. 2 student (1 / 1), and a table must not let one pass for the other. The CSV carries the
+same facts in columns of their own at the end of each row, since the runs of one table may differ.
 """
 
 from __future__ import annotations
@@ -19,6 +24,62 @@ def format_params(n: int | None) -> str:
     if n is None:
         return ""
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
+def _number(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def loss_text(results: dict) -> str:
+    """The students' loss of one run (a ban results.json or a seed aggregate), with its weights and how they
+    stand to the paper's Eq. 2 (CE + T^2 KL, weights 1 / 1)."""
+    loss, weights = results.get("loss"), results.get("loss_weights")
+    if loss is None:
+        return "students' loss not recorded"
+    if not weights:
+        return f"{loss}, weights not recorded"
+    lw, tw, temperature = weights["label_weight"], weights["teacher_weight"], weights["temperature"]
+    normalised = bool(results.get("normalize_loss_weights"))
+    if loss == "cwtm":  # label CE only, each example weighted by the teacher's confidence (distill/ban_losses.py)
+        return (f"{loss}, loss = {_number(lw)}·CE weighted per example by the teacher's max probability "
+                "(weights summing to 1 over the batch); no teacher distribution term, so no teacher weight or T")
+    teacher = "permuted teacher" if loss == "dkpp" else "teacher"
+    text = (f"{loss}, loss = {_number(lw)}·CE + {_number(tw)}·T²·KL({teacher} || student), "
+            f"T = {_number(temperature)}")
+    if loss != "ban+l":
+        return text + (" (weights normalised to sum to 1)" if normalised and lw + tw > 0 else "")
+    if normalised:
+        return text + " (weights normalised to sum to 1; the paper's Eq. 2 is 1 / 1)"
+    if lw == 1 and tw == 1:
+        return text + " (the paper's Eq. 2)"
+    return text + " (the paper's Eq. 2 is 1 / 1)"
+
+
+def loss_caption(results: list[dict]) -> str:
+    """One line naming the students' loss: once when every run shares it, else per row (two rows may share a
+    network and differ in the loss)."""
+    texts = [loss_text(r) for r in results]
+    if len(set(texts)) == 1:
+        return f"Students: {texts[0]}."
+    return "Students: " + "; ".join(f"row {i} ({_network(r)}): {t}"
+                                    for i, (r, t) in enumerate(zip(results, texts), start=1)) + "."
+
+
+LOSS_COLUMNS = ["Loss", "Label weight", "Teacher weight", "Temperature", "Weights normalised"]
+
+
+def loss_cells(results: dict) -> list[str]:
+    """The CSV's loss columns of one run; a weight the loss does not use (cwtm: teacher weight, T) is empty."""
+    weights = results.get("loss_weights") or {}
+    unused = ("teacher_weight", "temperature") if results.get("loss") == "cwtm" else ()
+    cells = ["" if k in unused or weights.get(k) is None else _number(weights[k])
+             for k in ("label_weight", "teacher_weight", "temperature")]
+    normalised = results.get("normalize_loss_weights")
+    return [results.get("loss") or "", *cells, "" if normalised is None else ("yes" if normalised else "no")]
+
+
+def _network(r: dict) -> str:
+    return r["model"] if r.get("student_model", r["model"]) == r["model"] else f"{r['model']} -> {r['student_model']}"
 
 
 def _cell(x: float | None) -> str:
@@ -39,8 +100,7 @@ def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     for r in results:
         gens = {g["generation"]: g["test_error"] for g in r["generations"]}
         ens = {e["name"]: e["test_error"] for e in r["ensembles"]}
-        network = r["model"] if r.get("student_model", r["model"]) == r["model"] else f"{r['model']} -> {r['student_model']}"
-        rows.append([network, format_params(r["params"]), _cell(gens.get(0)),
+        rows.append([_network(r), format_params(r["params"]), _cell(gens.get(0)),
                      *[_cell(gens.get(k)) for k in range(1, max_gen + 1)], *[_cell(ens.get(n)) for n in ens_names]])
     return header, rows
 
@@ -72,16 +132,25 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
+TABLE1_CAPTION = "Test error (%), last epoch of each generation."
+TABLE2_CAPTION = "Cross-architecture students (Table 2 layout)."
+
+
+def _with_loss_columns(header: list[str], rows: list[list[str]],
+                       results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    return header + LOSS_COLUMNS, [row + loss_cells(r) for row, r in zip(rows, results)]
+
+
 def render(results: list[dict]) -> tuple[str, str]:
     """(markdown, csv) of Table 1, plus Table 2 where a run trained a student baseline."""
     h1, r1 = table1_rows(results)
-    md = "Test error (%), last epoch of each generation.\n\n" + markdown(h1, r1)
-    csv_out = csv_text(h1, r1)
+    md = f"{TABLE1_CAPTION} {loss_caption(results)}\n\n" + markdown(h1, r1)
+    csv_out = csv_text(*_with_loss_columns(h1, r1, results))
     cross = [r for r in results if r.get("student_baseline")]
     if cross:
         h2, r2 = table2_rows(cross)
-        md += "\nCross-architecture students (Table 2 layout):\n\n" + markdown(h2, r2)
-        csv_out += "\n" + csv_text(h2, r2)
+        md += f"\n{TABLE2_CAPTION} {loss_caption(cross)}\n\n" + markdown(h2, r2)
+        csv_out += "\n" + csv_text(*_with_loss_columns(h2, r2, cross))
     return md, csv_out
 
 
@@ -105,7 +174,8 @@ def load_run_results(run_dir: str | Path) -> dict:
 
 def latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("*", r"$\ast$"), ("<", r"$<$"), ("±", r"$\pm$"), ("->", r"$\rightarrow$")):
+                 ("*", r"$\ast$"), ("<", r"$<$"), ("±", r"$\pm$"), ("->", r"$\rightarrow$"), ("·", r"$\cdot$"),
+                 ("²", r"$^2$"), ("||", r"$\|$")):
         text = text.replace(a, b)
     return text
 
@@ -121,10 +191,10 @@ def latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
 
 def render_latex(results: list[dict]) -> str:
     h1, r1 = table1_rows(results)
-    out = latex_table(h1, r1, "Test error (%), last epoch of each generation.")
+    out = latex_table(h1, r1, f"{TABLE1_CAPTION} {loss_caption(results)}")
     cross = [r for r in results if r.get("student_baseline")]
     if cross:
-        out += "\n" + latex_table(*table2_rows(cross), "Cross-architecture students (Table 2 layout).")
+        out += "\n" + latex_table(*table2_rows(cross), f"{TABLE2_CAPTION} {loss_caption(cross)}")
     return out
 
 

@@ -13,9 +13,14 @@ with the lowest mean *validation* error, so the test set selects nothing), BAN-1
 Two tests each:
 - the paired t-test over seeds (reports/stats.py paired_test, scipy.stats.ttest_rel): is the mean
   difference non-zero across repetitions of the whole training? n - 1 degrees of freedom.
-- McNemar's exact test per seed on the same test examples (argmax correctness), combined over seeds with
-  Fisher's method: do the two models of one seed differ on this test set? It sees test-set sampling noise
-  for fixed models, not the seed-to-seed variability of training.
+- McNemar's exact test per seed on the same test examples (argmax correctness): do the two models of one
+  seed differ on this test set? And the same test pooled over seeds (reports/stats.py mcnemar_pooled): the
+  discordant counts of all seeds summed into one exact binomial test, so seeds that differ in opposite
+  directions cancel (Fisher's method on the per-seed two-sided p-values, used before, added them up). Both
+  see test-set sampling noise for fixed models, not the seed-to-seed variability of training.
+
+The aggregate also carries the students' loss and its weights (loss, loss_weights, normalize_loss_weights)
+from the first run's results.json: runs pooled over seeds have equal configs (check_poolable).
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, load_yaml
+from bornagain.config import config_to_dict, load_yaml, recorded_config
 from bornagain.engine.settings import changed_keys
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs
 from bornagain.vision.config import RUN_MECHANICS
-from bornagain.reports.stats import (COMBINE_NAME, TEST_NAMES, combine_p_values, mcnemar_exact, paired_test,
-                                     summarize)
+from bornagain.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test, summarize
 
 KIND = "ban-seeds"
 METRICS = ("test_error", "nll", "ece")
 PAIRED = "t"
+POOLED_TEST = ("McNemar's exact test pooled over seeds: the test examples only a got right, summed over seeds, "
+               "against those only b got right, in one exact binomial test (scipy.stats.binomtest), two-sided. "
+               "H0: the two models of each seed are equally often right on the test examples where they disagree, "
+               "pooled over seeds; seeds that differ in opposite directions cancel. It sees test-set sampling noise "
+               "for fixed models, not seed-to-seed training variability; the seeds share one test set, so an "
+               "example that the models of several seeds disagree on counts once per seed, and p is optimistic when "
+               "the seeds' models err on the same examples")
 
 # Keys that say how a run ran, not what it learned: runs that differ in them still pool (and the seed).
 POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", *RUN_MECHANICS, "train.device")
@@ -43,18 +54,18 @@ POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", *RUN_MECHANICS, "train.device"
 
 def check_poolable(run_dirs: list[Path]) -> None:
     """Refuse runs whose configs differ in anything but the seed and how they ran, naming the keys; and
-    refuse a seed given twice."""
-    from bornagain.vision.config import VisionConfig  # noqa: PLC0415  (defaults of keys added since)
+    refuse a seed given twice. Each config is read as it was made (recorded_config: a key added since takes
+    the value in force then), so an old BAN+L run (weights 1 / 1) does not pool with a new one (0.5 / 0.5)."""
+    from bornagain.vision.config import VisionConfig  # noqa: PLC0415  (ADDED_KEYS: values of keys added since)
 
     configs = []
     for d in run_dirs:
         if not (d / "config.yaml").is_file():
             raise UserError(f"'{d}' has no config.yaml, so it cannot be checked against the other runs: "
                             "pool only runs made by `bornagain ban`")
-        configs.append(load_yaml(d / "config.yaml"))
-    defaults = config_to_dict(VisionConfig())
+        configs.append(config_to_dict(recorded_config(VisionConfig, load_yaml(d / "config.yaml"))))
     for d, cfg in zip(run_dirs[1:], configs[1:]):
-        changed = changed_keys(configs[0], cfg, ignore=POOL_EXEMPT, defaults=defaults)
+        changed = changed_keys(configs[0], cfg, ignore=POOL_EXEMPT)
         if changed:
             raise UserError(f"cannot pool '{run_dirs[0]}' and '{d}' over seeds: their configs differ in "
                             f"{', '.join(changed)} (only the seed may differ); pass --per-run for one row per run")
@@ -138,27 +149,28 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None) -> dict:
         err_a = [cols[ia]["test_error"] for cols in columns]
         err_b = [cols[ib]["test_error"] for cols in columns]
         t = paired_test(err_a, err_b, test=PAIRED)
-        per_seed = []
-        for d, r, cols, seed in zip(run_dirs, runs, columns, seeds):
-            m = mcnemar_exact(_correct(d, r, cols[ia]).tolist(), _correct(d, r, cols[ib]).tolist())
-            per_seed.append({"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
-                             "p_value": m.p_value})
+        mcnemar = [mcnemar_exact(_correct(d, r, cols[ia]).tolist(), _correct(d, r, cols[ib]).tolist())
+                   for d, r, cols in zip(run_dirs, runs, columns)]
+        pooled = mcnemar_pooled(mcnemar)
         tests.append({"a": a, "b": b, "b_is_best_single": b == best and b != "teacher",
                       "mean_difference": t.mean_difference,
                       "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
-                      "mcnemar": per_seed,
-                      "mcnemar_combined_p": combine_p_values([s["p_value"] for s in per_seed])})
+                      "mcnemar": [{"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
+                                   "p_value": m.p_value} for seed, m in zip(seeds, mcnemar)],
+                      "mcnemar_pooled": {"only_a_correct": pooled.only_a, "only_b_correct": pooled.only_b,
+                                         "p_value": pooled.p_value}})
     first = runs[0]
     return {
         "kind": KIND, "seeds": seeds, "runs": labels or [str(d) for d in run_dirs],
         "dataset": first["dataset"], "model": first["model"], "student_model": first.get("student_model"),
-        "params": first["params"], "loss": first.get("loss"), "epochs": first.get("epochs"),
+        "params": first["params"], "loss": first.get("loss"), "loss_weights": first.get("loss_weights"),
+        "normalize_loss_weights": first.get("normalize_loss_weights"), "epochs": first.get("epochs"),
         "columns": rows, "best_single_generation": best, "best_single_selected_by": "lowest mean validation error",
         "comparisons": tests,
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar": "McNemar's exact test per seed (binomial on the discordant test examples, "
                              "scipy.stats.binomtest), two-sided",
-                  "combined": f"{COMBINE_NAME} over the per-seed McNemar p-values (scipy.stats.combine_pvalues)"},
+                  "mcnemar_pooled": POOLED_TEST},
         "ece_bins": "15 equal-width confidence bins, closed on the right",
         "reported_epoch": "last",
     }

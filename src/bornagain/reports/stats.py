@@ -226,19 +226,19 @@ def mcnemar_from_counts(only_a: int, only_b: int) -> McNemar:
     return McNemar(only_a, only_b, float(p))
 
 
-COMBINE_METHOD = "fisher"
-COMBINE_NAME = "Fisher's method"
+def mcnemar_pooled(per_seed: Sequence[McNemar]) -> McNemar:
+    """McNemar's exact test pooled over seeds: the discordant counts of every seed summed, sum(only_a) against
+    sum(only_b), in one two-sided exact binomial test; NaN with no seed.
 
-
-def combine_p_values(p_values: Sequence[float]) -> float:
-    """Fisher's method: X = -2 sum ln p_i ~ chi^2 with 2k degrees of freedom under the joint null
-    (``scipy.stats.combine_pvalues(method="fisher")``). It assumes independent tests; NaN when there are none.
-    A p_i of 0 gives 0; NaNs are left out."""
-    values = [p for p in p_values if not math.isnan(p)]
-    if not values:
-        return math.nan
-    if min(values) <= 0.0:
-        return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(scipy_stats.combine_pvalues(values, method=COMBINE_METHOD).pvalue)
+    H0: the two models of each seed are equally often right on the test examples where they disagree, pooled
+    over seeds. A seed where ``a`` is better and one where ``b`` is better by as much cancel, as the mean
+    difference does; Fisher's method on the per-seed two-sided p-values (used here before) added them up
+    and called two opposite seeds significant. Like the per-seed test it sees test-set sampling noise for the
+    fixed trained models, not the seed-to-seed variability of training (the paired t-test over seeds does).
+    It treats the discordant (example, seed) pairs as independent; the seeds share one test set, so an example
+    the models of several seeds disagree on the same way counts once per seed, and p is optimistic when the
+    seeds' models err on the same examples.
+    """
+    if not per_seed:
+        return McNemar(0, 0, math.nan)
+    return mcnemar_from_counts(sum(m.only_a for m in per_seed), sum(m.only_b for m in per_seed))
