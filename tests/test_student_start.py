@@ -2,9 +2,9 @@
 
 Reproduction on digits: a ResNet-20 teacher trained 8 epochs ends near one-hot on its training
 set; with the paper's BAN+L weights (1, 1) its student's KL term is about as large as its label
-term, the summed loss overshoots at lr 0.1 and the student's first epoch collapses (seed 0:
-15% training accuracy against the teacher's 37%, test error 34% against 2.5%). The default
-normalises the weights to 0.5 / 0.5 and starts like the teacher.
+term, the summed loss overshoots at lr 0.1 and the student's first epoch collapses (seeds 0 and 1,
+AVX-512 and AVX2 kernels: 12-16% training accuracy against the teacher's 38-40%, test error 31-36%
+against 1.4-3.1%). The default normalises the weights to 0.5 / 0.5 and starts like the teacher (38-42%).
 """
 
 import json
@@ -43,9 +43,11 @@ def test_confident_teacher_collapses_the_papers_student_and_the_default_avoids_i
     default_first = _first_epoch(tmp_path / "default" / "gen1")
     assert default["loss_weights"]["label_weight"] == default["loss_weights"]["teacher_weight"] == 0.5
     assert default_first["train_accuracy"] > 0.8 * teacher_first["train_accuracy"]
-    # Within a factor 2 of the teacher, where the paper's weights give more than 3x. (One seed: fused SGD alone,
-    # the same update with other rounding, moved this student from 3.06 to 4.72% with the teacher at 2.50.)
-    assert default["generations"][1]["test_error"] <= 2 * teacher_error
+    # The final errors are one seed's on 360 images, and the CPU's kernels move them (default student, seeds 0
+    # and 1: 3.33 and 3.61% with AVX-512, 3.89 and 0.83% with ATEN_CPU_CAPABILITY=avx2; teacher 1.39-3.06%), so
+    # no final number is compared with the teacher's. The collapse is another order of size: the paper's student
+    # ended at 30.8-36.1% in those four runs, more than 7x the default's worst.
+    assert default["generations"][1]["test_error"] < paper["generations"][1]["test_error"] / 3
     assert json.loads((tmp_path / "default" / "gen1" / "results.json").read_text())["warnings"] == []
 
 
@@ -57,3 +59,8 @@ def test_start_warning_thresholds():
     assert start_warning({**fine, "train_label_loss": 2.2}, teacher, 10) is not None  # near chance (ln 10 = 2.30)
     assert start_warning({**fine, "epoch": 2, "train_accuracy": 1.0}, teacher, 10) is None  # only the first epoch
     assert start_warning(fine, None, 10) is None
+    # the advice fits the run: normalising is suggested only where the weights are the paper's summed 1 / 1
+    summed = start_warning({**fine, "train_accuracy": 15.0}, teacher, 10, normalized=False)
+    normalised = start_warning({**fine, "train_accuracy": 15.0}, teacher, 10, normalized=True)
+    assert "ban.normalize_loss_weights=true" in summed and "ban.normalize_loss_weights" not in normalised
+    assert "ban.student_warmup_epochs=1" in normalised

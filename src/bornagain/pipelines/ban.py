@@ -113,7 +113,7 @@ def make_student_factory(cfg: VisionConfig, name: str, data: PreparedData, teach
     return make
 
 
-def start_warning(student: dict, teacher: dict | None, num_classes: int) -> str | None:
+def start_warning(student: dict, teacher: dict | None, num_classes: int, *, normalized: bool = True) -> str | None:
     """A student that starts far behind its teacher, from the two runs' first-epoch records.
 
     Symptom (issue seen with confident teachers): the teacher's near one-hot targets make the KL
@@ -129,10 +129,13 @@ def start_warning(student: dict, teacher: dict | None, num_classes: int) -> str 
     at_chance = student["train_label_loss"] >= 0.9 * chance > teacher["train_label_loss"]
     if not (acc_s < 0.5 * acc_t or at_chance):
         return None
-    return (f"this student started badly: first-epoch training accuracy {acc_s:.1f}% against its teacher's "
-            f"{acc_t:.1f}% (label loss {student['train_label_loss']:.2f}, chance {chance:.2f}). A confident teacher "
-            "makes the distillation term as large as the label term and the summed loss overshoots at this lr; "
-            "set ban.student_warmup_epochs=1 (or more), or ban.normalize_loss_weights=true, or lower train.lr")
+    started = (f"this student started badly: first-epoch training accuracy {acc_s:.1f}% against its teacher's "
+               f"{acc_t:.1f}% (label loss {student['train_label_loss']:.2f}, chance {chance:.2f}). ")
+    if not normalized:  # the paper's summed weights: the usual cause, with its usual fix
+        return started + ("A confident teacher makes the distillation term as large as the label term and the summed "
+                          "loss overshoots at this lr; set ban.normalize_loss_weights=true (the default), or "
+                          "ban.student_warmup_epochs=1 (or more), or lower train.lr")
+    return started + "The loss weights are already normalised: set ban.student_warmup_epochs=1 (or more), or lower train.lr"
 
 
 def _first_record(run_dir: Path) -> dict | None:
@@ -206,7 +209,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
                    "teacher_precision": (cfg.ban.teacher_precision or cfg.train.precision) if g else None,
                    "warmup_epochs": cfg.ban.student_warmup_epochs if g else 0.0},
             warmup_epochs=cfg.ban.student_warmup_epochs if g else 0.0,
-            epoch_check=_start_check(run_dirs[g - 1], data.num_classes) if g else None,
+            epoch_check=_start_check(run_dirs[g - 1], data.num_classes, cfg.ban.normalize_loss_weights) if g else None,
         )
         result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
                      resume=resume)
@@ -232,11 +235,11 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
     return results
 
 
-def _start_check(teacher_dir: Path, num_classes: int):
+def _start_check(teacher_dir: Path, num_classes: int, normalized: bool):
     teacher_first = _first_record(teacher_dir)
 
     def check(record: dict) -> list[str]:
-        text = start_warning(record, teacher_first, num_classes)
+        text = start_warning(record, teacher_first, num_classes, normalized=normalized)
         return [text] if text else []
 
     return check
