@@ -195,3 +195,22 @@ def test_cwtm_in_one_process_is_unchanged():
     assert torch.equal(cwtm_loss_parts(x @ weight, teacher, labels)["loss"], expected)
 
 
+
+
+def _one_rank_group(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                      BORNAGAIN_PROCESS_GROUP="always")
+    info = distributed.init_distributed("cpu")
+    Path(out).write_text(f"{info.enabled} {distributed.current().enabled} {dist.is_initialized()} "
+                         f"{distributed.max_over_ranks(3.0)}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
+def test_one_process_joins_a_group_when_asked_so_one_gpu_runs_the_parallel_path(tmp_path):
+    """BORNAGAIN_PROCESS_GROUP=always (benchmarks/gpu_check.py): torchrun with one process still joins a process
+    group and trains data-parallel, the only way a one-GPU machine runs DDP and NCCL's collectives."""
+    out = tmp_path / "info.txt"
+    mp.spawn(_one_rank_group, args=(_free_port(), str(out)), nprocs=1, join=True)
+    assert out.read_text() == "True True True 3.0"
+    assert not distributed.init_distributed("cpu").enabled  # without torchrun's variables: alone, no group

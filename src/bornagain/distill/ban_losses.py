@@ -85,13 +85,13 @@ def cwtm_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """
     _check_logits(student_logits, teacher_logits, labels)
     confidence = F.softmax(teacher_logits.float(), dim=1).max(dim=1).values  # (b,)
-    world = current().world_size
-    total = confidence.sum() if world == 1 else all_reduce_tensor(confidence.sum().detach().clone())  # scalar
+    dist = current()
+    total = all_reduce_tensor(confidence.sum().detach().clone()) if dist.enabled else confidence.sum()  # scalar
     weights = confidence / total
     per_example = F.cross_entropy(student_logits.float(), labels, reduction="none")  # (b,)
     weighted = (weights * per_example).sum()
-    if world > 1:
-        weighted = weighted * world
+    if dist.world_size > 1:
+        weighted = weighted * dist.world_size
     return {"loss": label_weight * weighted, "label_loss": per_example.mean().detach(), "kd_loss": weighted.detach()}
 
 

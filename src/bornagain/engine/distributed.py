@@ -24,6 +24,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    grouped: bool = False
+    """A process group exists although there is one process (BORNAGAIN_PROCESS_GROUP=always)."""
 
     @property
     def is_main(self) -> bool:
@@ -31,15 +33,22 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Data-parallel training: DistributedDataParallel, collectives, sharded batches."""
+        return self.world_size > 1 or self.grouped
+
+
+ALWAYS_GROUP = "BORNAGAIN_PROCESS_GROUP"
+"""=always: join a process group under torchrun even with one process, so that a machine with one GPU runs the
+data-parallel path (DDP, NCCL collectives) too (benchmarks/gpu_check.py). Otherwise one process trains alone."""
 
 
 def init_distributed(device_kind: str) -> DistInfo:
     """Join the process group that torchrun describes in the environment (no-op when absent)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    forced = os.environ.get(ALWAYS_GROUP) == "always" and "RANK" in os.environ
+    if world_size <= 1 and not forced:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")), grouped=True)
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
@@ -51,7 +60,7 @@ def init_distributed(device_kind: str) -> DistInfo:
 def current() -> DistInfo:
     """The running process's place in the group (rank 0 of 1 outside torchrun)."""
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), grouped=True)
     return DistInfo()
 
 

@@ -37,9 +37,17 @@ def recorded(saved: dict, added: dict[str, object] | None = None, renamed: dict[
 def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: dict[str, str] | None = None,
                  added: dict[str, object] | None = None) -> list[str]:
     """Dotted keys whose values differ between a recorded run (``saved``, read with ``recorded``) and ``now``;
-    keys starting with an ``ignore`` prefix do not matter."""
-    a, b = recorded(saved, added, renamed), flatten(now)
+    keys starting with an ``ignore`` prefix do not matter, nor an added key that neither side records (the
+    settings of a GLUE teacher hold no ``bam.*``)."""
+    a, b = _compared(saved, now, renamed, added)
     return sorted(k for k in set(a) | set(b) if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not k.startswith(ignore))
+
+
+def _compared(saved: dict, now: dict, renamed, added) -> tuple[dict, dict]:
+    b = flatten(now)
+    then = recorded(saved, added, renamed)
+    made = recorded(saved, None, renamed)  # what the record itself holds
+    return {k: v for k, v in then.items() if k in made or k in b}, b
 
 
 _ABSENT = object()  # a key one side lacks differs from any value, None too
@@ -48,7 +56,7 @@ _ABSENT = object()  # a key one side lacks differs from any value, None too
 def describe_changes(saved: dict, now: dict, keys: list[str], renamed: dict[str, str] | None = None,
                      added: dict[str, object] | None = None) -> str:
     """'changed: key (recorded X, now Y), ...' for the changed ``keys``."""
-    a, b = recorded(saved, added, renamed), flatten(now)
+    a, b = _compared(saved, now, renamed, added)
     show = lambda d, k: repr(d[k]) if k in d else "absent"  # noqa: E731
     return "changed: " + ", ".join(f"{k} (recorded {show(a, k)}, now {show(b, k)})" for k in keys)
 

@@ -40,7 +40,7 @@ def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, 
     shape = (len(split),) if task.is_regression else (len(split), task.num_labels)
     outputs = torch.empty(shape, dtype=torch.float32)
     batches = eval_batch_indices(split.lengths, batch_size)  # sorted by length: least padding
-    sharded = dist is not None and dist.world_size > 1
+    sharded = dist is not None and dist.enabled  # (one rank in a forced group: the gather still runs)
     if sharded:  # round robin over the sorted batches: every rank gets short and long ones
         batches = batches[dist.rank::dist.world_size]
     mine: list[tuple[torch.Tensor, torch.Tensor]] = []
