@@ -116,3 +116,36 @@ def test_wilcoxon_minimum_p_is_two_over_two_to_the_n():
         assert p == pytest.approx(wilcoxon_min_p(n))
     # a zero difference drops out: 4 pairs, 3 non-zero, p no lower than 2 / 2^3 >= 2 / 2^4
     assert paired_test([1.0, 2.0, 3.0, 0.0], [0.0] * 4, test="wilcoxon").p_value == pytest.approx(0.25)
+
+
+def test_wilcoxon_ties_differences_of_the_same_number_of_test_examples():
+    """Test errors are 100 k / 360: differences of one image do not subtract to equal floats (7/360 - 6/360 is
+    not 3/360 - 2/360 in binary), yet they tie. The p on the percentages equals the p on the image counts."""
+    a_counts, b_counts = [7, 3, 12, 5, 9, 4], [6, 2, 10, 6, 7, 3]
+    on_counts = paired_test(a_counts, b_counts, test="wilcoxon")
+    a, b = [100 * k / 360 for k in a_counts], [100 * k / 360 for k in b_counts]
+    assert len({x - y for x, y in zip(a, b)}) > len({x - y for x, y in zip(a_counts, b_counts)})  # float noise
+    on_percent = paired_test(a, b, test="wilcoxon")
+    assert on_percent.p_value == pytest.approx(on_counts.p_value, rel=1e-12) == _brute_force_wilcoxon(
+        [x - y for x, y in zip(a_counts, b_counts)])
+    assert on_percent.statistic == on_counts.statistic
+    # a difference of zero within rounding drops out like an exact zero
+    assert paired_test([0.1 + 0.2, 1.0, 2.0], [0.3, 0.0, 0.0], test="wilcoxon").p_value == pytest.approx(0.5)
+
+
+def test_wilcoxon_stays_exact_for_many_pairs():
+    """No normal approximation at any n: with 80 pairs and ties the exact p is close to the tie-corrected normal
+    approximation (as it should be at large n) and the null distribution sums to 1."""
+    from bornagain.reports.stats import signed_rank_null
+
+    rng = np.random.default_rng(1)
+    d = rng.integers(-5, 8, 80).astype(float)
+    result = paired_test(d, np.zeros(80), test="wilcoxon")
+    nonzero = d[d != 0]
+    m, ranks = nonzero.size, scipy_stats.rankdata(np.abs(nonzero))
+    _, ties = np.unique(np.abs(nonzero), return_counts=True)
+    var = m * (m + 1) * (2 * m + 1) / 24 - np.sum(ties**3 - ties) / 48  # tie-corrected variance of T+
+    z = (ranks[nonzero > 0].sum() - m * (m + 1) / 4) / np.sqrt(var)
+    approx = 2 * scipy_stats.norm.sf(abs(z))
+    assert result.method == "exact" and result.p_value == pytest.approx(approx, rel=0.05)
+    assert signed_rank_null([2 * r for r in range(1, 81)]).sum() == pytest.approx(1.0, rel=1e-12)

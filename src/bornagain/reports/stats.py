@@ -14,13 +14,14 @@ Conventions
   * ``"wilcoxon"``: the Wilcoxon signed-rank test on d_i. Zeros are handled by Wilcoxon's rule: pairs with
     d_i = 0 are dropped and the m non-zero |d_i| are ranked, tied |d_i| sharing their mid-rank. The statistic
     is T+ = sum of the ranks of the positive d_i, reported as min(T+, T-) like scipy. Its null distribution is
-    computed here, exactly, for m <= WILCOXON_EXACT_MAX_N: all 2^m equally likely sign assignments of those
-    (mid-)ranks, counted by a recursion over the ranks instead of listing them; the two-sided p is
-    P(|T+ - E| >= |t+ - E|), E = sum of the ranks / 2. With ties or zeros scipy does not give this for every
-    n (below 1.15 it always used the normal approximation there; 1.15+ enumerates only up to n = 13), and the
-    normal approximation is wrong at n = 3-5. Above WILCOXON_EXACT_MAX_N non-zero pairs the p-value is
-    scipy's normal approximation with tie correction, and ``PairedTest.method`` says so. The test assumes no
-    normality but, with n pairs, its two-sided p-value can never go below 2 / 2^n: with 3 seeds the smallest
+    computed here, exactly, for any m: all 2^m equally likely sign assignments of those (mid-)ranks, weighed
+    by a recursion over the ranks instead of listing them; the two-sided p is P(|T+ - E| >= |t+ - E|),
+    E = sum of the ranks / 2. With ties or zeros scipy does not give this for every n (below 1.15 it always
+    used the normal approximation there; 1.15+ enumerates only up to n = 13), and the normal approximation is
+    wrong at n = 3-5. Metrics are ratios of counts (errors k / 360 x 100, GLUE accuracies k / N) whose
+    differences do not subtract exactly in floating point, so "zero" and "tied" are judged with a tolerance
+    (1e-9 of the largest |value|): two seeds whose difference is the same number of test examples tie, as
+    they would on the counts. The test assumes no normality but, with n pairs, its two-sided p-value can never go below 2 / 2^n: with 3 seeds the smallest
     possible p is 0.25 and with 5 seeds 0.0625, so it needs n >= 6 to ever reach p < 0.05 (see
     :func:`wilcoxon_min_p`; zero differences drop out and raise that floor to 2 / 2^m).
 - Degenerate inputs get defined answers instead of warnings: fewer than two
@@ -69,8 +70,7 @@ class PairedTest:
     mean_difference: float
     """mean(a - b): positive means ``a`` scored higher."""
     method: str = "exact"
-    """How p was computed: "exact" (the t distribution, the exact signed-rank distribution) or, for a
-    Wilcoxon test with more than WILCOXON_EXACT_MAX_N non-zero differences, "normal approximation"."""
+    """How p was computed: "t distribution" (the t-test) or "exact" (the signed-rank null distribution)."""
 
 
 def _as_array(values: Sequence[float], what: str) -> np.ndarray:
@@ -128,50 +128,61 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, test: str = "t") -> P
         # zero spread: t = mean / 0 is infinite and the t-test undefined (not p = 0)
         return PairedTest(test, math.copysign(math.inf, difference[0]), math.nan, n, mean_difference)
     if test == "wilcoxon":
-        return _wilcoxon(difference, mean_difference)
+        return _wilcoxon(difference, _tolerance(first, second), mean_difference)
     with warnings.catch_warnings():
         # scipy warns about precision on nearly identical inputs; the result is still defined.
         warnings.simplefilter("ignore", RuntimeWarning)
         result = scipy_stats.ttest_rel(first, second)
-    return PairedTest(test, float(result.statistic), float(result.pvalue), n, mean_difference)
+    return PairedTest(test, float(result.statistic), float(result.pvalue), n, mean_difference, "t distribution")
 
 
-WILCOXON_EXACT_MAX_N = 50
-"""Up to this many non-zero differences the signed-rank p is exact (counts of 2^m assignments fit in int64)."""
+def _tolerance(a: np.ndarray, b: np.ndarray) -> float:
+    """Below this, two |differences| are equal (and a difference is zero): float rounding of ratios of counts."""
+    return 1e-9 * max(1.0, float(np.max(np.abs(a))), float(np.max(np.abs(b))))
 
 
-def signed_rank_null_counts(doubled_ranks: Sequence[int]) -> np.ndarray:
-    """counts[s] = how many of the 2^m sign assignments give 2 T+ = s, for ranks given doubled (integers: a
-    mid-rank is a multiple of 1/2). Each rank is either in T+ or not, independently, so the counts are the
-    coefficients of prod_i (1 + x^(2 r_i)), built one rank at a time: the same numbers as listing all 2^m
-    assignments, in O(m * sum of ranks) steps."""
-    counts = np.zeros(int(sum(doubled_ranks)) + 1, dtype=np.int64)
-    counts[0] = 1
+def _tolerant_ranks(values: np.ndarray, tol: float) -> np.ndarray:
+    """Ranks 1..m of ``values`` (>= 0), values within ``tol`` of their neighbour in sorted order sharing their
+    mid-rank (scipy's rankdata ties only exact equality)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    start = 0
+    for i in range(1, values.size + 1):
+        if i == values.size or values[order[i]] - values[order[i - 1]] > tol:
+            ranks[order[start:i]] = (start + 1 + i) / 2  # the mid-rank of positions start+1 .. i
+            start = i
+    return ranks
+
+
+def signed_rank_null(doubled_ranks: Sequence[int]) -> np.ndarray:
+    """prob[s] = P(2 T+ = s) under the null, for ranks given doubled (integers: a mid-rank is a multiple of 1/2):
+    each rank is in T+ with probability 1/2, independently, so prob holds the coefficients of
+    prod_i (1 + x^(2 r_i)) / 2, built one rank at a time: the same numbers as listing all 2^m assignments, in
+    O(m * sum of ranks) steps. Halving is exact in floating point, so any m works (no counts to overflow)."""
+    prob = np.zeros(int(sum(doubled_ranks)) + 1)
+    prob[0] = 1.0
     for r in doubled_ranks:  # r >= 2: every rank is at least 1
-        counts[r:] += counts[:-r].copy()  # the copy: each rank joins an assignment once
-    return counts
+        prob[r:] += prob[:-r].copy()  # the copy: each rank joins an assignment once
+        prob *= 0.5
+    return prob
 
 
-def _wilcoxon(difference: np.ndarray, mean_difference: float) -> PairedTest:
-    """Two-sided signed-rank test on the non-zero differences (Wilcoxon's zero rule), exact up to
-    WILCOXON_EXACT_MAX_N of them; the caller has handled n < 2 and all-zero differences."""
+def _wilcoxon(difference: np.ndarray, tol: float, mean_difference: float) -> PairedTest:
+    """Two-sided exact signed-rank test on the non-zero differences (Wilcoxon's zero rule); the caller has
+    handled n < 2 and all-zero differences."""
     n = int(difference.size)
-    nonzero = difference[difference != 0]
-    ranks = scipy_stats.rankdata(np.abs(nonzero))  # mid-ranks for tied |d|
-    doubled = np.rint(2 * ranks).astype(np.int64)  # exact integers
+    nonzero = difference[np.abs(difference) > tol]
+    if nonzero.size == 0:  # zero within float rounding
+        return PairedTest("wilcoxon", 0.0, 1.0, n, mean_difference)
+    doubled = np.rint(2 * _tolerant_ranks(np.abs(nonzero), tol)).astype(np.int64)  # exact integers
     t_plus2 = int(doubled[nonzero > 0].sum())  # 2 T+
     total2 = int(doubled.sum())  # 2 (T+ + T-)
     statistic = min(t_plus2, total2 - t_plus2) / 2
-    if nonzero.size > WILCOXON_EXACT_MAX_N:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = scipy_stats.wilcoxon(nonzero, method="asymptotic")
-        return PairedTest("wilcoxon", statistic, float(result.pvalue), n, mean_difference, "normal approximation")
-    counts = signed_rank_null_counts(doubled.tolist())
+    prob = signed_rank_null(doubled.tolist())
     # |T+ - E| times 4 (index s = 2 T+, 4 E = total2): integers throughout, so ties at the boundary count
-    distance = np.abs(2 * np.arange(counts.size) - total2)
-    extreme = int(counts[distance >= abs(2 * t_plus2 - total2)].sum())
-    return PairedTest("wilcoxon", statistic, extreme / 2.0**nonzero.size, n, mean_difference)
+    distance = np.abs(2 * np.arange(prob.size) - total2)
+    p = float(prob[distance >= abs(2 * t_plus2 - total2)].sum())
+    return PairedTest("wilcoxon", statistic, min(1.0, p), n, mean_difference)
 
 
 def format_mean_std(summary: Summary, *, scale: float = 1.0, digits: int = 1) -> str:
