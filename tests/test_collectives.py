@@ -1,5 +1,6 @@
-"""Collectives under torchrun: every tensor goes to the process group on the device that group moves, and
-losses that normalise over the batch normalise over the global batch.
+"""Collectives under torchrun: every tensor goes to the process group on the device that group moves, and the
+gradient of a data-parallel step is the gradient of the loss over the global batch, however unevenly the batch
+splits over the ranks and whatever the loss normalises by.
 
 NCCL (several GPUs) refuses a CPU tensor; gloo (these tests' CPUs) takes it. So a CPU-only machine cannot see
 the bug by running a real group: these tests fake an NCCL group whose tensors must live on a device of its own
@@ -94,15 +95,21 @@ def test_the_epoch_record_reduces_on_the_groups_device(fake_nccl):
 
 
 def test_cwtm_sums_its_weights_over_the_ranks_on_the_groups_device(fake_nccl):
-    from bornagain.distill.ban_losses import cwtm_loss_parts
+    from bornagain.distill.ban_losses import resolve_loss
 
     logits = torch.zeros(4, 3, device="meta")
     with pytest.raises(Reached):
-        cwtm_loss_parts(logits, logits, torch.zeros(4, dtype=torch.long, device="meta"))
+        resolve_loss("cwtm")(logits, logits, torch.zeros(4, dtype=torch.long, device="meta"),
+                             across_ranks=distributed.all_reduce_tensor)
 
 
-def test_a_tensor_on_another_device_is_named_before_the_group_sees_it(fake_nccl):
-    with pytest.raises(RuntimeError, match="all_reduce_tensor: a tensor on cpu given to the nccl process group"):
+def test_the_ranks_share_of_the_batch_is_summed_on_the_groups_device(fake_nccl):
+    with pytest.raises(Reached):
+        distributed.rank_share(3, DistInfo(0, 2, 0), torch.device("cpu"))
+
+
+def test_a_tensor_on_another_device_is_moved_to_the_groups_device(fake_nccl):
+    with pytest.raises(Reached):  # a CPU tensor arrives on the group's device, not refused
         distributed.all_reduce_tensor(torch.zeros(1))
 
 
@@ -141,17 +148,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cwtm_rank(rank: int, world: int, port: int, out: str) -> None:
-    """One rank of a data-parallel CWTM step: a shared linear student, this rank's half of the global batch,
-    gradients averaged over the ranks as DistributedDataParallel does."""
-    from bornagain.distill.ban_losses import cwtm_loss_parts
+SLICES = (slice(0, 5), slice(5, 8))  # an uneven split of 8 examples over 2 ranks, as a batch of 17 splits 9 / 8
+
+
+def _loss_rank(rank: int, world: int, port: int, loss_name: str, out: str) -> None:
+    """One rank of a data-parallel step as the engine takes it: a shared linear student, this rank's slice of
+    the global batch, the loss weighted by the rank's share (engine/trainer.py), gradients averaged over the
+    ranks as DistributedDataParallel does."""
+    from bornagain.distill.ban_losses import resolve_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    x, teacher, labels, weight = _cwtm_batch()
-    part = slice(rank * 4, (rank + 1) * 4)
-    loss = cwtm_loss_parts(x[part] @ weight, teacher[part], labels[part])["loss"]
-    loss.backward()
+    x, teacher, labels, weight = _batch()
+    part = SLICES[rank]
+    parts = resolve_loss(loss_name)(x[part] @ weight, teacher[part], labels[part],
+                                    across_ranks=distributed.all_reduce_tensor)
+    info = distributed.current()
+    (parts["loss"] * distributed.rank_share(len(labels[part]), info, torch.device("cpu"))).backward()
     grad = weight.grad.clone()
     dist.all_reduce(grad)
     grad /= world
@@ -160,39 +173,42 @@ def _cwtm_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _cwtm_batch():
+def _batch():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 5, generator=g)
     teacher = torch.randn(8, 3, generator=g)
-    teacher[4:] *= 6.0  # rank 1's teacher is far more confident than rank 0's: per-rank weights would differ
+    teacher[5:] *= 6.0  # rank 1's teacher is far more confident than rank 0's: per-rank weights would differ
     labels = torch.randint(0, 3, (8,), generator=g)
     weight = torch.randn(5, 3, generator=g).requires_grad_(True)
     return x, teacher, labels, weight
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
-def test_cwtm_over_two_ranks_is_the_weighted_mean_over_the_global_batch(tmp_path):
+@pytest.mark.parametrize("loss_name", ["cwtm", "ban+l"])
+def test_a_step_over_two_unequal_ranks_has_the_global_batch_gradient(tmp_path, loss_name):
     """The mean of the ranks' gradients equals one process's gradient on the whole batch (float rounding
-    apart). Normalising each rank's weights over its own half gave a gradient 46% off here (relative norm)."""
-    from bornagain.distill.ban_losses import cwtm_loss_parts
+    apart), for CWTM (weights normalised over the batch) and BAN+L (a mean over the batch), with slices of 5 and
+    3 examples. Before: CWTM normalised its weights per rank (46% off, relative norm, at equal slices) and every
+    loss averaged the ranks' means with equal weights."""
+    from bornagain.distill.ban_losses import resolve_loss
 
     out = tmp_path / "grad.pt"
-    mp.spawn(_cwtm_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    x, teacher, labels, weight = _cwtm_batch()
-    cwtm_loss_parts(x @ weight, teacher, labels)["loss"].backward()
+    mp.spawn(_loss_rank, args=(2, _free_port(), loss_name, str(out)), nprocs=2, join=True)
+    x, teacher, labels, weight = _batch()
+    resolve_loss(loss_name)(x @ weight, teacher, labels)["loss"].backward()
     assert torch.allclose(torch.load(out), weight.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_cwtm_in_one_process_is_unchanged():
-    """R = 1: the weights over the local batch, exactly as before the global sum existed."""
+def test_cwtm_in_one_process_is_the_papers_weighted_sum():
+    """One process: sum_s w_s CE_s with w_s = c_s / sum_u c_u (Furlanello et al., CWTM)."""
     import torch.nn.functional as F
 
     from bornagain.distill.ban_losses import cwtm_loss_parts
 
-    x, teacher, labels, weight = _cwtm_batch()
+    x, teacher, labels, weight = _batch()
     confidence = F.softmax(teacher, dim=1).max(dim=1).values
     expected = (confidence / confidence.sum() * F.cross_entropy(x @ weight, labels, reduction="none")).sum()
-    assert torch.equal(cwtm_loss_parts(x @ weight, teacher, labels)["loss"], expected)
+    assert torch.allclose(cwtm_loss_parts(x @ weight, teacher, labels)["loss"], expected, rtol=1e-6)
 
 
 
@@ -214,3 +230,18 @@ def test_one_process_joins_a_group_when_asked_so_one_gpu_runs_the_parallel_path(
     mp.spawn(_one_rank_group, args=(_free_port(), str(out)), nprocs=1, join=True)
     assert out.read_text() == "True True True 3.0"
     assert not distributed.init_distributed("cpu").enabled  # without torchrun's variables: alone, no group
+
+
+def test_every_rank_gets_an_example_or_the_batch_is_refused():
+    """One rule for every pipeline: a global batch is cut into per-rank slices; a last batch with fewer examples
+    than ranks is dropped on all of them, and a batch size below the world size is refused up front (every
+    batch would be dropped: an epoch of no steps)."""
+    from bornagain.errors import UserError
+
+    four = DistInfo(1, 4, 1)
+    batches = [list(range(10)), list(range(10, 13))]  # the last holds 3 examples for 4 ranks
+    assert distributed.rank_slices(batches, four) == [[1, 5, 9]]
+    assert distributed.rank_slices(batches, DistInfo()) == batches
+    assert distributed.per_rank_batch(10, four, "train.batch_size") == 3
+    with pytest.raises(UserError, match="train.batch_size=2 is the global batch.*4 processes"):
+        distributed.per_rank_batch(2, four, "train.batch_size")

@@ -174,6 +174,7 @@ _default_showwarning = warnings.showwarning
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     warnings.showwarning = _show_warning
+    from bornagain.engine.distributed import shutdown
     from bornagain.engine.trainer import TrainingInterrupted
 
     try:
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bornagain: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     return 0
 
 

@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bornagain.engine.distributed import all_reduce_tensor, current
 from bornagain.errors import UserError
 
 
@@ -69,29 +68,27 @@ def born_again_loss(student_logits, teacher_logits, labels, *, label_weight=1.0,
 
 
 def cwtm_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                    *, label_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                    *, label_weight: float = 1.0, across_ranks: Callable | None = None) -> dict[str, torch.Tensor]:
     """Confidence-Weighted by Teacher Max: label CE with per-example weights
 
         w_s = max_j p_t(j|x_s) / sum_u max_j p_t(j|x_u)     (weights sum to 1 over the *global* batch)
 
     so loss = label_weight * sum_s w_s * CE(y_s, softmax(z_s)). No teacher distribution term.
 
-    Under torchrun each rank holds a slice of the global batch and DistributedDataParallel averages the ranks'
-    gradients. The denominator is therefore summed over every rank (one all-reduce of a scalar that carries no
-    gradient) and this rank's share is multiplied by the world size R: the mean over ranks of
-    R * sum_{s in rank} w_s CE_s is the weighted mean over the global batch, as in one process (R = 1: the
-    arithmetic of one process, unchanged). Normalising per rank would weight a rank of confident teachers
-    like one of unsure teachers.
+    Computed as a mean over this batch's examples, mean_s (c_s / c_bar) CE_s with c_bar the mean confidence
+    of the global batch: the same number in one process, and under torchrun (each rank a slice, the engine
+    weighting each rank's mean by its share of the global batch, engine/distributed.py rank_share) the
+    weighted mean over the global batch, not over each rank's slice. ``across_ranks`` sums a tensor over the
+    ranks (the caller's process group; None: this batch is the whole batch).
     """
     _check_logits(student_logits, teacher_logits, labels)
     confidence = F.softmax(teacher_logits.float(), dim=1).max(dim=1).values  # (b,)
-    dist = current()
-    total = all_reduce_tensor(confidence.sum().detach().clone()) if dist.enabled else confidence.sum()  # scalar
-    weights = confidence / total
+    totals = torch.stack([confidence.sum(), confidence.new_tensor(float(confidence.shape[0]))])  # (2,): sum c, b
+    if across_ranks is not None:
+        totals = across_ranks(totals.detach())
+    weights = confidence / (totals[0] / totals[1])  # (b,): c_s / c_bar, mean 1 over the global batch
     per_example = F.cross_entropy(student_logits.float(), labels, reduction="none")  # (b,)
-    weighted = (weights * per_example).sum()
-    if dist.world_size > 1:
-        weighted = weighted * dist.world_size
+    weighted = (weights * per_example).mean()
     return {"loss": label_weight * weighted, "label_loss": per_example.mean().detach(), "kd_loss": weighted.detach()}
 
 
@@ -141,8 +138,10 @@ LossParts = Callable[..., dict]
 -> {"loss", "label_loss", "kd_loss"}."""
 
 
-def _cwtm_parts(student_logits, teacher_logits, labels, *, label_weight, teacher_weight, temperature):
-    return cwtm_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight)
+def _cwtm_parts(student_logits, teacher_logits, labels, *, label_weight, teacher_weight, temperature,
+                across_ranks=None):
+    return cwtm_loss_parts(student_logits, teacher_logits, labels, label_weight=label_weight,
+                           across_ranks=across_ranks)
 
 
 def _dkpp_parts(student_logits, teacher_logits, labels, *, label_weight, teacher_weight, temperature):
@@ -162,6 +161,7 @@ class LossPreset:
     teacher_term: str  # what the reported kd_loss is
     parts: LossParts
     ignores: tuple[str, ...] = ()  # weights this preset's loss does not read (setting one is refused)
+    global_statistic: bool = False  # normalises by a statistic of the whole global batch: takes across_ranks
 
 
 LOSS_PRESETS: dict[str, LossPreset] = {p.name: p for p in (
@@ -169,7 +169,7 @@ LOSS_PRESETS: dict[str, LossPreset] = {p.name: p for p in (
     LossPreset("ban+l", True, 1.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),  # Eq. 2
     LossPreset("ban", True, 0.0, 1.0, "T^2 * KL(teacher || student), batch mean", born_again_loss_parts),
     LossPreset("cwtm", True, 1.0, 0.0, "label CE weighted by the teacher's max probability", _cwtm_parts,
-               ignores=("teacher_weight", "temperature")),
+               ignores=("teacher_weight", "temperature"), global_statistic=True),
     LossPreset("dkpp", True, 0.0, 1.0, "T^2 * KL(permuted teacher || student), batch mean", _dkpp_parts),
 )}
 STUDENT_LOSSES = tuple(name for name, p in LOSS_PRESETS.items() if p.needs_teacher)
@@ -185,10 +185,19 @@ class ResolvedLoss:
     teacher_weight: float
     temperature: float
 
+    @property
+    def needs_global_batch(self) -> bool:
+        """Under torchrun, call with ``across_ranks`` (its normalisation is over the global batch)."""
+        return self.preset.global_statistic
+
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
+                 labels: torch.Tensor, *, across_ranks: Callable | None = None) -> dict[str, torch.Tensor]:
+        """``across_ranks``: sums a tensor over the data-parallel ranks (None: one process), for the presets
+        whose batch normalisation needs the global batch; the others are per-example means, which the engine
+        weights by each rank's share of the global batch."""
+        extra = {"across_ranks": across_ranks} if self.preset.global_statistic else {}
         return self.preset.parts(student_logits, teacher_logits, labels, label_weight=self.label_weight,
-                                 teacher_weight=self.teacher_weight, temperature=self.temperature)
+                                 teacher_weight=self.teacher_weight, temperature=self.temperature, **extra)
 
 
 def resolve_loss(name: str, *, label_weight: float | None = None, teacher_weight: float | None = None,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bornagain.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -72,16 +74,6 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _checked(t: torch.Tensor, what: str) -> torch.Tensor:
-    """Every tensor collective passes here: a tensor on another device than the process group moves is a bug
-    of ours, named at once (and caught on a CPU-only machine by tests that fake an NCCL group)."""
-    want = comm_device()
-    if t.device != want:
-        raise RuntimeError(f"{what}: a tensor on {t.device} given to the {dist.get_backend()} process group, which "
-                           f"needs {want}")
-    return t
-
-
 def _enabled() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -95,26 +87,60 @@ def barrier() -> None:
             dist.barrier()
 
 
-def shard(index: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's slice of a global batch of indices: (B,) -> (~B/world,)."""
-    return index[info.rank :: info.world_size] if info.enabled else index
+def rank_slices(batches, info: DistInfo) -> list:
+    """This rank's slice of every global batch (index tensors or lists): (B,) -> (~B/world,). A batch with fewer
+    examples than ranks would leave a rank with nothing: it is dropped on every rank alike (at most
+    world_size - 1 examples of an epoch's last batch; ``per_rank_batch`` refuses batches that are all too small).
+    Every pipeline slices its batches here."""
+    if not info.enabled:
+        return list(batches)
+    return [b[info.rank :: info.world_size] for b in batches if len(b) >= info.world_size]
+
+
+def per_rank_batch(batch_size: int, info: DistInfo, key: str) -> int:
+    """Examples a rank takes of a global batch of ``batch_size`` (at most; results.json's per_rank_batch). A
+    global batch smaller than the number of processes cannot give each rank an example: refused, naming the
+    config key, before anything is trained."""
+    if batch_size < info.world_size:
+        raise UserError(f"{key}={batch_size} is the global batch, split over the {info.world_size} processes, "
+                        f"and cannot give each one an example: set {key} to at least {info.world_size} (a multiple "
+                        "of it splits evenly), or launch fewer processes")
+    return -(-batch_size // info.world_size)
 
 
 def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Sum (or max) a tensor over ranks in place; identity outside torchrun. ``t`` must be on
-    :func:`comm_device` (the run's GPU under NCCL, the CPU under gloo)."""
+    """``t`` summed (or maxed) over ranks, on ``t``'s device; ``t`` itself outside torchrun. The collective runs
+    on :func:`comm_device` (the rank's GPU under NCCL, the CPU under gloo): ``t`` is copied there and back when
+    it lives elsewhere, so no caller can hand the process group a tensor it refuses."""
     if not _enabled():
         return t
-    dist.all_reduce(_checked(t, "all_reduce_tensor"), op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return t
+    where = comm_device()
+    moved = t if t.device == where else t.to(where)
+    dist.all_reduce(moved, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return moved if moved is t else moved.to(t.device)
 
 
 def max_over_ranks(value: float) -> float:
     """The largest of every rank's ``value`` (a stop request: one rank's signal stops all); ``value`` alone
-    outside torchrun. The tensor is made where the process group moves tensors."""
+    outside torchrun."""
     if not _enabled():
         return value
     return all_reduce_tensor(torch.tensor([float(value)], dtype=torch.float64, device=comm_device()), op="max").item()
+
+
+def rank_share(count: int, info: DistInfo, device: torch.device) -> torch.Tensor:
+    """world_size * count / (the step's examples over every rank), on ``device``: the weight that turns this
+    rank's mean loss over its ``count`` examples into its part of the global-batch mean, since
+    DistributedDataParallel averages the ranks' gradients with equal weights. Exactly 1.0 when the ranks'
+    slices are equal; one all-reduce of a scalar a step (the caller asks only under data-parallel training)."""
+    total = all_reduce_tensor(torch.tensor(float(count), dtype=torch.float32, device=device))
+    return info.world_size * count / total
+
+
+def shutdown() -> None:
+    """Leave the process group at the end of a command (torch warns on every NCCL rank that exits without)."""
+    if _enabled():
+        dist.destroy_process_group()
 
 
 def all_gather_objects(obj) -> list:

@@ -42,7 +42,7 @@ import torch
 from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.compile import compile_events, maybe_compile
 from bornagain.engine.device import autocast
-from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current
+from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current, rank_share
 from bornagain.files import read_json, write_json
 from bornagain.engine.lock import run_lock
 from bornagain.engine.logging import RunLogger, progress, read_metrics
@@ -205,7 +205,8 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                 fault_injection(state.step, task.name)
                 if compiled:
                     t_step, events = time.perf_counter(), compile_events()
-                out, grad_norm, lr = train_step(train_model, task, batches[b], state.step, optimizer, scheduler, settings)
+                out, grad_norm, lr = train_step(train_model, task, batches[b], state.step, optimizer, scheduler, settings,
+                                                dist=dist)
                 if compiled and (first_step or compile_events() != events):
                     _sync(device)
                     spent = time.perf_counter() - t_step
@@ -262,12 +263,21 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
     return read_json(run_dir / RESULTS)
 
 
-def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings):
-    """One optimiser update: forward under autocast, backward, clip, step, lr step."""
+def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings, *,
+               dist: DistInfo | None = None):
+    """One optimiser update: forward under autocast, backward, clip, step, lr step.
+
+    A task's loss is the mean over its rank's examples. Under torchrun the ranks' slices of a global batch can
+    differ in size (17 examples on 2 ranks: 9 and 8) while DistributedDataParallel averages their gradients
+    with equal weights, so the loss that is differentiated is weighted by the rank's share of the step's
+    examples (rank_share: exactly 1.0 for equal slices): the gradient is the global-batch mean's."""
     with autocast(settings.device, settings.precision):
         out = task.loss(model, batch, step)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    loss = out.loss
+    if dist is not None and dist.enabled:
+        loss = loss * rank_share(out.count, dist, loss.device)
+    loss.backward()
     grad_norm = None
     if settings.max_grad_norm > 0:
         params = [p for p in model.parameters() if p.grad is not None]

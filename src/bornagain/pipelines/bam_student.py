@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bornagain.engine.distributed import current
+from bornagain.engine.distributed import current, per_rank_batch, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.config import TrainingConfig
 from bornagain.engine.trainer import RESULTS, StepOutput, finished_results, train
@@ -187,7 +187,9 @@ class StudentTask:
         self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
         self._model, self._build = model, build
         self.sizes = data.task_sizes
-        world = current().world_size  # a last minibatch smaller than the world is dropped (glue/sampling.py)
+        dist = current()
+        self.per_rank_batch = per_rank_batch(bam.batch_size, dist, "bam.batch_size")
+        world = dist.world_size  # a last minibatch smaller than the world is dropped (glue/sampling.py)
         self.total = total_steps(self.sizes, bam.batch_size, bam.epochs, world)
         self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size, world)
         self.name, self.epochs = f"{self.arm.name} seed {seed}", -(-self.total // self.per_epoch)
@@ -207,7 +209,7 @@ class StudentTask:
                           seed=derive_seed(self.seed, "bam-sampling"), epoch=epoch, swap_tasks=tuple(self.data.swapped),
                           lengths=self.lengths)
         steps = min(self.per_epoch, self.total - epoch * self.per_epoch)  # a fractional last epoch
-        return [plan.batch(i)[dist.rank::dist.world_size] for i in range(steps)]
+        return rank_slices([plan.batch(i) for i in range(steps)], dist)  # (the steps leave out a too-short batch)
 
     def loss(self, model, triples, step: int) -> StepOutput:
         batch = batch_to_device(mixed_batch(self.data, triples, self.pad_token_id, self.teacher_outputs), self.device)
@@ -235,7 +237,7 @@ class StudentTask:
         metrics = {task: json_safe(values) for task, values in metrics.items()}
         write_json(run_dir / "dev_metrics.json", metrics)
         return {"arm": self.arm.name, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total,
-                "per_rank_batch": -(-self.bam.batch_size // current().world_size)}
+                "per_rank_batch": self.per_rank_batch}
 
 
 def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,

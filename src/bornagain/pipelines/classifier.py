@@ -24,7 +24,7 @@ from bornagain.config import save_config
 from bornagain.engine.checkpoint import save_tensors
 from bornagain.engine.compile import fused_optimizer_kwargs, maybe_compile
 from bornagain.engine.device import autocast
-from bornagain.engine.distributed import DistInfo, current, shard
+from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, per_rank_batch, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.trainer import StepOutput, finished_results, is_finished, train
 from bornagain.engine.schedules import lr_factor_at_step
@@ -87,6 +87,8 @@ class ClassifierTask:
                  make_model: Callable[[], torch.nn.Module], device: torch.device):
         self.cfg, self.data, self.spec, self.make_model, self.device = cfg, data, spec, make_model, device
         self.name, self.epochs = spec.name, cfg.train.epochs
+        self.dist = current()
+        self.per_rank_batch = per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")
         train = cfg.train
         self.train_pipe = BatchPipeline(data.mean, data.std, device, augment=cfg.data.augment, pad=data.crop_pad,
                                         hflip=data.hflip, channels_last=train.channels_last)
@@ -124,9 +126,8 @@ class ClassifierTask:
             self.teacher.eval()  # frozen: eval mode, no grad, never updated (a careless caller may pass it in train mode)
         self.order_generator = torch.Generator().manual_seed(derive_seed(self.spec.seed, "epoch", epoch))
         n = self.data.train_labels.shape[0]
-        batches = [shard(index, dist) for index in iterate_batches(n, self.cfg.train.batch_size, shuffle=True,
-                                                                   generator=self.order_generator)
-                   if len(index) >= dist.world_size]
+        batches = rank_slices(iterate_batches(n, self.cfg.train.batch_size, shuffle=True,
+                                              generator=self.order_generator), dist)
         # rank 0 keeps drawing from the order generator (the single-process stream); other ranks their own
         self.aug_generator = self.order_generator if dist.rank == 0 else torch.Generator().manual_seed(
             derive_seed(self.spec.seed, "epoch", epoch, "rank", dist.rank))
@@ -152,7 +153,10 @@ class ClassifierTask:
             teacher_logits = teacher_logits.clone()  # leave inference mode: a plain tensor without grad
         logits = model(x)  # (b, classes)
         with torch.autocast(self.device.type, enabled=False):  # the loss in fp32, outside bf16 autocast
-            parts = self.spec.loss_fn(logits.float(), teacher_logits, y)
+            # a loss normalised by a statistic of the whole global batch (CWTM) sums it over the ranks
+            extra = ({"across_ranks": all_reduce_tensor} if self.dist.enabled and
+                     getattr(self.spec.loss_fn, "needs_global_batch", False) else {})
+            parts = self.spec.loss_fn(logits.float(), teacher_logits, y, **extra)
         b = y.shape[0]
         correct = (logits.detach().argmax(dim=1) == y).sum()
         return StepOutput(loss=parts["loss"], count=b,
@@ -187,7 +191,7 @@ class ClassifierTask:
             "epochs": self.cfg.train.epochs,
             "test_accuracy": test["accuracy"], "test_error": test["error"], "test_nll": test["nll"],
             "test_ece": test["ece"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
-            "per_rank_batch": -(-self.cfg.train.batch_size // current().world_size),
+            "per_rank_batch": self.per_rank_batch,
             **(self.spec.extra or {}),
         }
 

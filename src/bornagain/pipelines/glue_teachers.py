@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from bornagain.config import config_to_dict, save_config
 from bornagain.engine.device import resolve_device
-from bornagain.engine.distributed import DistInfo, current, init_distributed
+from bornagain.engine.distributed import DistInfo, current, init_distributed, per_rank_batch, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.lock import run_lock
 from bornagain.engine.settings import check_or_record
@@ -124,6 +124,7 @@ class TeacherTask:
     def __init__(self, cfg: GlueExperimentConfig, task: GlueTask, device: torch.device):
         self.cfg, self.task, self.device = cfg, task, device
         self.name, self.epochs = f"{task.name} teacher", cfg.train.epochs
+        self.per_rank_batch = per_rank_batch(cfg.train.batch_size, current(), "train.batch_size")
         self.train_examples = load_train_examples(cfg, task)
         self.dev_examples = {s: load_split(task, s, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
                              for s in task.dev_splits}
@@ -146,7 +147,7 @@ class TeacherTask:
         batches = train_batch_indices(self.train_split.lengths, self.cfg.train.batch_size,
                                       bucket=self.cfg.train.bucket_by_length,
                                       seed=derive_seed(self.cfg.seed, "teacher", self.task.name, "epoch", epoch))
-        return [list(b)[dist.rank::dist.world_size] for b in batches if len(b) >= dist.world_size]
+        return rank_slices([list(b) for b in batches], dist)
 
     def loss(self, model, rows: list[int], step: int) -> StepOutput:
         (batch,) = iterate_batches(self.train_split, [rows], self.pad_id, self.device)
@@ -192,7 +193,7 @@ class TeacherTask:
         return {"task": task.name, "dev_metrics": dev, "majority_baseline": baseline,
                 "prediction_fingerprint": fingerprint, "dataset_fingerprint": dataset_fp,
                 "num_train_examples": len(self.train_examples), "submission_files": submissions,
-                "per_rank_batch": -(-cfg.train.batch_size // current().world_size)}
+                "per_rank_batch": self.per_rank_batch}
 
 
 def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path, *,
