@@ -11,8 +11,8 @@ finished run. One process also joins an NCCL process group (BORNAGAIN_PROCESS_GR
 that is the only way the data-parallel path (DDP, the collectives) runs at all.
 
 The data are made here: the bundled digits for `ban`, a tiny GLUE folder and BERT config from the test
-fixtures (tests/bam_fixtures.py) for the other two. Nothing is downloaded. About 2 minutes on one H100-class
-GPU, most of it process start-up; a few minutes on 2 CPU cores.
+fixtures (tests/bam_fixtures.py) for the other two. Nothing is downloaded. With --device cpu, 1 and 2
+processes: 95 s on 2 CPU cores (most of it process start-up); not yet timed on a GPU.
 """
 
 from __future__ import annotations

@@ -198,7 +198,8 @@ def test_a_teacher_run_of_other_data_or_schedule_is_refused(tmp_path):
 def test_a_teacher_run_is_compared_on_what_reached_its_model(tmp_path):
     """model.dropout reaches only the architectures that take it. A Table 2 recipe sets it for its WRN students
     and points ban.teacher_run at a DenseNet teacher trained without it: that teacher is accepted (it never saw
-    the dropout). A WRN teacher trained with dropout 0.3 is refused for a run whose WRN would get 0.0."""
+    the dropout). A WRN teacher trained with dropout 0.3 is refused for a run whose WRN would get 0.0, and
+    accepted for one that leaves the family's default (0.3)."""
     from bornagain.errors import UserError
 
     small = ["train.epochs=1", "data.train_subset=200", "data.val_size=50", "train.num_threads=1"]
@@ -213,3 +214,8 @@ def test_a_teacher_run_is_compared_on_what_reached_its_model(tmp_path):
         run_ban(_cfg(*small, "model.name=wrn-10-1", "model.dropout=0.0", "ban.generations=1",
                      f"ban.teacher_run={tmp_path / 'wrn' / 'gen0'}"), tmp_path / "refused", resume=False)
     assert not (tmp_path / "refused").exists()
+    # the family's default (0.3) given or not builds the same model, and data.root says only where the data are
+    same = run_ban(_cfg(*small, "model.name=wrn-10-1", "model.dropout=null", "ban.generations=1", "ban.ensembles=[]",
+                        "data.root=elsewhere", f"ban.teacher_run={tmp_path / 'wrn' / 'gen0'}"), tmp_path / "same",
+                   resume=False)
+    assert len(same["generations"]) == 2

@@ -145,9 +145,11 @@ def test_ban_tables_state_the_students_loss_and_its_weights():
     md_half, csv_half = ban_tables.render([_results()])
     md_eq2, csv_eq2 = ban_tables.render([_results(weights=(1.0, 1.0, 1.0), normalize=False)])
     assert "Students: ban+l, loss = 0.5·CE + 0.5·T²·KL(teacher || student), T = 1 (weights normalised to sum " \
-           "to 1; the paper's Eq. 2 is 1 / 1)" in md_half
+           "to 1; the paper's Eq. 2 is 1 / 1, T = 1)" in md_half
     assert "Students: ban+l, loss = 1·CE + 1·T²·KL(teacher || student), T = 1 (the paper's Eq. 2)" in md_eq2
-    assert "0.5·CE" not in md_eq2 and "Eq. 2)" not in md_half.replace("is 1 / 1)", "")
+    assert "0.5·CE" not in md_eq2 and "Eq. 2)" not in md_half.replace("is 1 / 1, T = 1)", "")
+    hot, _ = ban_tables.render([_results(weights=(1.0, 1.0, 4.0), normalize=False)])  # Eq. 2 has T = 1
+    assert "T = 4 (the paper's Eq. 2 is 1 / 1, T = 1)" in hot
     # CSV: the same table, the loss in columns of its own at the end of each row (one run may differ from another)
     header, row = csv_half.splitlines()[:2]
     assert header.startswith("Network,Parameters,Baseline,BAN-1")

@@ -12,7 +12,8 @@ and ``num_features`` (the classifier's input width).
 # Importing the family files registers them (@register_model at import time).
 from bornagain.models import densenet, match, preresnet, resnet, wide_resnet  # noqa: F401
 from bornagain.models.match import densenet_parameter_table, match_parameter_table, render_parameter_table
-from bornagain.models.registry import count_parameters, create_model, list_models, parse_model_name, register_model
+from bornagain.models.registry import (count_parameters, create_model, list_models, model_options, parse_model_name,
+                                       register_model)
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 
 __all__ = [

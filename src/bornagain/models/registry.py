@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bornagain.errors import UserError
-from bornagain.models.imported import create_imported_model, is_import_path
+from bornagain.models.imported import create_imported_model, is_import_path, resolve_factory
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -109,6 +109,20 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
             f"it takes: {sorted(accepted) if accepted else 'no options'}"
         )
     return fn(**fields, num_classes=num_classes, in_channels=in_channels, name=name, **kwargs)
+
+
+def model_options(name: str, **kwargs) -> dict:
+    """Every option model ``name`` is built with: ``kwargs`` over the family's (or your factory's) defaults.
+    Two runs whose options are equal built the same model, however the options were spelled: a WRN made with
+    no dropout given and one made with dropout=0.3 (the family's default) are the same."""
+    if is_import_path(name):
+        fn, fixed = resolve_factory(name), {"num_classes", "in_channels"}
+    else:
+        pattern, fields = parse_model_name(name)
+        fn, fixed = _MODELS[pattern][2], {*fields, "num_classes", "in_channels", "name"}
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if k not in fixed and p.default is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
 
 
 def count_parameters(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> int:

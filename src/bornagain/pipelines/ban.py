@@ -34,7 +34,7 @@ from bornagain.engine.rng import derive_seed
 from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError
 from bornagain.distill.ban_losses import LOSS_PRESETS, resolve_loss
-from bornagain.models import create_model
+from bornagain.models import create_model, model_options
 from bornagain.models.imported import is_import_path
 from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
@@ -254,13 +254,19 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
 _HOW_IT_RAN = (*RUN_MECHANICS, "train.device", "train.eval_batch_size", "train.precision", "train.channels_last")
 
 
+# data.* keys that say where the data are or how they were read, not which images a run learned from
+_WHERE_DATA_ARE = ("data.root", "data.download", "data.layout")
+
+
 def teacher_shaping(cfg: VisionConfig, *, schedule: bool) -> dict:
     """What shaped the training of a run of ``cfg.model.name``, as dotted keys: the split seed, the data, the
-    arguments its factory received (``model.dropout`` only where the architecture takes it: the DenseNet
-    teacher of a Table 2 recipe never sees the dropout that recipe sets for its WRN students) and, with
-    ``schedule``, ``train.*``. Not ``ban.*``: a teacher learns from its labels alone."""
+    options its model was built with (models.model_options: ``model.dropout`` only where the architecture
+    takes it, so the DenseNet teacher of a Table 2 recipe never sees the dropout that recipe sets for its WRN
+    students; a family default given or not is the same) and, with ``schedule``, ``train.*``. Not ``ban.*``:
+    a teacher learns from its labels alone."""
+    name = cfg.model.name
     tree = {"seed": cfg.seed, "data": config_to_dict(cfg.data),
-            "model": {"name": cfg.model.name, "kwargs": model_kwargs(cfg, cfg.model.name)}}  # as the factory got them
+            "model": {"name": name, "kwargs": model_options(name, **model_kwargs(cfg, name))}}
     if schedule:
         tree["train"] = config_to_dict(cfg.train)
     return flatten(tree)
@@ -290,7 +296,7 @@ def check_teacher_run(cfg: VisionConfig) -> None:
                         "by `bornagain ban` or `bornagain train`") from None
     schedule = not cfg.ban.teacher_run_other_schedule
     before, now = teacher_shaping(theirs, schedule=schedule), teacher_shaping(_run_config(cfg, name), schedule=schedule)
-    changed = changed_keys(before, now, ignore=_HOW_IT_RAN)
+    changed = changed_keys(before, now, ignore=(*_HOW_IT_RAN, *_WHERE_DATA_ARE))
     if changed:
         schedule = [k for k in changed if k.startswith("train.")]
         hint = (" (a deliberately different teacher schedule is allowed with ban.teacher_run_other_schedule=true)"

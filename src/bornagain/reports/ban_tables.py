@@ -49,10 +49,10 @@ def loss_text(results: dict) -> str:
     if loss != "ban+l":
         return text + (" (weights normalised to sum to 1)" if normalised and lw + tw > 0 else "")
     if normalised:
-        return text + " (weights normalised to sum to 1; the paper's Eq. 2 is 1 / 1)"
-    if lw == 1 and tw == 1:
+        return text + " (weights normalised to sum to 1; the paper's Eq. 2 is 1 / 1, T = 1)"
+    if lw == 1 and tw == 1 and temperature == 1:
         return text + " (the paper's Eq. 2)"
-    return text + " (the paper's Eq. 2 is 1 / 1)"
+    return text + " (the paper's Eq. 2 is 1 / 1, T = 1)"
 
 
 def loss_caption(results: list[dict]) -> str:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, load_yaml, recorded_config
-from bornagain.engine.settings import changed_keys
+from bornagain.config import load_yaml
+from bornagain.engine.settings import changed_keys, recorded
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs
@@ -54,8 +54,8 @@ POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", *RUN_MECHANICS, "train.device"
 
 def check_poolable(run_dirs: list[Path]) -> None:
     """Refuse runs whose configs differ in anything but the seed and how they ran, naming the keys; and
-    refuse a seed given twice. Each config is read as it was made (recorded_config: a key added since takes
-    the value in force then), so an old BAN+L run (weights 1 / 1) does not pool with a new one (0.5 / 0.5)."""
+    refuse a seed given twice. Each config is read as it was made (engine/settings.recorded: a key added since
+    takes the value in force then), so an old BAN+L run (weights 1 / 1) does not pool with a new one (0.5 / 0.5)."""
     from bornagain.vision.config import VisionConfig  # noqa: PLC0415  (ADDED_KEYS: values of keys added since)
 
     configs = []
@@ -63,7 +63,7 @@ def check_poolable(run_dirs: list[Path]) -> None:
         if not (d / "config.yaml").is_file():
             raise UserError(f"'{d}' has no config.yaml, so it cannot be checked against the other runs: "
                             "pool only runs made by `bornagain ban`")
-        configs.append(config_to_dict(recorded_config(VisionConfig, load_yaml(d / "config.yaml"))))
+        configs.append(recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS))  # dotted keys
     for d, cfg in zip(run_dirs[1:], configs[1:]):
         changed = changed_keys(configs[0], cfg, ignore=POOL_EXEMPT)
         if changed:

@@ -17,7 +17,7 @@ from bornagain.errors import UserError
 # Keys that say how a run runs (logging, threads, checkpoint cadence, compilation), never what it learns: a run
 # continues, pools with others over seeds, or serves as a reused teacher whatever their values.
 RUN_MECHANICS = ("train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
-                 "train.compile", "train.compile_mode")
+                 "train.compile", "train.compile_mode", "ban.prepare_teacher")  # (compiling, folding: rounding only)
 
 
 @dataclass(frozen=True)
