@@ -129,6 +129,15 @@ def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, cap
     assert "\\begin{tabular}" in latex and "$\\pm$" in latex and "Ens$\\ast$2" in latex
     assert main(["report", a, b, "--per-run"]) == 0  # one row per run, as before
     assert capsys.readouterr().out.count("| resnet-8 |") == 2
+    # how sure: each comparison's interval, minimum detectable effect and reading, and the seeds an effect needs
+    assert main(["report", a, b, "--effect", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "| 95% interval | Minimum detectable effect |" in out and "- BAN-1 - teacher: " in out
+    assert "seeds would detect 0.30 points with 80% power" in out or "seeds up to 100,000 would detect" in out
+    power = pooled["comparisons"][0]["power"]
+    assert power["n"] == 2 and power["ci_low"] <= power["mean_difference"] <= power["ci_high"]
+    assert main(["report", a, b, "--per-run", "--effect", "0.3"]) == 2  # nothing to size without pooling
+    assert "--effect sizes the seeds a pooled comparison needs" in capsys.readouterr().err
 
     c = _ban(tmp_path, "c", "seed=2", "train.lr=0.05", "data.augment=false")
     assert main(["report", a, c]) == 2

@@ -60,7 +60,8 @@ def cmd_train(args) -> None:
 def cmd_report(args) -> None:
     from bornagain.reports.ban_tables import report_command
 
-    print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run), end="")
+    print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run,
+                         effect=args.effect), end="")
 
 
 def cmd_models(args) -> None:
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to print (--output writes all three)")
     p.add_argument("--per-run", action="store_true",
                    help="one row per `ban` run even where they differ only in seed (default: pool them over seeds)")
+    p.add_argument("--effect", type=float, metavar="POINTS",
+                   help="with runs pooled over seeds: how many seeds would detect a difference of this many test-error "
+                        "points with 80%% power (e.g. 0.3)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("models", help="list registered model families")
     p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")

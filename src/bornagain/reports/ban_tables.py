@@ -202,10 +202,11 @@ REPORT_FORMATS = ("markdown", "csv", "latex")
 
 
 def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False, fmt: str = "markdown",
-                   per_run: bool = False) -> str:
+                   per_run: bool = False, effect: float | None = None) -> str:
     """Re-render tables from finished runs and return the text to print in ``fmt`` (writing tables and plots
     where asked). Several `ban` runs of one config that differ in their seed are pooled (reports/seeds.py)
-    unless ``per_run``; other `ban` runs give one row each; other kinds of run are printed in their own form."""
+    unless ``per_run``, with the seeds needed to detect ``effect`` (test-error points); other `ban` runs give one
+    row each; other kinds of run are printed in their own form."""
     if not run_dirs:
         raise UserError("bornagain report needs at least one run directory")
     if fmt not in REPORT_FORMATS:
@@ -215,7 +216,10 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
 
     kinds = [kind_of(Path(d)) for d in run_dirs]
     if "ban-seeds" in kinds or (not per_run and set(kinds) == {"ban"} and pools(run_dirs)):
-        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt)
+        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt, effect=effect)
+    if effect is not None:
+        raise UserError("--effect sizes the seeds a pooled comparison needs: give runs that differ only in their seed "
+                        "(or a ban.seeds output), without --per-run")
     if any(k != "ban" for k in kinds):  # other kinds of run: printed, each in its own form
         if output or plots or fmt != "markdown":
             raise UserError("--output and --plots (and --format csv or latex) take `bornagain ban` runs only; drop "

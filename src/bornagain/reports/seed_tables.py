@@ -50,8 +50,8 @@ def metric_rows(agg: dict, *, pm: str = "±") -> tuple[list[str], list[list[str]
 
 
 def comparison_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Comparison (a - b)", "Mean difference (points)", "Paired t over seeds", "McNemar exact p per seed",
-              "McNemar pooled over seeds"]
+    header = ["Comparison (a - b)", "Mean difference (points)", "95% interval", "Minimum detectable effect",
+              "Paired t over seeds", "McNemar exact p per seed", "McNemar pooled over seeds"]
     rows = []
     for c in agg["comparisons"]:
         b = _heading(c["b"]) + (" (best single)" if c["b_is_best_single"] else "")
@@ -65,7 +65,12 @@ def comparison_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
         per_seed = ", ".join(f"{format_p_value(s['p_value'])} ({s['only_a_correct']}/{s['only_b_correct']})"
                              for s in c["mcnemar"])
         pooled = c["mcnemar_pooled"]
-        rows.append([f"{_heading(c['a'])} - {b}", f"{c['mean_difference']:+.2f}", t_text, per_seed,
+        power = c.get("power") or {}  # (aggregates written before the power figures existed lack them)
+        interval = "-" if math.isnan(power.get("ci_low", math.nan)) else \
+            f"[{power['ci_low']:+.2f}, {power['ci_high']:+.2f}]"
+        mde = power.get("minimum_detectable_effect", math.nan)
+        rows.append([f"{_heading(c['a'])} - {b}", f"{c['mean_difference']:+.2f}", interval,
+                     "-" if math.isnan(mde) else f"{mde:.2f}", t_text, per_seed,
                      f"{format_p_value(pooled['p_value'])} ({pooled['only_a_correct']}/{pooled['only_b_correct']})"])
     return header, rows
 
@@ -74,7 +79,7 @@ def caption(agg: dict) -> str:
     seeds = ", ".join(map(str, agg["seeds"]))
     return (f"{agg['model']} on {agg['dataset']}; students: {loss_text(agg)}; "
             f"{agg.get('epochs')} epochs per generation, "
-            f"last epoch; mean ± sample std (ddof 1) over n = {len(agg['seeds'])} seeds ({seeds}). "
+            f"errors of each generation's last epoch (no epoch chosen on validation or test data); mean ± sample std (ddof 1) over n = {len(agg['seeds'])} seeds ({seeds}). "
             "Baseline is the teacher (generation 0). ECE: 15 equal-width confidence bins, closed on the right.")
 
 
@@ -83,14 +88,20 @@ def notes(agg: dict) -> str:
     return (f"Differences are a - b in test-error points (negative: a has the lower error). Paired t: "
             f"{agg['tests']['paired']}, df = n - 1. McNemar: {agg['tests']['mcnemar']}; in brackets the test "
             f"examples only a / only b got right. Pooled: {agg['tests']['mcnemar_pooled']}; in brackets the sums over "
-            "seeds. Best single generation: "
+            f"seeds. {agg['tests'].get('power', '')} Best single generation: "
             f"{_heading(best) if best else 'none'}, chosen by {agg['best_single_selected_by']}.")
+
+
+def readings(agg: dict) -> str:
+    """One sentence per comparison: its interval and what this many seeds can detect."""
+    return "\n".join(f"- {c['reading']}" for c in agg["comparisons"] if c.get("reading"))
 
 
 def render_markdown(agg: dict) -> str:
     h1, r1 = metric_rows(agg)
     h2, r2 = comparison_rows(agg)
-    return (caption(agg) + "\n\n" + markdown(h1, r1) + "\n" + markdown(h2, r2) + "\n" + notes(agg) + "\n")
+    return (caption(agg) + "\n\n" + markdown(h1, r1) + "\n" + markdown(h2, r2) + "\n" + readings(agg) + "\n\n"
+            + notes(agg) + "\n")
 
 
 def render_csv(agg: dict) -> str:

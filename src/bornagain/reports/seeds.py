@@ -35,6 +35,8 @@ from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs
 from bornagain.vision.config import RUN_MECHANICS
+from bornagain.reports.power import NOTE as POWER_NOTE
+from bornagain.reports.power import paired_power, reading
 from bornagain.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test, summarize
 
 KIND = "ban-seeds"
@@ -125,8 +127,10 @@ def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None) -> dict:
-    """The aggregate of finished ban runs of one config, one per seed (checked by the caller)."""
+def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: float | None = None) -> dict:
+    """The aggregate of finished ban runs of one config, one per seed (checked by the caller). Each comparison
+    carries its interval and minimum detectable effect (reports/power.py) and, with ``effect`` (test-error
+    points), the seeds needed to detect that effect."""
     runs = [read_json(d / "results.json") for d in run_dirs]
     seeds = [r["seed"] for r in runs]
     columns = [_columns(r) for r in runs]
@@ -152,8 +156,10 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None) -> dict:
         mcnemar = [mcnemar_exact(_correct(d, r, cols[ia]).tolist(), _correct(d, r, cols[ib]).tolist())
                    for d, r, cols in zip(run_dirs, runs, columns)]
         pooled = mcnemar_pooled(mcnemar)
+        power = paired_power(err_a, err_b, effect=effect)
         tests.append({"a": a, "b": b, "b_is_best_single": b == best and b != "teacher",
-                      "mean_difference": t.mean_difference,
+                      "mean_difference": t.mean_difference, "power": power.to_dict(),
+                      "reading": reading(f"{a} - {b}", power),
                       "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
                       "mcnemar": [{"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
                                    "p_value": m.p_value} for seed, m in zip(seeds, mcnemar)],
@@ -170,9 +176,9 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None) -> dict:
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar": "McNemar's exact test per seed (binomial on the discordant test examples, "
                              "scipy.stats.binomtest), two-sided",
-                  "mcnemar_pooled": POOLED_TEST},
+                  "mcnemar_pooled": POOLED_TEST, "power": POWER_NOTE},
         "ece_bins": "15 equal-width confidence bins, closed on the right",
-        "reported_epoch": "last",
+        "reported_epoch": "last",  # each generation's final weights: no epoch is chosen on validation or test data
     }
 
 
@@ -204,7 +210,8 @@ def seed_runs_of(top: Path) -> list[Path]:
     return [top / name for name in read_json(top / "results.json")["runs"]]
 
 
-def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, plots: bool, fmt: str) -> str:
+def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, plots: bool, fmt: str,
+                 effect: float | None = None) -> str:
     """`bornagain report` on one `ban.seeds` output, or on `ban` runs of one config that differ in the seed."""
     from bornagain.reports.plots import plot_runs  # noqa: PLC0415
     from bornagain.reports.seed_tables import render  # noqa: PLC0415
@@ -220,7 +227,7 @@ def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, p
         if plots and not output:
             raise UserError("--plots of runs pooled over seeds needs --output DIR (where to draw them)")
     check_poolable(dirs)
-    agg = aggregate(dirs, labels=labels)
+    agg = aggregate(dirs, labels=labels, effect=effect)
     if output:
         write_aggregate(agg, dirs, Path(output), plots=plots)
     elif plots:
