@@ -62,3 +62,23 @@ def test_the_reading_says_what_the_interval_and_the_mde_say():
     clear = paired_power([2.0, 2.1, 1.9, 2.2], [1.0, 1.1, 1.0, 1.0])
     assert "the 95% interval excludes 0" in reading("a - b", clear)
     assert "no interval from one value" in reading("a - b", paired_power([1.0], [0.5]))
+
+
+def test_a_single_run_ends_with_a_reading_of_ban1_against_its_teacher(tmp_path, capsys):
+    """`bornagain ban` prints, under its table, BAN-1 - teacher with the interval of the per-example paired test
+    on its test set; the mean is the difference of the two test errors."""
+    import json
+
+    from bornagain.cli import main
+    from bornagain.reports.ensembles import load_probs
+
+    out = tmp_path / "run"
+    assert main(["ban", "--output", str(out), "train.epochs=1", "ban.generations=1", "ban.ensembles=[]",
+                 "data.train_subset=300", "train.progress=false", "train.tensorboard=false"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAN-1 - teacher:")]
+    results = json.loads((out / "results.json").read_text())
+    assert printed == results["readings"][:1]
+    errors = [g["test_error"] for g in results["generations"]]
+    assert printed[0].startswith(f"BAN-1 - teacher: {errors[1] - errors[0]:+.2f} [")
+    _, labels = load_probs(out / "gen0" / "test_probs.safetensors")
+    assert f"points over {labels.numel()} test images" in printed[0] and "one seed" in printed[0]

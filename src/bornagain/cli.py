@@ -41,9 +41,11 @@ def cmd_ban(args) -> None:
     if info.is_main:
         print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
               f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
-    run_ban(cfg, output, resume=args.resume)
+    results = run_ban(cfg, output, resume=args.resume)
     if info.is_main:
         print((output / "table.md").read_text())
+        for line in results.get("readings", [])[:1]:  # BAN-1 against its teacher: the paper's first claim
+            print(line)
         print(f"results: {output / 'results.json'}")
 
 

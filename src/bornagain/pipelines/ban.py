@@ -40,6 +40,7 @@ from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
 from bornagain.engine.checkpoint import load_weights
 from bornagain.reports.plots import PNG_ONLY, plot_run
+from bornagain.reports.power import per_example_power, reading
 from bornagain.reports.ban_tables import write_tables
 from bornagain.vision.config import RUN_MECHANICS, VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
@@ -322,6 +323,11 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
     keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
             "seed", "train_seconds", "teacher_run")  # teacher_run: where a reused teacher's files are (plots, seeds)
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
+    # how sure one run can be: each student against the teacher, example by example on the test set
+    correct = {g: p.argmax(dim=1) == labels for g, p in probs.items()}
+    readings = [reading(f"BAN-{g} - teacher", per_example_power(correct[g].tolist(), correct[0].tolist()),
+                        over="test images") + " (one seed: the test set's noise only, not another seed's)"
+                for g in range(1, len(generations))]
     return {
         "dataset": data.name,
         "model": cfg.model.name,
@@ -342,6 +348,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
             k: baseline.get(k) for k in ("model", "params", "test_error", "test_accuracy", "val_accuracy",
                                          "test_nll", "test_ece")},
         "reported_epoch": "last",
+        "readings": readings,
     }
 
 

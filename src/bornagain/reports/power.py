@@ -115,6 +115,16 @@ def paired_power(a: Sequence[float], b: Sequence[float], *, effect: float | None
                  None if effect is None else seeds_needed(effect, sd, alpha=alpha, power=power))
 
 
+def per_example_power(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> Power:
+    """One run's comparison of two models on the same test examples: the paired differences are the examples'
+    errors in points (100 where wrong, 0 where right), so the mean is the difference of the test errors and
+    the interval and MDE are those of the paired t-test over examples (about McNemar's test at this size).
+    They see the test set's sampling noise only, not the training noise another seed would bring."""
+    a = 100.0 * (1.0 - np.asarray(list(correct_a), dtype=np.float64))
+    b = 100.0 * (1.0 - np.asarray(list(correct_b), dtype=np.float64))
+    return paired_power(a, b)
+
+
 def reading(name: str, p: Power | dict, *, unit: str = "points", over: str = "seeds") -> str:
     """One plain sentence: "BAN-1 - teacher: -0.21 [-0.60, +0.18] points over 5 seeds; no difference detectable
     below 0.45 points at this size"."""
