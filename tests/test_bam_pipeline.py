@@ -59,6 +59,13 @@ def test_every_arm_runs_and_the_table_is_complete(bam_run):
                   "fixed mixture", "smoothing annealed"):
         assert title in table
     assert "(n=2)" in table and "p" in table
+    # how sure: BAM minus each other arm on the GLUE average, with its interval and minimum detectable effect
+    glue = saved["tests"]["annealed vs labels"]["GLUE"]
+    bam, labels = ([100 * saved["scores"][row][seed]["GLUE"] for seed in ("0", "1")] for row in ("annealed", "labels"))
+    assert glue["power_points"]["mean_difference"] == pytest.approx((bam[0] - labels[0] + bam[1] - labels[1]) / 2)
+    assert len(saved["readings"]) == 4 and saved["readings"][1].startswith(
+        "BAM (teacher annealing) - multi-task (labels), GLUE average: ")
+    assert saved["readings"][1] in table and "Minimum detectable effect" in table
     assert (out / "table.csv").read_text().splitlines()[0].startswith("method,task,mean,std,n")
     # Teachers per seed: seed 0 where `glue-teachers` puts them, seed 1 in its own folder.
     assert (out / "teachers" / "CoLA" / "results.json").exists()

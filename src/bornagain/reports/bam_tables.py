@@ -25,7 +25,10 @@ import math
 from typing import Mapping
 
 from bornagain.glue.metrics import task_score
-from bornagain.reports.stats import TEST_NAMES, Summary, format_mean_std, format_p_value, paired_test, summarize, wilcoxon_min_p
+from bornagain.reports.power import NOTE as POWER_NOTE
+from bornagain.reports.power import paired_power, reading
+from bornagain.reports.stats import (TEST_NAMES, Summary, format_mean_std, format_p_value, paired_test, summarize,
+                                     wilcoxon_min_p)
 
 ROW_ORDER = ("majority", "teachers", "labels", "annealed", "fixed", "smoothing-annealed")
 ROW_TITLES = {
@@ -52,9 +55,11 @@ def seed_scores(per_task: Mapping[str, Mapping[str, float]], tasks: tuple[str, .
 
 
 def _test_record(first: list[float], second: list[float], test: str) -> dict:
+    """The paired test, and (x100, in points) the interval and minimum detectable effect (reports/power.py)."""
     result = paired_test(first, second, test=test)
+    power = paired_power([100 * v for v in first], [100 * v for v in second])
     return {"mean_difference": result.mean_difference, "statistic": result.statistic,
-            "p_value": result.p_value, "n": result.n}
+            "p_value": result.p_value, "n": result.n, "power_points": power.to_dict()}
 
 
 def build_results(runs: Mapping[str, PerSeed], tasks: tuple[str, ...], *, test: str = "t") -> dict:
@@ -78,9 +83,13 @@ def build_results(runs: Mapping[str, PerSeed], tasks: tuple[str, ...], *, test: 
             **{c: _test_record([scores[first][s][c] for s in shared], [scores[second][s][c] for s in shared], test)
                for c in columns},
         }
+    readings = [reading(f"{ROW_TITLES.get(first, first)} - {ROW_TITLES.get(second, second)}, GLUE average",
+                        tests[f"{first} vs {second}"][GLUE]["power_points"])
+                for first, second in COMPARISONS if f"{first} vs {second}" in tests]
     return {
         "tasks": list(tasks),
         "rows": rows,
+        "readings": readings,
         "test": TEST_NAMES[test],
         "test_key": test,
         "metrics": {row: {str(seed): runs[row][seed] for seed in sorted(runs[row])} for row in rows},
@@ -132,6 +141,8 @@ def render_markdown(results: Mapping) -> str:
         if results.get("test_key") == "wilcoxon":
             n = max((record[GLUE]["n"] for record in results["tests"].values()), default=0)
             lines += ["", f"With n = {n} pairs the exact Wilcoxon test cannot give p below {wilcoxon_min_p(n):.3f}."]
+        if results.get("readings"):
+            lines += ["", *[f"- {text}" for text in results["readings"]], "", POWER_NOTE]
     return "\n".join(lines) + "\n"
 
 
