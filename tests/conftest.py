@@ -9,6 +9,11 @@ import pytest
 import torch
 
 os.environ.setdefault("BORNAGAIN_NO_PROGRESS", "1")  # keep test logs readable
+# A run with ATEN_CPU_CAPABILITY=avx2 (the suite is run so too, to check no test hinges on this CPU's rounding)
+# compiles into a TorchInductor cache of its own, before any test makes torch ask for one (engine/compile.py).
+from bornagain.engine.compile import separate_kernel_cache  # noqa: E402
+
+separate_kernel_cache(os.environ)
 # One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine
 # spinning OpenMP threads make small ops 10-100x slower.
 torch.set_num_threads(1)

@@ -172,3 +172,16 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, capsys)
     assert len(err) == 1 and "no bf16 instructions" in err[0] and "train.precision=fp32" in err[0]
     common.start_process(NlpTrainConfig(device="cpu", precision="fp32", num_threads=threads))
     assert capsys.readouterr().err == ""
+
+
+def test_each_cpu_kernel_setting_compiles_into_a_kernel_cache_of_its_own():
+    """TorchInductor's disk cache ignores ATEN_CPU_CAPABILITY; a kernel compiled under the default setting and
+    loaded under avx2 crashed the test process (segmentation fault). A setting gets its own cache; a cache the
+    user names, or no setting, is left alone."""
+    from bornagain.engine.compile import separate_kernel_cache
+
+    env = {"ATEN_CPU_CAPABILITY": "avx2"}
+    chosen = separate_kernel_cache(env)
+    assert chosen is not None and chosen.endswith("_avx2") and env["TORCHINDUCTOR_CACHE_DIR"] == chosen
+    assert separate_kernel_cache({"ATEN_CPU_CAPABILITY": "avx2", "TORCHINDUCTOR_CACHE_DIR": "/mine"}) is None
+    assert separate_kernel_cache({}) is None

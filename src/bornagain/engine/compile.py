@@ -4,7 +4,10 @@ eager fallback and one clear line when this machine cannot compile."""
 from __future__ import annotations
 
 import functools
+import getpass
+import os
 import sys
+import tempfile
 
 import torch
 
@@ -17,11 +20,30 @@ def compile_unavailable() -> str | None:
     Probed once per process on a one-line function, so a model never half-compiles into an error."""
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile"
+    separate_kernel_cache(os.environ)
     try:
         torch.compile(lambda x: x * 2 + 1)(torch.ones(4))
     except Exception as e:  # noqa: BLE001 - any failure means: train eagerly
         return describe(e)
     return None
+
+
+def separate_kernel_cache(environ) -> str | None:
+    """Give each ATEN_CPU_CAPABILITY setting a TorchInductor kernel cache of its own (unless
+    TORCHINDUCTOR_CACHE_DIR is set): the on-disk cache does not key on it, and kernels compiled under one setting
+    and loaded under the other crashed the process (a segmentation fault in the compiled backward, torch 2.13, an
+    AVX-512 CPU, runs with and without ATEN_CPU_CAPABILITY=avx2). Called before torch first asks for the cache
+    (pipelines/common.start_process, and the compile probe); torch then keeps the variable. Returns the
+    directory chosen, or None."""
+    capability = environ.get("ATEN_CPU_CAPABILITY")
+    if not capability or environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_{capability}")
+    return environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def maybe_compile(module: torch.nn.Module, *, enabled: bool, mode: str = "default",

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import torch
 
 from bornagain.config import TrainingConfig
+from bornagain.engine.compile import separate_kernel_cache
 from bornagain.engine.device import native_bf16, resolve_device
 from bornagain.engine.distributed import DistInfo, init_distributed
 from bornagain.engine.trainer import EngineSettings
 
 
 def start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
-    """Threads, device and (under torchrun) the process group, in that order, from `train.*`."""
+    """Threads, device and (under torchrun) the process group, in that order, from `train.*`; first, the kernel
+    cache of this CPU kernel setting (engine/compile.py: set before anything asks torch for it, which building
+    the fused optimizer already does)."""
+    separate_kernel_cache(os.environ)
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     device = resolve_device(train.device)
