@@ -92,6 +92,21 @@ def cwtm_loss_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return {"loss": label_weight * weighted, "label_loss": per_example.mean().detach(), "kd_loss": weighted.detach()}
 
 
+def label_smoothing_loss(epsilon: float) -> Callable[..., dict]:
+    """The label-smoothing control: CE against (1 - epsilon) * one-hot + epsilon / C (Szegedy et al. 2016), no
+    teacher. Yuan et al. (2020) found it matches self-distillation on CIFAR-100. The logged label_loss is the
+    plain CE (comparable with every other run's); kd_loss is 0."""
+
+    def parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor) -> dict:
+        _check_logits(student_logits, None, labels)
+        logits = student_logits.float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=epsilon)
+        return {"loss": loss, "label_loss": F.cross_entropy(logits, labels).detach(),
+                "kd_loss": torch.zeros((), device=logits.device)}
+
+    return parts
+
+
 def permute_non_argmax(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """DKPP's target: keep each row's argmax probability in place, randomly permute the rest
     among the non-argmax classes. (b, c) -> (b, c), rows still sum to 1."""

@@ -35,6 +35,7 @@ from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError
 from bornagain.distill.ban_losses import LOSS_PRESETS, resolve_loss
 from bornagain.models import create_model, model_options
+from bornagain.pipelines.ban_controls import control_pairs, run_controls
 from bornagain.models.imported import is_import_path
 from bornagain.models.fold import fold_batch_norms
 from bornagain.models.sharing import check_shareable, share_stem_and_head
@@ -226,7 +227,9 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
         baseline = fit(output / "baseline", _run_config(cfg, name), data, spec,
                        make_student_factory(cfg, name, data, None), resume=resume)
 
-    results = summarize(cfg, run_dirs, data, generations, baseline)
+    controls = run_controls(cfg, output, data, run_dirs[0], run_config=lambda name: _run_config(cfg, name),
+                            model_factory=lambda name: make_student_factory(cfg, name, data, None), resume=resume)
+    results = summarize(cfg, run_dirs, data, generations, baseline, controls, output=output)
     if main:
         write_json(output / "results.json", results)
         write_tables([results], output)
@@ -312,7 +315,7 @@ def _reuse_teacher(run_dir: Path) -> dict:
 
 
 def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, generations: list[dict],
-              baseline: dict | None) -> dict:
+              baseline: dict | None, controls: dict | None = None, *, output: Path | None = None) -> dict:
     probs = {}
     labels = None
     for g, run_dir in enumerate(run_dirs):
@@ -325,9 +328,11 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
     # how sure one run can be: each student against the teacher, example by example on the test set
     correct = {g: p.argmax(dim=1) == labels for g, p in probs.items()}
-    readings = [reading(f"BAN-{g} - teacher", per_example_power(correct[g].tolist(), correct[0].tolist()),
-                        over="test images") + " (one seed: the test set's noise only, not another seed's)"
-                for g in range(1, len(generations))]
+    pairs = [(f"BAN-{g}", correct[g], "teacher", correct[0]) for g in range(1, len(generations))]
+    pairs += control_pairs(controls, output, correct, probs, labels,
+                           include_teacher=cfg.ban.include_teacher_in_ensembles)
+    readings = [reading(f"{a} - {b}", per_example_power(ca.tolist(), cb.tolist()), over="test images")
+                + " (one seed: the test set's noise only, not another seed's)" for a, ca, b, cb in pairs]
     return {
         "dataset": data.name,
         "model": cfg.model.name,
@@ -349,6 +354,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
                                          "test_nll", "test_ece")},
         "reported_epoch": "last",
         "readings": readings,
+        **({"controls": controls} if controls else {}),
     }
 
 
@@ -363,5 +369,7 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
                         "or choose another --output")
     saved_path = output / "config.yaml"
     if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
-        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output, ignore=(*RUN_MECHANICS, "output_dir"),
+        # controls may be added to a finished sequence: they train beside it and change none of its runs
+        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output,
+                       ignore=(*RUN_MECHANICS, "output_dir", "ban.controls", "ban.label_smoothing"),
                        added=VisionConfig.ADDED_KEYS)  # keys added since the run was made: their values of then

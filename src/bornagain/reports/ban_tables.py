@@ -17,6 +17,7 @@ import io
 from pathlib import Path
 
 from bornagain.files import atomic_write_text, read_json
+from bornagain.reports.ensembles import control_errors
 from bornagain.errors import UserError
 
 
@@ -87,7 +88,7 @@ def _cell(x: float | None) -> str:
 
 
 def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of Table 1 for one or more BAN runs."""
+    """Header and rows of Table 1 for one or more BAN runs (then the controls' columns, where any ran)."""
     max_gen = max(len(r["generations"]) - 1 for r in results)
     ens_names: list[str] = []
     for r in results:
@@ -95,13 +96,17 @@ def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             if e["name"] not in ens_names:
                 ens_names.append(e["name"])
     ens_names.sort(key=lambda n: (n == "All", int(n[4:]) if n.startswith("Ens*") else 0))  # Ens*2, Ens*3, ..., All
-    header = ["Network", "Parameters", "Baseline", *[f"BAN-{k}" for k in range(1, max_gen + 1)], *ens_names]
+    controls = list(dict.fromkeys(name for r in results for name in control_errors(r)))
+    header = ["Network", "Parameters", "Baseline", *[f"BAN-{k}" for k in range(1, max_gen + 1)], *ens_names,
+              *controls]
     rows = []
     for r in results:
         gens = {g["generation"]: g["test_error"] for g in r["generations"]}
         ens = {e["name"]: e["test_error"] for e in r["ensembles"]}
+        ctl = control_errors(r)
         rows.append([_network(r), format_params(r["params"]), _cell(gens.get(0)),
-                     *[_cell(gens.get(k)) for k in range(1, max_gen + 1)], *[_cell(ens.get(n)) for n in ens_names]])
+                     *[_cell(gens.get(k)) for k in range(1, max_gen + 1)], *[_cell(ens.get(n)) for n in ens_names],
+                     *[_cell(ctl.get(n)) for n in controls]])
     return header, rows
 
 
@@ -133,6 +138,9 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 TABLE1_CAPTION = "Test error (%), last epoch of each generation."
+CONTROLS_CAPTION = ("Controls (ban.controls): Ind*K averages K independently trained copies of the teacher (gen0 and "
+                    "K - 1 more seeds, the same schedule), the compute of Ens*K; label smoothing is a student of the "
+                    "students' architecture trained from labels smoothed by epsilon, no teacher.")
 TABLE2_CAPTION = "Cross-architecture students (Table 2 layout)."
 
 
@@ -144,7 +152,7 @@ def _with_loss_columns(header: list[str], rows: list[list[str]],
 def render(results: list[dict]) -> tuple[str, str]:
     """(markdown, csv) of Table 1, plus Table 2 where a run trained a student baseline."""
     h1, r1 = table1_rows(results)
-    md = f"{TABLE1_CAPTION} {loss_caption(results)}\n\n" + markdown(h1, r1)
+    md = f"{TABLE1_CAPTION} {loss_caption(results)}{_controls_caption(results)}\n\n" + markdown(h1, r1)
     csv_out = csv_text(*_with_loss_columns(h1, r1, results))
     cross = [r for r in results if r.get("student_baseline")]
     if cross:
@@ -152,6 +160,15 @@ def render(results: list[dict]) -> tuple[str, str]:
         md += f"\n{TABLE2_CAPTION} {loss_caption(cross)}\n\n" + markdown(h2, r2)
         csv_out += "\n" + csv_text(*_with_loss_columns(h2, r2, cross))
     return md, csv_out
+
+
+def _controls_caption(results: list[dict]) -> str:
+    if not any(control_errors(r) for r in results):
+        return ""
+    chosen = {(r["controls"]["label_smoothing"]["epsilon"], r["controls"]["label_smoothing"]["selected_by"])
+              for r in results if (r.get("controls") or {}).get("label_smoothing")}
+    smoothing = "".join(f" Label smoothing epsilon = {e:g} ({how})." for e, how in sorted(chosen))
+    return f" {CONTROLS_CAPTION}{smoothing}"
 
 
 def write_tables(results: list[dict], output: Path) -> str:
@@ -191,7 +208,7 @@ def latex_table(header: list[str], rows: list[list[str]], caption: str) -> str:
 
 def render_latex(results: list[dict]) -> str:
     h1, r1 = table1_rows(results)
-    out = latex_table(h1, r1, f"{TABLE1_CAPTION} {loss_caption(results)}")
+    out = latex_table(h1, r1, f"{TABLE1_CAPTION} {loss_caption(results)}{_controls_caption(results)}")
     cross = [r for r in results if r.get("student_baseline")]
     if cross:
         out += "\n" + latex_table(*table2_rows(cross), f"{TABLE2_CAPTION} {loss_caption(cross)}")

@@ -71,3 +71,15 @@ def evaluate_ensembles(test_probs: dict[int, torch.Tensor], labels: torch.Tensor
         results.append({"name": name, "members": members, "test_error": m["error"], "test_accuracy": m["accuracy"],
                         "nll": m["nll"], "ece": m["ece"]})
     return results
+
+
+LABEL_SMOOTHING = "Label smoothing"
+
+
+def control_errors(results: dict) -> dict[str, float]:
+    """{column: test error} of a run's controls (ban.controls): Ind*K beside Ens*K, the label-smoothing student."""
+    controls = results.get("controls") or {}
+    out = {e["name"]: e["test_error"] for e in (controls.get("independent") or {}).get("ensembles", [])}
+    if controls.get("label_smoothing"):
+        out[LABEL_SMOOTHING] = controls["label_smoothing"]["test_error"]
+    return out

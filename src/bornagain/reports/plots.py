@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bornagain.engine.logging import read_metrics
-from bornagain.reports.ensembles import generation_dir, load_probs
+from bornagain.reports.ensembles import control_errors, generation_dir, load_probs
 from bornagain.reports.metrics import confidence_bins
 
 BINS = 15
@@ -77,7 +77,19 @@ def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[s
             for row in ens:
                 ax.plot(x_ens, row, ".", color="C3", alpha=0.35)
         ax.axvline(len(gens) - 0.25, color="0.6", linestyle=":", linewidth=1)
-    ax.set_xticks([*gens, *x_ens], [*map(_label, gens), *ens_names])
+    # the controls (ban.controls): Ind*K and the label-smoothing student, trained without a teacher
+    ctl_names = list(control_errors(results[0]))
+    x_ctl = [len(gens) + len(ens_names) + 1.0 + i for i in range(len(ctl_names))]
+    if ctl_names:
+        ctl = [[control_errors(r)[name] for name in ctl_names] for r in results]  # (seeds, controls)
+        mean_c, std_c = _mean_std(ctl)
+        ax.errorbar(x_ctl, mean_c, yerr=std_c if n > 1 else None, fmt="s", color="C2", capsize=4, markersize=7,
+                    label="controls, no teacher (Ind*K: independent models)")
+        if n > 1:
+            for row in ctl:
+                ax.plot(x_ctl, row, ".", color="C2", alpha=0.35)
+        ax.axvline(x_ctl[0] - 0.75, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xticks([*gens, *x_ens, *x_ctl], [*map(_label, gens), *ens_names, *(n.replace(" ", "\n") for n in ctl_names)])
     seeds = "" if n == 1 else f", {n} seeds"
     ax.set(xlabel="generation / ensemble", ylabel="test error (%)",
            title=f"{results[0]['model']} on {results[0]['dataset']}{seeds}")

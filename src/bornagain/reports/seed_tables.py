@@ -24,7 +24,8 @@ _DIGITS = {"test_error": 2, "nll": 3, "ece": 2}
 
 
 def _heading(name: str) -> str:
-    return {"teacher": "Teacher", "student baseline": "Student baseline"}.get(name, name)
+    return {"teacher": "Teacher", "student baseline": "Student baseline", "label smoothing": "Label smoothing"}.get(
+        name, name)
 
 
 def _cell(summary: dict, digits: int, pm: str) -> str:

@@ -90,6 +90,15 @@ def _columns(results: dict) -> list[dict]:
     cols += [{"name": e["name"], "kind": "ensemble", "generation": None, "members": e["members"],
               "test_error": e["test_error"], "nll": e["nll"], "ece": e["ece"], "val_error": None}
              for e in results["ensembles"]]
+    controls = results.get("controls") or {}
+    cols += [{"name": e["name"], "kind": "control", "generation": None, "members": [], "dirs": e["members"],
+              "test_error": e["test_error"], "nll": e["nll"], "ece": e["ece"], "val_error": None}
+             for e in (controls.get("independent") or {}).get("ensembles", [])]
+    if controls.get("label_smoothing"):
+        ls = controls["label_smoothing"]
+        cols.append({"name": "label smoothing", "kind": "control", "generation": None, "members": [],
+                     "dirs": [ls["dir"]], "test_error": ls["test_error"], "nll": ls["nll"], "ece": ls["ece"],
+                     "val_error": None})
     return cols
 
 
@@ -99,8 +108,9 @@ def _correct(run_dir: Path, results: dict, column: dict) -> torch.Tensor:
     if column["kind"] == "baseline":
         probs, labels = load_probs(run_dir / "baseline" / "test_probs.safetensors")
     else:
-        loaded = [load_probs(generation_dir(run_dir, by_gen[g]) / "test_probs.safetensors")
-                  for g in column["members"]]
+        dirs = ([Path(d) if Path(d).is_absolute() else run_dir / d for d in column["dirs"]] if column["kind"] == "control"
+                else [generation_dir(run_dir, by_gen[g]) for g in column["members"]])
+        loaded = [load_probs(d / "test_probs.safetensors") for d in dirs]
         labels = loaded[0][1]
         if any(not torch.equal(lab, labels) for _, lab in loaded):
             raise UserError(f"the generations of '{run_dir}' were tested on different test sets")
@@ -115,7 +125,7 @@ def _summary(values: list[float]) -> dict:
 
 def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     """(a, b) pairs: BAN-k vs teacher, ensembles vs teacher and vs the best single generation, BAN-1 vs the
-    student baseline."""
+    student baseline, and the controls: Ens*K vs Ind*K (the same compute), BAN-1 vs the label-smoothing student."""
     pairs = [(n, "teacher") for n in names if n.startswith("BAN-")]
     for n in names:
         if n.startswith("Ens*") or n == "All":
@@ -124,6 +134,9 @@ def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
                 pairs.append((n, best))
     if "student baseline" in names and "BAN-1" in names:
         pairs.append(("BAN-1", "student baseline"))
+    pairs += [(f"Ens*{n[4:]}", n) for n in names if n.startswith("Ind*") and f"Ens*{n[4:]}" in names]
+    if "label smoothing" in names and "BAN-1" in names:
+        pairs.append(("BAN-1", "label smoothing"))
     return pairs
 
 

@@ -146,6 +146,15 @@ class BanConfig:
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
+    controls: tuple[Literal["independent", "label_smoothing"], ...] = ()
+    """The baselines a reviewer asks for, trained beside the sequence into OUTPUT/controls/ (pipelines/
+    ban_controls.py): "independent" -- K independently trained copies of the teacher (gen0 and K - 1 more seeds,
+    the same schedule) averaged as Ind*K beside each Ens*K, the same compute as K generations; "label_smoothing"
+    -- a student of the students' architecture trained from labels with label smoothing, no teacher. Adding
+    controls to a finished sequence (--resume) trains only the controls."""
+    label_smoothing: tuple[float, ...] = (0.1,)
+    """The label_smoothing control's epsilon: one value is given; several are each trained and the one with the
+    lowest validation error is reported (the test set chooses nothing)."""
     seeds: tuple[int, ...] | None = None
     """Run the whole sequence once per seed into OUTPUT/seed-<s>/ (each a normal run with seed=s) and write
     mean +- std, paired tests and McNemar tests over the seeds at OUTPUT/ (pipelines/ban_seeds.py);
@@ -169,6 +178,7 @@ class BanConfig:
             raise UserError(f"ban.student_warmup_epochs={self.student_warmup_epochs} must be >= 0")
         if self.temperature is not None and self.temperature <= 0:
             raise UserError(f"ban.temperature={self.temperature} must be positive")
+        check_controls(self)
 
     def student_loss(self) -> ResolvedLoss:
         """The students' loss: the preset with this section's weights (resolved once per run)."""
@@ -179,6 +189,27 @@ class BanConfig:
         """(label_weight, teacher_weight, temperature) after applying the preset."""
         loss = self.student_loss()
         return loss.label_weight, loss.teacher_weight, loss.temperature
+
+
+def independent_sizes(ban: "BanConfig") -> list[int]:
+    """The K of each Ens*K the sequence has (2 <= K <= generations): the Ind*K the independent control gives."""
+    return [k for k in ban.ensembles if 2 <= k <= ban.generations]
+
+
+def check_controls(ban: "BanConfig") -> None:
+    if len(set(ban.controls)) != len(ban.controls):
+        raise UserError(f"ban.controls={list(ban.controls)} names a control twice")
+    if not ban.label_smoothing or any(not 0 < e < 1 for e in ban.label_smoothing):
+        raise UserError(f"ban.label_smoothing={list(ban.label_smoothing)}: give one or more values between 0 and 1 "
+                        "(one: used as given; several: chosen on the validation split)")
+    if "independent" in ban.controls:
+        if ban.student_model is not None:
+            raise UserError("ban.controls=[independent] sets BAN ensembles beside independently trained copies of the "
+                            "same architecture; with another student architecture (ban.student_model) use "
+                            "ban.student_baseline instead")
+        if not independent_sizes(ban):
+            raise UserError(f"ban.controls=[independent] is set beside the ensembles Ens*K, but ban.ensembles="
+                            f"{list(ban.ensembles)} has no K between 2 and ban.generations={ban.generations}")
 
 
 def check_seeds(seeds: tuple[int, ...], *, teacher_run: str | None) -> None:
@@ -212,6 +243,8 @@ class VisionConfig:
         "data.layout": "auto",
         "model.kwargs": {},
         "ban.student_kwargs": None,
+        "ban.controls": [],
+        "ban.label_smoothing": [0.1],
     }
 
     seed: int = 0
@@ -220,3 +253,8 @@ class VisionConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ban: BanConfig = field(default_factory=BanConfig)
+
+    def __post_init__(self):
+        if "label_smoothing" in self.ban.controls and len(self.ban.label_smoothing) > 1 and not self.data.val_size:
+            raise UserError(f"ban.label_smoothing={list(self.ban.label_smoothing)} is chosen on the validation "
+                            "split, but data.val_size=0 holds none out: give one value, or a data.val_size")

@@ -1,0 +1,94 @@
+"""The controls a reviewer asks for (ban.controls): independent ensembles beside Ens*K, a label-smoothing student;
+trained beside a finished sequence without retraining it, tabled, compared and read."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bornagain.config import load_config
+from bornagain.errors import UserError
+from bornagain.pipelines.ban import run_ban
+from bornagain.reports.ensembles import average_probabilities, load_probs
+from bornagain.reports.metrics import classification_metrics
+from bornagain.vision.config import VisionConfig
+
+SMALL = ["train.epochs=1", "ban.generations=2", "ban.ensembles=[2]", "data.train_subset=300", "data.val_size=100",
+         "train.progress=false", "train.tensorboard=false", "train.num_threads=1"]
+CONTROLS = ["ban.controls=[independent,label_smoothing]", "ban.label_smoothing=[0.05,0.3]"]
+
+
+def _cfg(*overrides):
+    return load_config(VisionConfig, None, [*SMALL, *overrides])
+
+
+def test_controls_join_a_finished_sequence_without_retraining_it(tmp_path):
+    from bornagain.api import run_ban as api_run_ban
+
+    out = tmp_path / "run"
+    api_run_ban(_cfg(), output=out)
+    stamps = {g: (out / g / "model.safetensors").stat().st_mtime_ns for g in ("gen0", "gen1", "gen2")}
+    results = api_run_ban(_cfg(*CONTROLS), output=out, resume=True)  # adding controls is a resume, not a new run
+    assert {g: (out / g / "model.safetensors").stat().st_mtime_ns for g in stamps} == stamps
+
+    # Ind*2: the teacher and one more independent run, averaged; the same metric as computed here from their files
+    ind = results["controls"]["independent"]["ensembles"]
+    assert [e["name"] for e in ind] == ["Ind*2"] and ind[0]["members"] == ["gen0", "controls/independent-1"]
+    probs, labels = zip(*(load_probs(out / m / "test_probs.safetensors") for m in ind[0]["members"]))
+    assert ind[0]["test_error"] == pytest.approx(classification_metrics(average_probabilities(list(probs)),
+                                                                        labels[0])["error"])
+    assert json.loads((out / "controls/independent-1/results.json").read_text())["seed"] != results["seed"]
+
+    # label smoothing: one run per candidate, the lowest validation error chosen (never the test set)
+    ls = results["controls"]["label_smoothing"]
+    assert [c["epsilon"] for c in ls["candidates"]] == [0.05, 0.3]
+    assert ls["val_error"] == min(c["val_error"] for c in ls["candidates"])
+    assert ls["selected_by"] == "lowest validation error"
+
+    table = (out / "table.md").read_text()
+    assert "| Ind*2 | Label smoothing |" in table and f"epsilon = {ls['epsilon']:g}" in table
+    assert any(r.startswith("Ens*2 - Ind*2: ") for r in results["readings"])
+    assert any(r.startswith("BAN-1 - label smoothing: ") for r in results["readings"])
+
+    stamp = (out / "controls/independent-1/model.safetensors").stat().st_mtime_ns
+    api_run_ban(_cfg(*CONTROLS), output=out, resume=True)
+    assert (out / "controls/independent-1/model.safetensors").stat().st_mtime_ns == stamp  # finished: reused
+
+
+def test_controls_pool_over_seeds_with_their_comparisons(tmp_path):
+    agg = run_ban(_cfg("ban.controls=[independent,label_smoothing]", "ban.label_smoothing=[0.1]", "ban.seeds=[0,1]"),
+                  tmp_path / "seeds", resume=False)
+    names = [c["name"] for c in agg["columns"]]
+    assert names[-2:] == ["Ind*2", "label smoothing"]
+    pairs = [(c["a"], c["b"]) for c in agg["comparisons"]]
+    assert ("Ens*2", "Ind*2") in pairs and ("BAN-1", "label smoothing") in pairs
+    ls = next(c for c in agg["comparisons"] if c["b"] == "label smoothing")
+    assert ls["power"]["n"] == 2 and len(ls["mcnemar"]) == 2
+
+
+def test_label_smoothing_loss_is_cross_entropy_against_smoothed_targets():
+    from bornagain.distill.ban_losses import label_smoothing_loss
+
+    logits, labels = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 4, 0])
+    target = 0.9 * F.one_hot(labels, 5) + 0.1 / 5  # (1 - eps) one-hot + eps / C
+    expected = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    parts = label_smoothing_loss(0.1)(logits, None, labels)
+    assert torch.allclose(parts["loss"], expected) and torch.allclose(parts["label_loss"], F.cross_entropy(logits, labels))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ban.controls=[independent]", "ban.student_model=resnet-14"], "ban.student_baseline instead"),
+    (["ban.controls=[independent]", "ban.ensembles=[]"], "has no K between 2"),
+    (["ban.controls=[label_smoothing,label_smoothing]"], "names a control twice"),
+    (["ban.controls=[label_smoothing]", "ban.label_smoothing=[1.5]"], "between 0 and 1"),
+])
+def test_bad_controls_are_refused_in_one_line(overrides, message):
+    with pytest.raises(UserError, match=message):
+        _cfg(*overrides)
+
+
+def test_choosing_the_smoothing_needs_a_validation_split():
+    with pytest.raises(UserError, match="chosen on the validation split"):  # refused before anything trains
+        _cfg(*CONTROLS, "data.val_size=0")
+    assert _cfg("ban.controls=[label_smoothing]", "ban.label_smoothing=[0.1]", "data.val_size=0")  # given: fine
