@@ -54,6 +54,19 @@ def _mean_std(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     return a.mean(axis=0), (a.std(axis=0, ddof=1) if a.shape[0] > 1 else np.zeros(a.shape[1]))
 
 
+def _marked_points(ax, x: list[float], values: list[list[float]], *, fmt: str, color: str, label: str,
+                   separator: float) -> None:
+    """Columns set apart from the generations (ensembles, controls): mean +- std over runs, each run faint, and
+    a dotted line before them. ``values``: (runs, columns)."""
+    n = len(values)
+    mean, std = _mean_std(values)
+    ax.errorbar(x, mean, yerr=std if n > 1 else None, fmt=fmt, color=color, capsize=4, markersize=7, label=label)
+    if n > 1:
+        for row in values:
+            ax.plot(x, row, ".", color=color, alpha=0.35)
+    ax.axvline(separator, color="0.6", linestyle=":", linewidth=1)
+
+
 def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[str, ...] = BOTH) -> list[Path]:
     plt = _pyplot()
     gens = [g["generation"] for g in results[0]["generations"]]
@@ -70,25 +83,15 @@ def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[s
             ax.plot(gens, row, ".", color="C0", alpha=0.35)
     x_ens = [len(gens) + 0.5 + i for i in range(len(ens_names))]
     if ens_names:
-        mean_e, std_e = _mean_std(ens)
-        ax.errorbar(x_ens, mean_e, yerr=std_e if n > 1 else None, fmt="D", color="C3", capsize=4, markersize=7,
-                    label="ensemble of generations (BANE)")
-        if n > 1:
-            for row in ens:
-                ax.plot(x_ens, row, ".", color="C3", alpha=0.35)
-        ax.axvline(len(gens) - 0.25, color="0.6", linestyle=":", linewidth=1)
+        _marked_points(ax, x_ens, ens, fmt="D", color="C3", label="ensemble of generations (BANE)",
+                       separator=len(gens) - 0.25)
     # the controls (ban.controls): Ind*K and the label-smoothing student, trained without a teacher
     ctl_names = list(control_errors(results[0]))
     x_ctl = [len(gens) + len(ens_names) + 1.0 + i for i in range(len(ctl_names))]
     if ctl_names:
         ctl = [[control_errors(r)[name] for name in ctl_names] for r in results]  # (seeds, controls)
-        mean_c, std_c = _mean_std(ctl)
-        ax.errorbar(x_ctl, mean_c, yerr=std_c if n > 1 else None, fmt="s", color="C2", capsize=4, markersize=7,
-                    label="controls, no teacher (Ind*K: independent models)")
-        if n > 1:
-            for row in ctl:
-                ax.plot(x_ctl, row, ".", color="C2", alpha=0.35)
-        ax.axvline(x_ctl[0] - 0.75, color="0.6", linestyle=":", linewidth=1)
+        _marked_points(ax, x_ctl, ctl, fmt="s", color="C2", label="controls, no teacher (Ind*K: independent models)",
+                       separator=x_ctl[0] - 0.75)
     ax.set_xticks([*gens, *x_ens, *x_ctl], [*map(_label, gens), *ens_names, *(n.replace(" ", "\n") for n in ctl_names)])
     seeds = "" if n == 1 else f", {n} seeds"
     ax.set(xlabel="generation / ensemble", ylabel="test error (%)",
