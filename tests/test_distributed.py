@@ -133,3 +133,14 @@ def test_torchrun_two_processes_bam_with_a_last_minibatch_smaller_than_the_world
     assert two.returncode == 0, two.stderr[-3000:]
     results = json.loads((tmp_path / "two/students/annealed/seed0/results.json").read_text())
     assert (results["world_size"], results["total_steps"], results["per_rank_batch"]) == (2, 34, 2)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
+def test_a_batch_smaller_than_the_world_is_refused_once_before_anything_is_written(tmp_path):
+    """Two processes cannot split a global batch of 1: one error line (from rank 0), and the output folder holds
+    nothing that would block the corrected command (no config, no settings)."""
+    proc = _torchrun("ban", tmp_path / "run", [*BAN_ARGS, "train.batch_size=1"])
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bornagain: error:")]
+    assert len(errors) == 1 and "train.batch_size=1 is the global batch" in errors[0]
+    assert not list((tmp_path / "run").rglob("*.yaml")) and not list((tmp_path / "run").rglob("*.json"))

@@ -75,10 +75,11 @@ def test_a_single_run_ends_with_a_reading_of_ban1_against_its_teacher(tmp_path, 
     out = tmp_path / "run"
     assert main(["ban", "--output", str(out), "train.epochs=1", "ban.generations=1", "ban.ensembles=[]",
                  "data.train_subset=300", "train.progress=false", "train.tensorboard=false"]) == 0
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAN-1 - teacher:")]
+    lines = capsys.readouterr().out.splitlines()
+    printed = [line for line in lines if line.startswith("BAN-1 - teacher:")]
     results = json.loads((out / "results.json").read_text())
-    assert printed == results["readings"][:1]
+    assert printed == results["readings"][:1] and results["readings_note"] + ":" in lines
     errors = [g["test_error"] for g in results["generations"]]
     assert printed[0].startswith(f"BAN-1 - teacher: {errors[1] - errors[0]:+.2f} [")
     _, labels = load_probs(out / "gen0" / "test_probs.safetensors")
-    assert f"points over {labels.numel()} test images" in printed[0] and "one seed" in printed[0]
+    assert f"points over {labels.numel()} test images" in printed[0] and "One seed" in results["readings_note"]

@@ -47,11 +47,12 @@ def start_vision_run(cfg, *, resume: bool):
     """(output directory, process info) after the checks every vision run makes before writing: under
     torchrun every rank checks before any rank writes, then they meet."""
     from bornagain.engine.device import resolve_device  # noqa: PLC0415
-    from bornagain.engine.distributed import barrier, init_distributed  # noqa: PLC0415
+    from bornagain.engine.distributed import barrier, init_distributed, per_rank_batch  # noqa: PLC0415
     from bornagain.pipelines.ban import check_output_dir  # noqa: PLC0415
 
     output = Path(cfg.output_dir)
     info = init_distributed(resolve_device(cfg.train.device).type)
+    per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
     check_output_dir(output, cfg, resume=resume)
     barrier()
     return output, info

@@ -44,8 +44,8 @@ def cmd_ban(args) -> None:
     results = run_ban(cfg, output, resume=args.resume)
     if info.is_main:
         print((output / "table.md").read_text())
-        for line in results.get("readings", [])[:1]:  # BAN-1 against its teacher: the paper's first claim
-            print(line)
+        if results.get("readings"):  # each student (and control) against its reference
+            print("\n".join([results["readings_note"] + ":", *results["readings"]]))
         print(f"results: {output / 'results.json'}")
 
 
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bornagain: {e}", file=sys.stderr)
         return e.exit_code
     except UserError as e:
-        print(f"bornagain: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
+            print(f"bornagain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bornagain: interrupted; continue with --resume", file=sys.stderr)

@@ -34,7 +34,7 @@ import torch
 
 from bornagain.config import config_to_dict, save_config
 from bornagain.engine.device import resolve_device
-from bornagain.engine.distributed import barrier, current, init_distributed
+from bornagain.engine.distributed import barrier, current, init_distributed, per_rank_batch
 from bornagain.engine.lock import run_lock
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.engine.rng import derive_seed
@@ -144,7 +144,9 @@ def _nan_for_none(metrics: dict) -> dict:
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Teachers, students of every arm and seed, and the results; returns the results dict."""
     output_dir = Path(output_dir)
-    init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    info = init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    for key, size in (("train.batch_size", cfg.train.batch_size), ("bam.batch_size", cfg.bam.batch_size)):
+        per_rank_batch(size, info, key)  # a batch too small for the world: refused before the teachers train
     with run_lock(output_dir, enabled=current().is_main):
         return _run_bam(cfg, output_dir, resume=resume)
 

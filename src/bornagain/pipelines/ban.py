@@ -332,7 +332,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
     pairs += control_pairs(controls, output, correct, probs, labels,
                            include_teacher=cfg.ban.include_teacher_in_ensembles)
     readings = [reading(f"{a} - {b}", per_example_power(ca.tolist(), cb.tolist()), over="test images")
-                + " (one seed: the test set's noise only, not another seed's)" for a, ca, b, cb in pairs]
+                for a, ca, b, cb in pairs]
     return {
         "dataset": data.name,
         "model": cfg.model.name,
@@ -354,8 +354,13 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
                                          "test_nll", "test_ece")},
         "reported_epoch": "last",
         "readings": readings,
+        "readings_note": READINGS_NOTE,
         **({"controls": controls} if controls else {}),
     }
+
+
+READINGS_NOTE = ("One seed: each interval comes from the paired test over the test images, so it holds the test set's "
+                 "noise, not another seed's (ban.seeds gives that)")
 
 
 def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:

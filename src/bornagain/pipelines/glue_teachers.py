@@ -264,7 +264,8 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple
     from bornagain.glue.metrics import glue_score  # noqa: PLC0415
 
     output_dir = Path(output)
-    init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    info = init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
     main = current().is_main
     with run_lock(output_dir, enabled=main):
         runs = ensure_teachers(cfg, output_dir, resume=resume)

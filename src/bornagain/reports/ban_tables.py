@@ -137,7 +137,8 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
-TABLE1_CAPTION = "Test error (%), last epoch of each generation."
+TABLE1_CAPTION = ("Test error (%), last epoch of each generation. Ens*k averages the probabilities of the last k "
+                  "students, All those of every generation, the teacher included.")
 CONTROLS_CAPTION = ("Controls (ban.controls): Ind*K averages K independently trained copies of the teacher (gen0 and "
                     "K - 1 more seeds, the same schedule), the compute of Ens*K; label smoothing is a student of the "
                     "students' architecture trained from labels smoothed by epsilon, no teacher.")
@@ -253,4 +254,9 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         Path(output).mkdir(parents=True, exist_ok=True)
         write_tables(results, Path(output))
         atomic_write_text(Path(output) / "table.tex", render_latex(results))
-    return {"markdown": md, "csv": csv_out, "latex": render_latex(results)}[fmt]
+    if fmt == "markdown":  # each run's readings (one seed: the paired test over its test images)
+        md += "".join(f"\n{line}" for r, d in zip(results, run_dirs) if r.get("readings")
+                      for line in [f"{d}: {r['readings_note']}:" if len(results) > 1 else f"{r['readings_note']}:",
+                                   *r["readings"]])
+        return md + ("\n" if any(r.get("readings") for r in results) else "")
+    return {"csv": csv_out, "latex": render_latex(results)}[fmt]

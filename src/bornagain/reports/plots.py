@@ -40,7 +40,7 @@ def _pyplot():
 def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
     paths = [stem.with_suffix(f".{fmt}") for fmt in formats]
     for path in paths:
-        fig.savefig(path, dpi=120)  # dpi: PNG only; a PDF stays vector
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # dpi: PNG only; a PDF stays vector
     return paths
 
 
@@ -74,7 +74,7 @@ def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[s
     ens_names = [e["name"] for e in results[0]["ensembles"]]
     ens = [[e["test_error"] for e in r["ensembles"]] for r in results]  # (seeds, ensembles)
     n = len(results)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     mean, std = _mean_std(errors)
     ax.errorbar(gens, mean, yerr=std if n > 1 else None, fmt="o-", color="C0", capsize=4,
                 label="single model" + (f" (mean ± std, n={n})" if n > 1 else ""))
@@ -97,7 +97,7 @@ def plot_error_vs_generation(output: Path, results: list[dict], formats: tuple[s
     ax.set(xlabel="generation / ensemble", ylabel="test error (%)",
            title=f"{results[0]['model']} on {results[0]['dataset']}{seeds}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes: no point hidden
     fig.tight_layout()
     paths = _save(fig, output / "generations", formats)
     plt.close(fig)
