@@ -34,6 +34,14 @@ def test_image_folder_without_classes(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_as_config_and_a_subset_too_small_for_its_classes(tmp_path, capsys):
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), "--config", str(tmp_path)])
+    assert "is a folder" in err
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *FAST, "data.train_subset=5"])
+    assert "data.train_subset=5 cannot hold one image of each of the 10 classes" in err  # not "lower val_size"
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_model_name(tmp_path, capsys):
     err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *FAST, "model.name=resnet-999x"])
     assert "resnet-999x" in err and "densenet-bc" in err  # names the bad one, lists the known families

@@ -39,8 +39,9 @@ def cmd_ban(args) -> None:
 
     cfg, output, info = _vision_setup(args)
     if info.is_main:
+        epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
         print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
-              f"loss {cfg.ban.loss}, {cfg.train.epochs} epochs each -> {output}", flush=True)
+              f"loss {cfg.ban.loss}, {epochs} each -> {output}", flush=True)
     results = run_ban(cfg, output, resume=args.resume)
     if info.is_main:
         print((output / "table.md").read_text())
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "they differ only in seed; any other run directory (a generation, a GLUE "
                                         "teacher, a BAM student, a bam output) printed alone")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--output", help="also write table.md and table.csv here")
+    p.add_argument("--output", help="also write table.md, table.csv and table.tex here")
     p.add_argument("--plots", action="store_true", help="(re)draw the plots (PNG and PDF) in each run")
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown",
                    help="what to print (--output writes all three)")

@@ -184,6 +184,8 @@ def _set_nested(tree: dict, path: list[str], value: Any) -> None:
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file is a UserError."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file '{p}' is a folder: give one recipe in it, e.g. --config {p / 'NAME.yaml'}")
     if not p.is_file():
         raise UserError(f"config file '{p}' does not exist: check the path given to --config")
     try:

@@ -49,6 +49,10 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     vd = load_vision_data(data.name, data.root, download=data.download, layout=data.layout)
     images, labels = vd.train.images, vd.train.labels
     if data.train_subset is not None and data.train_subset < labels.shape[0]:
+        classes = int(labels.unique().numel())
+        if data.train_subset < classes:  # a stratified subset keeps one image of every class at least
+            raise UserError(f"data.train_subset={data.train_subset} cannot hold one image of each of the {classes} "
+                            f"classes: set it to at least {classes} (and leave room for data.val_size)")
         keep, _ = train_val_split(labels, labels.shape[0] - data.train_subset, seed=seed + 1)
         images, labels = images[keep], labels[keep]
     val_size = data.val_size
