@@ -44,10 +44,11 @@ def changed_keys(saved: dict, now: dict, ignore: tuple[str, ...] = (), renamed: 
 
 
 def _compared(saved: dict, now: dict, renamed, added) -> tuple[dict, dict]:
+    """(recorded settings, settings now), both dotted; an added key only where today's settings have it."""
     b = flatten(now)
-    then = recorded(saved, added, renamed)
     made = recorded(saved, None, renamed)  # what the record itself holds
-    return {k: v for k, v in then.items() if k in made or k in b}, b
+    then = {k: v for k, v in recorded(saved, added, renamed).items() if k not in made and k in b}
+    return {**then, **made}, b
 
 
 _ABSENT = object()  # a key one side lacks differs from any value, None too

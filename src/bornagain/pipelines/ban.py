@@ -331,7 +331,7 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
     pairs = [(f"BAN-{g}", correct[g], "teacher", correct[0]) for g in range(1, len(generations))]
     pairs += control_pairs(controls, output, correct, probs, labels,
                            include_teacher=cfg.ban.include_teacher_in_ensembles)
-    readings = [reading(f"{a} - {b}", per_example_power(ca.tolist(), cb.tolist()), over="test images")
+    readings = [reading(f"{a} - {b}", per_example_power(ca, cb), over="test images")
                 for a, ca, b, cb in pairs]
     return {
         "dataset": data.name,

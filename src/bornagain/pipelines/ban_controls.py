@@ -23,7 +23,7 @@ import torch
 from bornagain.distill.ban_losses import label_smoothing_loss, resolve_loss
 from bornagain.engine.rng import derive_seed
 from bornagain.pipelines.classifier import RunSpec, fit, load_probs
-from bornagain.reports.ensembles import average_probabilities, ensemble_windows
+from bornagain.reports.ensembles import average_probabilities, ensemble_windows, member_dir
 from bornagain.reports.metrics import classification_metrics
 from bornagain.vision.config import VisionConfig, independent_sizes
 from bornagain.vision.prepare import PreparedData
@@ -107,14 +107,10 @@ def control_pairs(controls: dict | None, output: Path, correct: dict[int, torch.
         (_, window), = [w for w in ensemble_windows(sorted(probs), (k,), include_teacher=include_teacher)
                         if w[0] == e["beside"]]
         ens = average_probabilities([probs[g] for g in window]).argmax(dim=1) == labels
-        ind = average_probabilities([load_probs(_absolute(d, output) / "test_probs.safetensors")[0]
+        ind = average_probabilities([load_probs(member_dir(output, d) / "test_probs.safetensors")[0]
                                      for d in e["members"]]).argmax(dim=1) == labels
         pairs.append((e["beside"], ens, e["name"], ind))
     return pairs
-
-
-def _absolute(member: str, output: Path) -> Path:
-    return Path(member) if Path(member).is_absolute() else output / member
 
 
 def _relative(path: Path, output: Path) -> str:

@@ -35,6 +35,12 @@ def generation_dir(run_dir: Path, generation: dict) -> Path:
     return Path(run_dir) / f"gen{generation['generation']}"
 
 
+def member_dir(run_dir: Path, member: str) -> Path:
+    """Where an ensemble member named in results.json keeps its files: relative to the run, or absolute (a
+    reused teacher's own run)."""
+    return Path(member) if Path(member).is_absolute() else Path(run_dir) / member
+
+
 def average_probabilities(probs: list[torch.Tensor]) -> torch.Tensor:
     """Mean of k (n, classes) probability tensors -> (n, classes)."""
     if not probs:

@@ -102,7 +102,7 @@ def paired_power(a: Sequence[float], b: Sequence[float], *, effect: float | None
                  alpha: float = ALPHA, power: float = POWER) -> Power:
     """The mean of a - b (pairs by position), its ``level`` t-interval, the MDE and (with ``effect``) the
     pairs needed for it."""
-    d = np.asarray(list(a), dtype=np.float64) - np.asarray(list(b), dtype=np.float64)
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     n = int(d.size)
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
@@ -120,8 +120,8 @@ def per_example_power(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> P
     errors in points (100 where wrong, 0 where right), so the mean is the difference of the test errors and
     the interval and MDE are those of the paired t-test over examples (about McNemar's test at this size).
     They see the test set's sampling noise only, not the training noise another seed would bring."""
-    a = 100.0 * (1.0 - np.asarray(list(correct_a), dtype=np.float64))
-    b = 100.0 * (1.0 - np.asarray(list(correct_b), dtype=np.float64))
+    a = 100.0 * (1.0 - np.asarray(correct_a, dtype=np.float64))  # (n,): a tensor, an array or a list
+    b = 100.0 * (1.0 - np.asarray(correct_b, dtype=np.float64))
     return paired_power(a, b)
 
 

@@ -33,7 +33,7 @@ from bornagain.config import load_yaml
 from bornagain.engine.settings import changed_keys, recorded
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
-from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs
+from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs, member_dir
 from bornagain.vision.config import RUN_MECHANICS
 from bornagain.reports.power import NOTE as POWER_NOTE
 from bornagain.reports.power import paired_power, reading
@@ -108,7 +108,7 @@ def _correct(run_dir: Path, results: dict, column: dict) -> torch.Tensor:
     if column["kind"] == "baseline":
         probs, labels = load_probs(run_dir / "baseline" / "test_probs.safetensors")
     else:
-        dirs = ([Path(d) if Path(d).is_absolute() else run_dir / d for d in column["dirs"]] if column["kind"] == "control"
+        dirs = ([member_dir(run_dir, d) for d in column["dirs"]] if column["kind"] == "control"
                 else [generation_dir(run_dir, by_gen[g]) for g in column["members"]])
         loaded = [load_probs(d / "test_probs.safetensors") for d in dirs]
         labels = loaded[0][1]
