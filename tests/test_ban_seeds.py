@@ -149,10 +149,39 @@ def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, cap
 @pytest.mark.parametrize("overrides, message", [
     (["ban.seeds=[]"], "is empty"),
     (["ban.seeds=[0,1,0]"], "repeats a seed"),
-    (["ban.seeds=[0,1]", "ban.teacher_run=somewhere"], "cannot be combined"),
+    (["ban.seeds=[0,1]", "ban.teacher_run=somewhere"], "put {seed} in the path"),
 ])
 def test_bad_seed_lists_are_refused_in_one_line(tmp_path, capsys, overrides, message):
     assert main(["ban", "--output", str(tmp_path / "run"), *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_seeds_reuse_one_teacher_per_seed_through_the_seed_field(tmp_path):
+    """ban.teacher_run=.../seed-{seed}/gen0 with ban.seeds: each seed's students learn from that seed's teacher
+    (another loss over the same teachers), nothing retrained; each seed's config records its own teacher."""
+    first = tmp_path / "first"
+    assert main(["ban", "--output", str(first), *TINY, "ban.generations=1", "ban.ensembles=[]",
+                 "ban.seeds=[0,1]"]) == 0
+    stamps = {s: (first / f"seed-{s}" / "gen0" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)}
+    other = tmp_path / "paper"
+    assert main(["ban", "--output", str(other), *TINY, "ban.generations=1", "ban.ensembles=[]",
+                 "ban.seeds=[0,1]", "ban.normalize_loss_weights=false",
+                 f"ban.teacher_run={first}/seed-{{seed}}/gen0"]) == 0
+    for s in (0, 1):
+        assert (first / f"seed-{s}" / "gen0" / "model.safetensors").stat().st_mtime_ns == stamps[s]
+        assert not (other / f"seed-{s}" / "gen0").exists()
+        mine = json.loads((other / f"seed-{s}" / "results.json").read_text())["generations"][0]
+        theirs = json.loads((first / f"seed-{s}" / "results.json").read_text())["generations"][0]
+        assert mine["test_error"] == theirs["test_error"] and mine["teacher_run"] == str(first / f"seed-{s}" / "gen0")
+        assert f"seed-{s}/gen0" in (other / f"seed-{s}" / "config.yaml").read_text()
+    assert "{seed}" in (other / "config.yaml").read_text()
+    # seed 0's teacher is refused as seed 1's: the template is what keeps the seeds apart
+    with pytest.raises(Exception, match="changed: seed"):
+        from bornagain.config import load_config
+        from bornagain.pipelines.ban import run_ban
+        from bornagain.vision.config import VisionConfig
+        cfg = load_config(VisionConfig, None, [*TINY, "ban.generations=1", "ban.ensembles=[]", "seed=1",
+                                               f"ban.teacher_run={first}/seed-0/gen0"])
+        run_ban(cfg, tmp_path / "wrong", resume=False)

@@ -99,7 +99,11 @@ class RecipeRuns:
         kind = recipe_kind(tree)
         if kind in VISION_KINDS:
             overrides = vision_overrides(tree, self.data)
-            if "teacher_run" in (tree.get("ban") or {}):
+            reused = (tree.get("ban") or {}).get("teacher_run")
+            if reused and "{seed}" in reused:
+                # one teacher per seed from another recipe's ban.seeds run (OUTPUT/seed-{seed}/gen0)
+                overrides.append(f"ban.teacher_run={self.run(seeds_recipe(path, reused)).output}/seed-{{seed}}/gen0")
+            elif reused:
                 # a Table 2 recipe: its comments say to train the teacher once (a Table 1 run) and point
                 # ban.teacher_run at its gen0/
                 overrides.append(f"ban.teacher_run={self.run(teacher_recipe(path, tree)).output / 'gen0'}")
@@ -135,6 +139,16 @@ def teacher_recipe(path: Path, tree: dict) -> Path:
     if not found:
         pytest.fail(f"{path.name} reuses a teacher (ban.teacher_run), but no recipe in configs/ trains a "
                     f"{tree['model']['name']} on its data")
+    return found[0]
+
+
+def seeds_recipe(path: Path, teacher_run: str) -> Path:
+    """The recipe whose `ban.seeds` run a ban.teacher_run=OUTPUT/seed-{seed}/gen0 names by its output_dir."""
+    output = teacher_run.split("/seed-{seed}")[0]
+    found = [p for p in RECIPES if p != path and read_recipe(p).get("output_dir") == output]
+    if len(found) != 1 or not (read_recipe(found[0]).get("ban") or {}).get("seeds"):
+        pytest.fail(f"{path.name}: ban.teacher_run={teacher_run} names no recipe of configs/ with output_dir={output} "
+                    "and ban.seeds")
     return found[0]
 
 
@@ -199,6 +213,13 @@ def _expected_ensembles(cfg) -> list[str]:
     return [f"Ens*{k}" for k in cfg.ban.ensembles if 2 <= k <= members] + (["All"] if cfg.ban.generations else [])
 
 
+def _expected_controls(cfg) -> list[str]:
+    """The control columns after the ensembles: Ind*K per Ens*K, then the label-smoothing student."""
+    independent = [f"Ind*{k}" for k in cfg.ban.ensembles if 2 <= k <= cfg.ban.generations]
+    return [*(independent if "independent" in cfg.ban.controls else []),
+            *(["label smoothing"] if "label_smoothing" in cfg.ban.controls else [])]
+
+
 def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
     """One born-again sequence in ``out``: every generation finished, the baseline, the ensembles, the tables."""
     g_last = cfg.ban.generations
@@ -242,6 +263,13 @@ def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
     else:
         assert len(blocks) == 1
     assert (out / "table.md").read_text().startswith("Test error")
+    controls = results.get("controls", {})
+    assert sorted(controls) == sorted(cfg.ban.controls)
+    if "independent" in controls:
+        assert [e["name"] for e in controls["independent"]["ensembles"]] == [
+            f"Ind*{k}" for k in cfg.ban.ensembles if 2 <= k <= cfg.ban.generations]
+    if "label_smoothing" in controls:
+        assert _finished(out / "controls" / f"label-smoothing-{cfg.ban.label_smoothing[0]}")["model"] == student
 
 
 def check_ban(run: Run) -> None:
@@ -264,12 +292,13 @@ def check_ban(run: Run) -> None:
     agg = read_json(out / "results.json")
     assert agg["seeds"] == list(cfg.ban.seeds) and agg["runs"] == [f"seed-{s}" for s in cfg.ban.seeds]
     names = ["teacher", *[f"BAN-{k}" for k in range(1, cfg.ban.generations + 1)],
-             *(["student baseline"] if cfg.ban.student_baseline else []), *_expected_ensembles(cfg)]
+             *(["student baseline"] if cfg.ban.student_baseline else []), *_expected_ensembles(cfg),
+             *_expected_controls(cfg)]
     assert [c["name"] for c in agg["columns"]] == names
     assert all(c["test_error"]["n"] == len(cfg.ban.seeds) for c in agg["columns"])
     header, *rows = _csv_blocks(out / "table.csv")[0]
     assert header[:4] == ["Network", "Parameters", "Metric", "n"]
-    assert header[4:4 + len(names)] == ["Baseline (teacher)", *names[1:]]
+    assert header[4:4 + len(names)] == ["Baseline (teacher)", *[n[0].upper() + n[1:] for n in names[1:]]]
     assert {row[3] for row in rows} == {str(len(cfg.ban.seeds))}
     assert (out / "table.md").is_file() and (out / "generations.png").is_file()
 

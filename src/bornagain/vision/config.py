@@ -6,6 +6,7 @@ The defaults are the embedded digits demo; `configs/` holds the paper's recipes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -145,7 +146,9 @@ class BanConfig:
     and dropout must still match."""
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
-    instead of training the teacher again: several Table 2 students can share one DenseNet teacher."""
+    instead of training the teacher again: several Table 2 students can share one DenseNet teacher. `{seed}` in
+    the path is replaced by the run's seed, which lets `ban.seeds` reuse one teacher per seed
+    (ban.teacher_run=runs/x/seed-{seed}/gen0: another loss over the same teachers)."""
     controls: tuple[Literal["independent", "label_smoothing"], ...] = ()
     """The baselines a reviewer asks for, trained beside the sequence into OUTPUT/controls/ (pipelines/
     ban_controls.py): "independent" -- K independently trained copies of the teacher (gen0 and K - 1 more seeds,
@@ -212,15 +215,19 @@ def check_controls(ban: "BanConfig") -> None:
                             f"{list(ban.ensembles)} has no K between 2 and ban.generations={ban.generations}")
 
 
+SEED_FIELD = "{seed}"  # in ban.teacher_run: replaced by the run's seed
+
+
 def check_seeds(seeds: tuple[int, ...], *, teacher_run: str | None) -> None:
     """ban.seeds: at least one, no repeats, and no single reused teacher (each seed trains its own)."""
     if not seeds:
         raise UserError("ban.seeds=[] is empty: give one or more seeds (ban.seeds=[0,1,2]) or null for `seed` alone")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"ban.seeds={list(seeds)} repeats a seed: each seed runs once")
-    if teacher_run is not None:
-        raise UserError("ban.seeds and ban.teacher_run cannot be combined: one reused teacher has one seed, so the "
-                        "seeds would not be independent repetitions; unset ban.teacher_run")
+    if teacher_run is not None and SEED_FIELD not in teacher_run:
+        raise UserError(f"ban.seeds with ban.teacher_run={teacher_run}: one reused teacher has one seed, so the seeds "
+                        f"would not be independent repetitions; put {SEED_FIELD} in the path for a teacher per seed "
+                        f"(ban.teacher_run=runs/x/seed-{SEED_FIELD}/gen0), or unset ban.teacher_run")
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,11 @@ class VisionConfig:
     ban: BanConfig = field(default_factory=BanConfig)
 
     def __post_init__(self):
+        if self.ban.seeds is None and self.ban.teacher_run and SEED_FIELD in self.ban.teacher_run:
+            # one seed's run (alone, or seed-<s>/ of ban.seeds) reuses that seed's teacher; its config.yaml records
+            # the path itself. The fields are frozen, hence object.__setattr__ (only here, while constructing).
+            ban = dataclasses.replace(self.ban, teacher_run=self.ban.teacher_run.replace(SEED_FIELD, str(self.seed)))
+            object.__setattr__(self, "ban", ban)
         if "label_smoothing" in self.ban.controls and len(self.ban.label_smoothing) > 1 and not self.data.val_size:
             raise UserError(f"ban.label_smoothing={list(self.ban.label_smoothing)} is chosen on the validation "
                             "split, but data.val_size=0 holds none out: give one value, or a data.val_size")
