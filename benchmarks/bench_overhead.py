@@ -22,7 +22,7 @@ from bornagain.config import load_config
 from cifar_args import add_data_args, one_epoch_overrides
 from bornagain.distill.ban_losses import resolve_loss
 from bornagain.engine.device import native_bf16
-from bornagain.engine.logging import read_metrics
+from bornagain.engine.run_log import read_metrics
 from bornagain.models import create_model
 from bornagain.pipelines.ban import prepare_teacher
 from bornagain.pipelines.classifier import RunSpec, fit

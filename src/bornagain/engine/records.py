@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor
-from bornagain.engine.logging import RunLogger
+from bornagain.engine.run_log import RunLogger
 from bornagain.errors import UserError
 
 

@@ -45,7 +45,7 @@ from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current, rank_share
 from bornagain.files import read_json, write_json
 from bornagain.engine.lock import run_lock
-from bornagain.engine.logging import RunLogger, progress, read_metrics
+from bornagain.engine.run_log import RunLogger, progress, read_metrics
 from bornagain.engine.records import READ_EVERY_STEPS, EpochProgress, PendingRecords, StepOutput
 from bornagain.engine.signals import SignalFlag, fault_injection
 from bornagain.engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything

@@ -18,7 +18,7 @@ import torch
 
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_gather_objects
-from bornagain.engine.logging import progress
+from bornagain.engine.run_log import progress
 from bornagain.glue.data import GlueExample, majority_label
 from bornagain.glue.metrics import compute_metrics, predictions_from_outputs, task_score
 from bornagain.glue.model import MultiTaskModel

@@ -29,7 +29,7 @@ from bornagain.engine.lock import run_lock
 from bornagain.engine.settings import changed_keys, describe_changes, flatten, refuse_changed
 from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
 from bornagain.files import read_json, write_json
-from bornagain.engine.logging import read_metrics
+from bornagain.engine.run_log import read_metrics
 from bornagain.engine.rng import derive_seed
 from bornagain.reports.ensembles import evaluate_ensembles
 from bornagain.errors import UserError

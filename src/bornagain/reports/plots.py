@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bornagain.engine.logging import read_metrics
+from bornagain.engine.run_log import read_metrics
 from bornagain.reports.ensembles import control_errors, generation_dir, load_probs
 from bornagain.reports.metrics import confidence_bins
 

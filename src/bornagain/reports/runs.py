@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bornagain.engine.logging import read_metrics
+from bornagain.engine.run_log import read_metrics
 from bornagain.errors import UserError
 from bornagain.files import read_json
 from bornagain.reports.ban_tables import load_run_results, markdown
