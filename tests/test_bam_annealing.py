@@ -1,4 +1,4 @@
-"""Teacher-annealing targets and losses (SPEC section 2) at lambda = 0, 0.5 and 1."""
+"""Teacher-annealing targets and losses (BAM paper) at lambda = 0, 0.5 and 1."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Teacher annealing (BAM, SPEC section 2): the student's targets and losses.
+"""Teacher annealing (BAM paper, Clark et al. 2019): the student's targets and losses.
 
 With lambda = step / total_steps rising linearly from 0 (first step) to 1 (end):
 

@@ -1,4 +1,4 @@
-"""Born-again distillation losses (SPEC section 1): plain functions of logits, and their declared presets.
+"""Born-again distillation losses (BAN paper, Furlanello et al. 2018): plain functions of logits, and their declared presets.
 
 All teacher terms compare *distributions*: the teacher's logits are turned into
 probabilities at temperature T and the student is pulled towards them with

@@ -1,4 +1,4 @@
-"""Configuration of the BAM multi-task student (SPEC section 2). Owned by the BAM pipeline.
+"""Configuration of the BAM multi-task student (BAM paper, Clark et al. 2019). Owned by the BAM pipeline.
 
 The student shares the rest of the NLP config with the teachers: `encoder.*` (the
 architecture), `optim.*` (AdamW eps, weight decay, layer-wise lr decay, warmup

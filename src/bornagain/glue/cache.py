@@ -9,7 +9,7 @@ task, the example ids in row order, and a fingerprint. The fingerprint combines
 
 so a student refuses predictions made on other examples, in another order, with
 another tokenizer or truncation, for another task, or by another teacher
-(SPEC section 2: an unchecked cache silently misaligns). Nothing is unpickled.
+(an unchecked cache silently misaligns). Nothing is unpickled.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Frozen dataclasses read by `bornagain.config.load_config(GlueExperimentConfig,
 path, overrides)`; every field is a YAML key (`glue.tasks=[CoLA,RTE]`,
 `encoder.from_scratch=true`, `optim.lr=3e-5`). Defaults are the BAM paper's
-single-task teacher settings (SPEC section 2) on `bert-base-uncased`.
+single-task teacher settings on `bert-base-uncased`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ All values are fractions (accuracy 0.853, not 85.3); multiply by 100 for tables.
     spearman  = pearson of the ranks (ties get their average rank)     (STS-B)
 
 Task score = mean of that task's metrics (MNLI: matched and mismatched accuracy);
-GLUE score = mean of the task scores (SPEC section 2).
+GLUE score = mean of the task scores (as in the BAM paper).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AdamW with layer-wise learning-rate decay, linear warmup and linear decay (SPEC section 2).
+"""AdamW with layer-wise learning-rate decay, linear warmup and linear decay (BAM paper's fine-tuning setup).
 
 Layer-wise decay gives each parameter a depth d and the learning rate
 

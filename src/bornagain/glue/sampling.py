@@ -1,4 +1,4 @@
-"""Task mixing for the multi-task student (BAM, SPEC section 2).
+"""Task mixing for the multi-task student (BAM paper, Clark et al. 2019).
 
 Each task's share of the training examples is proportional to |D_task|^alpha
 (alpha = ``bam.task_weight_exponent``, 0.75 in the paper):

@@ -2,7 +2,7 @@
 projection before the head, and the pre-activation head itself.
 
 Every model in the zoo exposes three attributes used for cross-architecture
-students (SPEC section 1, "Cross-architecture students"):
+students (BAN paper, Table 2: students of another architecture):
 
 - ``model.stem``: the first convolution (``nn.Conv2d``), copied from a teacher;
 - ``model.classifier``: the final ``nn.Linear``, copied from a teacher;

@@ -1,6 +1,6 @@
 """"Match" students: networks whose widths are read off a DenseNet-BC teacher,
 block by block, so that they can share the teacher's first and last layer
-(BAN paper Table 2; SPEC section 1, "Cross-architecture students").
+(BAN paper, Table 2).
 
 Notation, for a teacher DenseNet-BC-L-k with dense blocks b = 1, 2, 3:
 

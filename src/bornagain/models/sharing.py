@@ -1,5 +1,5 @@
 """Cross-architecture students share their teacher's first and last layer
-(BAN paper section 2.2; SPEC "Cross-architecture students").
+(BAN paper section 2.2).
 
 The student's ``stem`` (first conv) and ``classifier`` (last Linear) become
 copies of the teacher's, frozen by default. Shapes must agree exactly; a Match

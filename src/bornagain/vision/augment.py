@@ -1,7 +1,7 @@
 """Batched image augmentation and normalisation on tensors, no per-image Python.
 
-SPEC section 1 (the Wide-ResNet CIFAR setting): "random crop of 32 after 4-pixel
-padding plus horizontal flip, per-channel mean/std normalisation". Both steps run
+The Wide-ResNet CIFAR setting used by the BAN paper: a random crop of 32 after
+4-pixel padding plus a horizontal flip, then per-channel mean/std normalisation. Both steps run
 on a whole (b, c, h, w) batch on whatever device it lives on; all randomness comes
 from an explicit `torch.Generator`, so a run's augmentation is fixed by its seed.
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 
 def default_crop_pad(height: int) -> int:
-    """Zero padding for the random crop: 4 for 32x32 CIFAR (SPEC), 1 for 8x8 digits.
+    """Zero padding for the random crop: 4 for 32x32 CIFAR (the paper's), 1 for 8x8 digits.
 
     pad = max(1, h // 8), i.e. the CIFAR ratio of one eighth of the side.
     """

@@ -3,7 +3,7 @@
 The training engine indexes these tensors to draw batches (see `splits.py`) and
 augments/normalises whole batches (see `augment.py`); nothing here runs per image
 during training. Per-channel mean and std come from the TRAIN split only, so the
-test set never shapes anything (SPEC section 1).
+test set never shapes anything.
 """
 
 from __future__ import annotations

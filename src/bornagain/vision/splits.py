@@ -1,9 +1,9 @@
 """Index splits and batch order for datasets held in memory as tensors.
 
 The engine keeps a whole split as one tensor and indexes it; these functions
-only produce the indices: a stratified, seeded train/validation hold-out (SPEC
-section 1: the test set never selects anything, so monitoring uses a split of
-the training set) and the per-epoch batch order.
+only produce the indices: a stratified, seeded train/validation hold-out (the
+test set never selects anything, so monitoring uses a split of the training
+set) and the per-epoch batch order.
 """
 
 from __future__ import annotations
