@@ -36,7 +36,7 @@ from bornagain.engine.trainer import EngineSettings, train_step
 from bornagain.glue.bam_config import BamConfig
 from bornagain.pipelines.bam_student import StudentData, StudentTask
 from bornagain.glue.tasks import get_task
-from bornagain.glue.tokenize import EncodedSplit
+from bornagain.glue.tokenization import EncodedSplit
 
 TASKS = ("CoLA", "SST-2", "MRPC", "STS-B", "RTE")
 
@@ -71,7 +71,7 @@ def synthetic_data(n_per_task: int, seed: int = 0) -> tuple[StudentData, int]:
 def real_data(data_dir: str, tokenizer_dir: str, n_per_task: int) -> tuple[StudentData, int]:
     """Real GLUE training examples, tokenised; teacher outputs random (their values cost nothing)."""
     from bornagain.glue.data import load_split, subsample_examples
-    from bornagain.glue.tokenize import encode_examples, load_tokenizer
+    from bornagain.glue.tokenization import encode_examples, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     train, teacher = {}, {}

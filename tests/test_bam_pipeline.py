@@ -17,7 +17,7 @@ from bornagain.errors import UserError  # noqa: E402
 from bornagain.pipelines.bam import ensure_seed_teachers, load_student_data, run_bam  # noqa: E402
 from bornagain.glue.cache import load_teacher_predictions, save_teacher_predictions  # noqa: E402
 from bornagain.glue.config import GlueExperimentConfig  # noqa: E402
-from bornagain.glue.tokenize import load_tokenizer  # noqa: E402
+from bornagain.glue.tokenization import load_tokenizer  # noqa: E402
 
 pytest.importorskip("transformers")
 ARMS = ("annealed", "fixed", "labels", "smoothing-annealed")

@@ -8,7 +8,7 @@ from torch import nn
 from bornagain.distill.bam_targets import classification_target, soft_cross_entropy, squared_error
 from bornagain.glue.model import MultiTaskModel, TaskHead
 from bornagain.pipelines.bam_student import StudentData, mixed_batch, student_loss
-from bornagain.glue.tokenize import EncodedSplit
+from bornagain.glue.tokenization import EncodedSplit
 
 transformers = pytest.importorskip("transformers")
 

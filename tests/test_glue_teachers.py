@@ -27,7 +27,7 @@ from bornagain.glue.evaluation import evaluate_dev, json_safe, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.submission import read_submission
 from bornagain.glue.tasks import get_task
-from bornagain.glue.tokenize import encode_examples, load_tokenizer
+from bornagain.glue.tokenization import encode_examples, load_tokenizer
 
 WORDS = "the a man woman dog cat is was runs sleeps big small red good bad not very".split()
 
@@ -201,7 +201,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
 
 def test_tokenisation_pairs_truncation_padding_and_buckets(tmp_path):
     from bornagain.glue.data import GlueExample
-    from bornagain.glue.tokenize import collate, tokenizer_fingerprint, train_batch_indices
+    from bornagain.glue.tokenization import collate, tokenizer_fingerprint, train_batch_indices
 
     tokenizer = load_tokenizer(str(write_tiny_encoder(tmp_path / "enc")))
     before = tokenizer_fingerprint(tokenizer)

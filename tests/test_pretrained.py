@@ -41,7 +41,7 @@ def test_the_encoder_holds_the_packages_weights_not_a_random_init():
     from safetensors.torch import load_file as load_weights
     from bornagain.glue.config import EncoderConfig
     from bornagain.glue.model import build_encoder
-    from bornagain.glue.tokenize import load_tokenizer
+    from bornagain.glue.tokenization import load_tokenizer
 
     torch.manual_seed(0)
     encoder = build_encoder(EncoderConfig(name_or_path=MINILM)).eval()

@@ -34,7 +34,7 @@ def dataset_fingerprint(examples: list[GlueExample], *, tokenizer_fingerprint: s
                         max_seq_length: int) -> str:
     """sha256 over every example (id, texts, label, in order), the tokenizer and the truncation.
 
-    `tokenizer_fingerprint` comes from `bornagain.glue.tokenize.tokenizer_fingerprint`.
+    `tokenizer_fingerprint` comes from `bornagain.glue.tokenization.tokenizer_fingerprint`.
     """
     h = hashlib.sha256()
     h.update(f"tokenizer={tokenizer_fingerprint}\nmax_seq_length={max_seq_length}\n".encode())

@@ -23,7 +23,7 @@ from bornagain.glue.data import GlueExample, majority_label
 from bornagain.glue.metrics import compute_metrics, predictions_from_outputs, task_score
 from bornagain.glue.model import MultiTaskModel
 from bornagain.glue.tasks import GlueTask
-from bornagain.glue.tokenize import EncodedSplit, eval_batch_indices, iterate_batches
+from bornagain.glue.tokenization import EncodedSplit, eval_batch_indices, iterate_batches
 
 
 @torch.inference_mode()

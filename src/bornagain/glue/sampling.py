@@ -46,7 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bornagain.errors import UserError
-from bornagain.glue.tokenize import sort_within_chunks
+from bornagain.glue.tokenization import sort_within_chunks
 
 
 def task_shares(task_sizes: Mapping[str, int], exponent: float) -> dict[str, float]:

@@ -51,7 +51,7 @@ from bornagain.pipelines.bam_student import StudentData, train_student
 from bornagain.pipelines.common import start_process
 from bornagain.glue.tasks import get_task
 from bornagain.pipelines.glue_teachers import TeacherRun, train_teacher
-from bornagain.glue.tokenize import encode_examples, load_tokenizer
+from bornagain.glue.tokenization import encode_examples, load_tokenizer
 
 SWAP_TASKS = ("MRPC", "STS-B")
 """Tasks trained in both sentence orders with ``bam.both_orders`` (their labels are symmetric)."""

@@ -43,7 +43,7 @@ from bornagain.glue.model import MultiTaskModel
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch, steps_per_epoch, total_steps
 from bornagain.glue.tasks import get_task
-from bornagain.glue.tokenize import EncodedSplit
+from bornagain.glue.tokenization import EncodedSplit
 from bornagain.pipelines.common import engine_settings
 
 

@@ -46,7 +46,7 @@ from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
 from bornagain.glue.tasks import GlueTask, get_task
 from bornagain.pipelines.common import engine_settings, start_process
-from bornagain.glue.tokenize import (
+from bornagain.glue.tokenization import (
     encode_examples, iterate_batches, load_tokenizer, tokenizer_fingerprint, train_batch_indices,
 )
 
