@@ -38,9 +38,11 @@ class TrainingConfig:
     derives from this, sets its own defaults and adds its own keys."""
 
     epochs: int = 10
+    """Passes over the training set (per generation, per teacher)."""
     batch_size: int = 64
     """The global batch: under torchrun it is split over the ranks."""
     eval_batch_size: int = 512
+    """Examples per batch when predicting validation and test sets (no gradients: larger than training's)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
     device: str = "auto"
@@ -57,6 +59,7 @@ class TrainingConfig:
     """torch.compile the trained model (and a frozen BAN teacher); falls back to eager with one warning line
     where this machine cannot compile. The compile time is reported apart from the training time."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile's mode, with train.compile=true."""
 
     def __post_init__(self):
         if self.epochs < 1:

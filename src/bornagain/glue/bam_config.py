@@ -47,6 +47,7 @@ class BamConfig:
     epochs: float = 6.0
     """Student epochs; one epoch = sum over tasks of |D_task| examples (see sampling.py)."""
     eval_batch_size: int = 256
+    """Examples per batch when the student predicts the dev sets."""
     bucket_by_length: bool = False
     """Sort each chunk of 50 mixed minibatches by token length (less padding, tasks still mixed;
     see sampling.py). Off by default: the original's plain mixed order."""

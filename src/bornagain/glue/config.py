@@ -67,8 +67,11 @@ class EncoderConfig:
     num_hidden_layers: int | None = None
     """From-scratch size overrides (refused with pretrained weights, which fix the size)."""
     hidden_size: int | None = None
+    """From-scratch size override: width of the hidden states."""
     num_attention_heads: int | None = None
+    """From-scratch size override: attention heads per layer."""
     intermediate_size: int | None = None
+    """From-scratch size override: width of the feed-forward layer."""
 
     @property
     def tokenizer_name(self) -> str:
@@ -106,8 +109,11 @@ class OptimConfig:
     weight_decay: float = 0.01
     """Decoupled weight decay; LayerNorm weights and biases are excluded."""
     adam_eps: float = 1e-6
+    """AdamW's epsilon (BERT's 1e-6)."""
     adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
     adam_beta2: float = 0.999
+    """AdamW's second-moment decay."""
     warmup_fraction: float = 0.1
     """Fraction of the total steps spent warming the lr up linearly from 0."""
     max_grad_norm: float = 1.0
@@ -134,8 +140,11 @@ class NlpTrainConfig(TrainingConfig):
     """
 
     epochs: int = 3
+    """Epochs of each single-task teacher."""
     batch_size: int = 32
+    """Each teacher's global batch (split over the ranks under torchrun)."""
     eval_batch_size: int = 128
+    """Examples per batch when a teacher predicts (dev, test, and the training set it caches)."""
     bucket_by_length: bool = True
     """Group training examples of similar length into batches (less padding; see tokenize.py)."""
     log_every_steps: int = 50
@@ -164,7 +173,9 @@ class GlueExperimentConfig:
     }
 
     seed: int = 0
+    """Seeds subsampling, initialisation and data order (the BAM student's seeds: bam.seeds)."""
     output_dir: str = "runs/glue"
+    """Where teachers/, students/ and the tables go (--output overrides it)."""
     max_seq_length: int = 128
     """Longer inputs are truncated (longest sequence first for pairs)."""
     glue: GlueDataConfig = field(default_factory=GlueDataConfig)

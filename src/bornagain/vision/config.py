@@ -79,18 +79,27 @@ class TrainConfig(TrainingConfig):
     """The shared training keys (config.TrainingConfig) with their vision defaults, and SGD's schedule."""
 
     epochs: int = 10
+    """Passes over the training set, for the teacher and for every generation alike."""
     batch_size: int = 64
+    """The global batch: under torchrun it is split over the ranks."""
     eval_batch_size: int = 512
+    """Images per batch when predicting the validation and test sets."""
     lr: float = 0.1
+    """SGD's peak learning rate (the paper's 0.1 at batch 128)."""
     momentum: float = 0.9
+    """SGD momentum."""
     nesterov: bool = True
+    """Nesterov momentum (the Wide-ResNet CIFAR protocol's)."""
     weight_decay: float = 5e-4
+    """L2 weight decay of SGD (applied to every parameter, as in the Wide-ResNet protocol)."""
     schedule: Literal["step", "cosine"] = "step"
     """step: lr x gamma at each milestone (fractions of the epochs); cosine: to 0 over the run."""
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
     """Step-schedule milestones as fractions of `epochs` (WRN CIFAR protocol: epochs 60/120/160 of 200)."""
     gamma: float = 0.2
+    """Step schedule: the lr is multiplied by this at each milestone."""
     warmup_epochs: int = 0
+    """Linear lr warm-up from 0 over this many epochs (every run; students may add ban.student_warmup_epochs)."""
     channels_last: bool = False
     """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU)."""
 
@@ -114,9 +123,11 @@ class BanConfig:
     teacher_weight: float | None = None
     """Weight of T^2 KL(teacher || student); null takes the preset's value."""
     temperature: float | None = None
+    """Softmax temperature T of the teacher term (KL scaled by T^2); null takes the preset's value (1)."""
     ensembles: tuple[int, ...] = (2, 3)
     """Ens*k averages the probabilities of the last k students."""
     include_teacher_in_ensembles: bool = False
+    """Count the teacher (generation 0) as a member of Ens*k and All (the paper's ensembles: students only)."""
     student_model: str | None = None
     """Architecture of generations >= 1; null = the teacher's model.name."""
     student_kwargs: dict[str, Any] | None = None
@@ -255,7 +266,10 @@ class VisionConfig:
     }
 
     seed: int = 0
+    """Seeds the split, the subset, every initialisation and the augmentation (a generation's seed derives
+    from it)."""
     output_dir: str = "runs/default"
+    """The run directory (--output overrides it)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
