@@ -186,7 +186,7 @@ def test_unfinished_student_needs_resume_and_a_rerun_is_deterministic(bam_run):
 
 def test_report_reads_every_kind_of_run_directory(bam_run, tmp_path):
     from bornagain.errors import UserError
-    from bornagain.reports.ban_tables import report_command
+    from bornagain.reports.runs import report_command
 
     _, out, _, _ = bam_run
     text = report_command([str(out), str(out / "students" / "annealed" / "seed0"), str(out / "teachers" / "MRPC")])

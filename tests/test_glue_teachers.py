@@ -110,7 +110,7 @@ def test_teachers_end_to_end(setup, capsys):
             assert {p for _, p in rows} <= set(task.tsv_labels)
     summary = json.loads((out / "teachers" / "summary.json").read_text())
     assert set(summary["tasks"]) == {"RTE", "STS-B", "CoLA"}
-    from bornagain.reports.ban_tables import report_command
+    from bornagain.reports.runs import report_command
 
     assert "| STS-B |" in report_command([str(out)])  # `bornagain report` reads a glue-teachers output too
     # other examples (here: a subsample) are refused

@@ -61,7 +61,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from bornagain.reports.ban_tables import report_command
+    from bornagain.reports.runs import report_command
 
     print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run,
                          effect=args.effect), end="")

@@ -12,6 +12,20 @@ with the teacher's exact schedule, taught by the *final* model of generation k-1
 is reloaded from its saved weights into a separate object, frozen (requires_grad False),
 kept in eval mode and run under inference_mode. Finished generations are never retrained
 on --resume; the interrupted one continues from its last checkpoint.
+
+With `ban.seeds`, the whole sequence runs once per seed, then the aggregate over seeds:
+
+    OUTPUT/
+      config.yaml                  the resolved config, with ban.seeds
+      seed-<s>/                    a complete `bornagain ban` run with seed=s (its config.yaml says so),
+                                   resumable on its own; --resume on OUTPUT continues the unfinished ones;
+                                   no plots of its own (`bornagain report seed-<s> --plots` draws them)
+      results.json                 mean +- std per column, paired t-tests, McNemar tests (reports/seeds.py)
+      table.md, table.csv, table.tex
+      generations.{png,pdf}, reliability.{png,pdf}, curves.{png,pdf}
+
+Each seed's run is exactly the single-seed run of that seed: its split, subset, initialisations and
+augmentation all derive from s, so `seed-1/` equals `bornagain ban seed=1`.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from bornagain.engine.checkpoint import load_weights
 from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.power import per_example_power, reading
 from bornagain.reports.ban_tables import write_tables
+from bornagain.reports.seeds import aggregate, write_aggregate
 from bornagain.vision.config import RUN_MECHANICS, VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
 
@@ -168,15 +183,44 @@ def run_train(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
 def run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:
     """Train (or resume) the teacher, the generations and the optional baseline; write results, tables and
     (``plots``) the plots."""
-    if cfg.ban.seeds is not None:  # one sequence per seed, then their aggregate (pipelines/ban_seeds.py)
-        from bornagain.pipelines.ban_seeds import run_seeds  # noqa: PLC0415  (it builds on run_ban)
-
+    if cfg.ban.seeds is not None:  # one sequence per seed, then their aggregate
         return run_seeds(cfg, output, resume=resume)
     with run_lock(output, enabled=current().is_main):
         return _run_ban(cfg, output, resume=resume, plots=plots)
 
 
 run = run_ban  # the pipeline's entry point: run(cfg, output, *, resume)
+
+
+def seed_config(cfg: VisionConfig, seed: int, output: Path) -> VisionConfig:
+    """The config of one seed's run: seed=s, no ban.seeds, its own output directory."""
+    return dataclasses.replace(cfg, seed=seed, output_dir=str(output / f"seed-{seed}"),
+                               ban=dataclasses.replace(cfg.ban, seeds=None))
+
+
+def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
+    """Run (or continue) every seed's sequence in order, then write the aggregate at ``output``."""
+    main = current().is_main
+    with run_lock(output, enabled=main):
+        if main:
+            output.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, output / "config.yaml")
+        seed_dirs = []
+        for seed in cfg.ban.seeds:
+            run_dir = output / f"seed-{seed}"
+            sub = seed_config(cfg, seed, output)
+            # a seed not started yet starts fresh; a started one continues (and must have the same config)
+            started = resume and run_dir.is_dir() and any(run_dir.iterdir())
+            check_output_dir(run_dir, sub, resume=started)
+            if main:
+                print(f"bornagain ban: seed {seed} -> {run_dir}", flush=True)
+            run_ban(sub, run_dir, resume=started, plots=False)  # the aggregate draws every seed at once
+            seed_dirs.append(run_dir)
+        agg = aggregate(seed_dirs, labels=[d.name for d in seed_dirs])
+        if main:
+            write_aggregate(agg, seed_dirs, output)
+        barrier()
+    return agg
 
 
 def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 from bornagain.engine.run_log import read_metrics
 from bornagain.errors import UserError
-from bornagain.files import read_json
-from bornagain.reports.ban_tables import load_run_results, markdown
+from bornagain.files import atomic_write_text, read_json
+from bornagain.reports.bam_tables import render_markdown
+from bornagain.reports.ban_tables import load_run_results, markdown, render, render_latex, write_tables
+from bornagain.reports.plots import plot_run
+from bornagain.reports.seeds import pool_command, pools
 
 # The fields of a single run's results.json shown first, in this order, when present.
 _SHOWN = ("run", "model", "task", "arm", "seed", "dataset", "params", "test_error", "test_nll", "test_ece",
@@ -70,9 +73,6 @@ def render_teachers(run_dir: Path) -> str:
 
 def render_any(run_dirs: list[str]) -> str:
     """Each directory in its own form; BAN sequences together in one table (one row per run)."""
-    from bornagain.reports.ban_tables import render  # noqa: PLC0415
-    from bornagain.reports.bam_tables import render_markdown  # noqa: PLC0415
-
     out, ban = [], []
     for d in map(Path, run_dirs):
         kind = kind_of(d)
@@ -87,3 +87,44 @@ def render_any(run_dirs: list[str]) -> str:
     if ban:
         out.insert(0, render(ban)[0])
     return "\n".join(out)
+
+
+REPORT_FORMATS = ("markdown", "csv", "latex")
+
+
+def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False, fmt: str = "markdown",
+                   per_run: bool = False, effect: float | None = None) -> str:
+    """Re-render tables from finished runs and return the text to print in ``fmt`` (writing tables and plots
+    where asked). Several `ban` runs of one config that differ in their seed are pooled (reports/seeds.py)
+    unless ``per_run``, with the seeds needed to detect ``effect`` (test-error points); other `ban` runs give one
+    row each; other kinds of run are printed in their own form."""
+    if not run_dirs:
+        raise UserError("bornagain report needs at least one run directory")
+    if fmt not in REPORT_FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(REPORT_FORMATS)}")
+    kinds = [kind_of(Path(d)) for d in run_dirs]
+    if "ban-seeds" in kinds or (not per_run and set(kinds) == {"ban"} and pools(run_dirs)):
+        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt, effect=effect)
+    if effect is not None:
+        raise UserError("--effect sizes the seeds a pooled comparison needs: give runs that differ only in their seed "
+                        "(or a ban.seeds output), without --per-run")
+    if any(k != "ban" for k in kinds):  # other kinds of run: printed, each in its own form
+        if output or plots or fmt != "markdown":
+            raise UserError("--output and --plots (and --format csv or latex) take `bornagain ban` runs only; drop "
+                            "them to print these runs")
+        return render_any(run_dirs)
+    results = [load_run_results(d) for d in run_dirs]
+    if plots:
+        for run_dir, r in zip(run_dirs, results):
+            plot_run(run_dir, r)
+    md, csv_out = render(results)
+    if output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        write_tables(results, Path(output))
+        atomic_write_text(Path(output) / "table.tex", render_latex(results))
+    if fmt == "markdown":  # each run's readings (one seed: the paired test over its test images)
+        md += "".join(f"\n{line}" for r, d in zip(results, run_dirs) if r.get("readings")
+                      for line in [f"{d}: {r['readings_note']}:" if len(results) > 1 else f"{r['readings_note']}:",
+                                   *r["readings"]])
+        return md + ("\n" if any(r.get("readings") for r in results) else "")
+    return {"csv": csv_out, "latex": render_latex(results)}[fmt]

@@ -1,7 +1,7 @@
 """Born-again sequences repeated over seeds: mean +- std of every column, and the tests behind each claim.
 
 Reads finished `bornagain ban` runs (their results.json, config.yaml and each member's
-test_probs.safetensors) and touches no model. Used by `ban.seeds` (pipelines/ban_seeds.py) and by
+test_probs.safetensors) and touches no model. Used by `ban.seeds` (pipelines/ban.py, run_seeds) and by
 `bornagain report RUN_DIR ...` on runs that differ only in their seed.
 
 Columns: the teacher (generation 0, the paper's "Baseline"), BAN-1..K, the optional student baseline, and
@@ -34,9 +34,11 @@ from bornagain.engine.settings import changed_keys, recorded
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs, member_dir
-from bornagain.vision.config import RUN_MECHANICS
+from bornagain.vision.config import RUN_MECHANICS, VisionConfig
 from bornagain.reports.power import NOTE as POWER_NOTE
+from bornagain.reports.plots import plot_runs
 from bornagain.reports.power import paired_power, reading
+from bornagain.reports.seed_tables import render
 from bornagain.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test, summarize
 
 KIND = "ban-seeds"
@@ -58,8 +60,6 @@ def check_poolable(run_dirs: list[Path]) -> None:
     """Refuse runs whose configs differ in anything but the seed and how they ran, naming the keys; and
     refuse a seed given twice. Each config is read as it was made (engine/settings.recorded: a key added since
     takes the value in force then), so an old BAN+L run (weights 1 / 1) does not pool with a new one (0.5 / 0.5)."""
-    from bornagain.vision.config import VisionConfig  # noqa: PLC0415  (ADDED_KEYS: values of keys added since)
-
     configs = []
     for d in run_dirs:
         if not (d / "config.yaml").is_file():
@@ -197,9 +197,6 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: 
 
 def write_aggregate(agg: dict, run_dirs: list[Path], output: Path, *, plots: bool = True) -> list[Path]:
     """results.json, table.md/.csv/.tex and (with ``plots``) the seed plots at ``output``."""
-    from bornagain.reports.plots import plot_runs  # noqa: PLC0415  (matplotlib only when plotting)
-    from bornagain.reports.seed_tables import render  # noqa: PLC0415
-
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, name in (("markdown", "table.md"), ("csv", "table.csv"), ("latex", "table.tex")):
@@ -226,9 +223,6 @@ def seed_runs_of(top: Path) -> list[Path]:
 def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, plots: bool, fmt: str,
                  effect: float | None = None) -> str:
     """`bornagain report` on one `ban.seeds` output, or on `ban` runs of one config that differ in the seed."""
-    from bornagain.reports.plots import plot_runs  # noqa: PLC0415
-    from bornagain.reports.seed_tables import render  # noqa: PLC0415
-
     if "ban-seeds" in kinds:
         if len(run_dirs) != 1:
             raise UserError("a `ban.seeds` output is reported alone: give it by itself, or give its seed-<s> runs")
