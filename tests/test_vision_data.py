@@ -165,10 +165,14 @@ def test_download_verifies_md5_then_extracts(tmp_path):
 
 def test_download_with_wrong_md5_raises_and_leaves_nothing(tmp_path):
     url, _ = _tar_gz(write_cifar100(tmp_path / "src"), "cifar-100-python", tmp_path / "cifar-100-python.tar.gz")
-    root = tmp_path / "data"
+    root = tmp_path / "data" / "cifar"
     with pytest.raises(UserError, match="MD5"):
         load_cifar("cifar100", root, url=url, md5="0" * 32)
-    assert os.listdir(root) == []
+    assert not (tmp_path / "data").exists()  # the folders the failed attempt made are gone, not left empty
+    with pytest.raises(UserError, match="cannot download"):  # offline
+        load_cifar("cifar100", root, url=(tmp_path / "absent.tar.gz").as_uri(), md5="0" * 32)
+    assert not (tmp_path / "data").exists()
+    root.mkdir(parents=True)  # a folder the user made stays, as it was
     with pytest.raises(UserError, match="cannot download"):
         load_cifar("cifar100", root, url=(tmp_path / "absent.tar.gz").as_uri(), md5="0" * 32)
     assert os.listdir(root) == []
@@ -185,7 +189,7 @@ def test_download_refuses_path_traversal(tmp_path):
     root = tmp_path / "data"
     with pytest.raises(UserError, match="unsafe path"):
         load_cifar("cifar10", root, url=archive.as_uri(), md5=md5)
-    assert not (tmp_path / "escaped.txt").exists() and os.listdir(root) == []
+    assert not (tmp_path / "escaped.txt").exists() and not root.exists()
 
 
 # ---------------------------------------------------------------- image folders

@@ -235,7 +235,18 @@ def download_and_extract(url: str, md5: str, root: Path, dir_name: str) -> Path:
     `root` that is renamed to `root / dir_name` only when complete, so an
     interrupted run never leaves a half-written dataset behind.
     """
+    made = [p for p in (root, *root.parents) if not p.exists()]  # the folders this attempt creates, deepest first
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(url, md5, root, dir_name)
+    except BaseException:
+        for folder in made:  # a failed attempt leaves no empty data folder behind (a folder it found stays)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _download_into(url: str, md5: str, root: Path, dir_name: str) -> Path:
     fd, archive_path = tempfile.mkstemp(dir=root, prefix=".download-", suffix=".tar.gz")
     extract_dir = None
     try:
