@@ -3,7 +3,9 @@
     bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
     bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
     bornagain report RUN_DIR [RUN_DIR ...] [--format F]                       tables of finished runs (any kind)
-    bornagain models [--match-table]                                          registered models / Match parameter counts
+    bornagain models [--match-table]                                          model families, the paper's zoo with parameter counts
+    bornagain config [ban|train|glue-teachers|bam] [--markdown]               every config key: default and meaning
+    bornagain --version
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
 """
@@ -75,8 +77,40 @@ def cmd_models(args) -> None:
 
         print(render_match_table(match_parameter_table(num_classes=args.num_classes)), end="")
         return
+    print("Registered families (a name fills the {fields}: resnet-20, densenet-bc-80-80, wrn-28-10, ...):")
     for name in list_models():
-        print(name)
+        print(f"  {name}")
+    print(render_zoo(num_classes=args.num_classes), end="")
+
+
+# The paper's models (CIFAR-100) with the parameter counts the papers give, and the small members a CPU trains.
+PAPER_ZOO = (
+    ("BAN Table 1 teachers", (("densenet-bc-112-33", "6.3M"), ("densenet-bc-90-60", "16.1M"),
+                              ("densenet-bc-80-80", "22.4M"), ("densenet-bc-80-120", "50.4M"),
+                              ("wrn-28-1", ""), ("wrn-28-2", ""))),
+    ("BAN Table 2 baselines", (("wrn-28-10", "36.5M"), ("wrn-28-20", "146M"), ("preresnet-1001", "10.3M"))),
+    ("CPU-sized (recipes *-cpu, study-*)", (("resnet-8", ""), ("resnet-14", ""), ("resnet-20", ""),
+                                            ("resnet-56", ""))),
+)
+
+
+def render_zoo(num_classes: int = 100) -> str:
+    """The paper's zoo with parameter counts (built on the meta device: no memory, milliseconds)."""
+    from bornagain.models.registry import count_parameters
+
+    lines = [f"\nThe paper's models, {num_classes} classes (Table 2's Match students: --match-table):",
+             f"  {'model':<22}{'parameters':>12}{'paper':>9}"]
+    for group, models in PAPER_ZOO:
+        lines.append(f"  {group}")
+        lines += [f"    {name:<20}{count_parameters(name, num_classes) / 1e6:>11.2f}M{paper:>9}"
+                  for name, paper in models]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_config(args) -> None:
+    from bornagain.config_doc import render_markdown, render_text
+
+    print(render_markdown() if args.markdown else render_text(args.kind), end="")
 
 
 def glue_teachers_command(config: str | None, output: str | None, resume: bool, overrides: list[str]) -> None:
@@ -120,6 +154,7 @@ def cmd_bam(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bornagain", description="Born-again knowledge distillation (BAN, BAM).")
+    parser.add_argument("--version", action="version", version=f"bornagain {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ban", help="teacher + born-again generations + ensembles + table (default: digits demo)")
     _add_run_args(p)
@@ -145,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")
     p.add_argument("--num-classes", type=int, default=100)
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("config", help="every config key of a command with its default and meaning")
+    p.add_argument("kind", nargs="?", default="ban", choices=("ban", "train", "glue-teachers", "bam"),
+                   help="the command whose keys to list (default: ban)")
+    p.add_argument("--markdown", action="store_true",
+                   help="the whole reference as Markdown (docs/configuration.md is this output)")
+    p.set_defaults(func=cmd_config)
     p = sub.add_parser("glue-teachers", help="fine-tune one single-task teacher per GLUE task; cache predictions")
     _add_run_args(p)
     p.set_defaults(func=cmd_glue_teachers)
@@ -152,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.set_defaults(func=cmd_bam)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bornagain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from bornagain import __version__
+
+        return __version__
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
