@@ -209,6 +209,30 @@ def test_reliability_bins_agree_with_the_ece():
     assert ece == pytest.approx(classification_metrics(probs, labels)["ece"])
 
 
+def test_thin_reliability_bins_are_hollow_and_every_bar_is_counted():
+    """A bin of 3 images at 100% must not read like a bin of 500: thin bins (< THIN_BIN images) are drawn
+    hollow and every non-empty bin carries its image count."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from bornagain.reports.plots import THIN_BIN, draw_reliability_bins  # noqa: PLC0415
+
+    count = np.zeros(15)
+    count[[3, 13, 14]] = [3, 40, 500]
+    b = {"count": count, "accuracy": np.where(count > 0, 100.0, 0.0), "confidence": np.linspace(3, 97, 15)}
+    fig, ax = plt.subplots()
+    draw_reliability_bins(ax, b, (np.arange(15) + 0.5) * 100 / 15, 100 / 15)
+    bars = {round(p.get_x() + p.get_width() / 2, 3): p for p in ax.patches}
+    centre = lambda i: round((i + 0.5) * 100 / 15, 3)  # noqa: E731
+    assert set(bars) == {centre(3), centre(13), centre(14)}  # empty bins draw nothing
+    assert bars[centre(3)].get_facecolor()[3] == 0 and 3 < THIN_BIN  # hollow
+    assert bars[centre(13)].get_facecolor()[3] == 1 and bars[centre(14)].get_facecolor()[3] == 1
+    assert sorted(t.get_text() for t in ax.texts) == ["3", "40", "500"]
+    plt.close(fig)
+
+
 def test_runs_pool_only_with_the_settings_they_were_made_with(tmp_path):
     # a run recorded before ban.normalize_loss_weights existed trained BAN+L with 1 / 1: it must not pool with a
     # new run at the default 0.5 / 0.5, though today's default would fill the missing key with true

@@ -116,6 +116,28 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS
             "confidence": (100 * torch.bincount(which, confidence, bins) / safe).numpy()}
 
 
+THIN_BIN = 10  # images: a bin with fewer is drawn hollow, its accuracy is a handful of answers
+
+
+def draw_reliability_bins(ax, b: dict[str, np.ndarray], centres: np.ndarray, width: float) -> None:
+    """One bar per non-empty bin with its image count above it; bins of fewer than THIN_BIN images hollow
+    and hatched, so that a bin of 2 images at 100% does not read like one of 2,000."""
+    for thin in (False, True):
+        show = (b["count"] > 0) & ((b["count"] < THIN_BIN) == thin)
+        if not show.any():
+            continue
+        ax.bar(centres[show], b["accuracy"][show], width=width, edgecolor="C0" if thin else "k", linewidth=0.5,
+               color="none" if thin else "C0", hatch="///" if thin else None,
+               label=f"accuracy (< {THIN_BIN} images)" if thin else "accuracy")
+    for x, acc, n in zip(centres, b["accuracy"], b["count"]):
+        if n > 0:
+            ax.text(x, min(acc, 93) + 1.5, f"{int(n)}", ha="center", va="bottom", fontsize=5, rotation=90)
+    filled = b["count"] > 0
+    ax.plot([0, 100], [0, 100], "--", color="0.4", linewidth=1, label="perfect calibration")
+    ax.plot(b["confidence"][filled], b["accuracy"][filled], ".", color="C3",
+            label="(mean confidence, accuracy) of a bin")
+
+
 def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
                      formats: tuple[str, ...] = BOTH) -> list[Path]:
     plt = _pyplot()
@@ -134,12 +156,7 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
             continue
         pairs = [load_probs(f) for f in files]
         b = reliability_bins(torch.cat([p for p, _ in pairs]), torch.cat([lab for _, lab in pairs]))
-        filled = b["count"] > 0
-        ax.bar(centres[filled], b["accuracy"][filled], width=width, edgecolor="k", linewidth=0.5, color="C0",
-               label="accuracy")
-        ax.plot([0, 100], [0, 100], "--", color="0.4", linewidth=1, label="perfect calibration")
-        ax.plot(b["confidence"][filled], b["accuracy"][filled], ".", color="C3",
-                label="(mean confidence, accuracy) of a bin")
+        draw_reliability_bins(ax, b, centres, width)
         ece = np.sum(b["count"] / b["count"].sum() * np.abs(b["accuracy"] - b["confidence"]))
         pooled = " (pooled)" if len(pairs) > 1 else ""  # the table's ECE is the mean of the seeds' own
         ax.set(xlim=(0, 100), ylim=(0, 100), title=f"{_label(g)}: ECE{pooled} {ece:.2f}%", xlabel="confidence (%)")
@@ -149,7 +166,8 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
     for j in range(len(gens), rows * cols):
         axes[j // cols][j % cols].axis("off")
     n = len(results)
-    fig.suptitle(f"Reliability, {BINS} bins" + (f", test sets of {n} seeds pooled" if n > 1 else ""), fontsize=10)
+    fig.suptitle(f"Reliability, {BINS} bins (images per bin above each bar)"
+                 + (f", test sets of {n} seeds pooled" if n > 1 else ""), fontsize=10)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)  # one legend, under the panels
     fig.tight_layout(rect=(0, 0.07, 1, 1))
