@@ -23,7 +23,8 @@ from bornagain.pipelines import glue_teachers as teachers
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_train_examples
 from bornagain.glue.data import load_split
-from bornagain.glue.evaluation import evaluate_dev, json_safe, predict_outputs
+from bornagain.files import json_safe
+from bornagain.glue.evaluation import evaluate_dev, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.submission import read_submission
 from bornagain.glue.tasks import get_task

@@ -7,10 +7,11 @@ rank 0 of a distributed run calls these (the callers check).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from bornagain.errors import UserError
 
@@ -67,6 +68,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become None (recursively through dicts, lists and tuples), so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def nan_for_none(metrics: Mapping[str, Any]) -> dict:
+    """The inverse of json_safe on one flat dict of metrics: None (a NaN written as strict JSON) becomes NaN."""
+    return {k: math.nan if v is None else v for k, v in metrics.items()}
 
 
 def read_json(path: str | Path) -> Any:

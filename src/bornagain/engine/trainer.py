@@ -42,7 +42,7 @@ import torch
 from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from bornagain.engine.compile import compile_events, maybe_compile
 from bornagain.engine.device import autocast
-from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current, rank_share
+from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current, per_rank_batch, rank_share
 from bornagain.files import read_json, write_json
 from bornagain.engine.lock import run_lock
 from bornagain.engine.run_log import RunLogger, progress, read_metrics
@@ -86,7 +86,14 @@ class EngineSettings:
 
 
 class Task(Protocol):
-    """What a pipeline gives the engine for one run."""
+    """What a pipeline gives the engine for one run.
+
+    Optional members, read where present: ``batch_size`` (the global batch, every rank's examples of a step
+    together) with ``batch_key`` (the config key that sets it): the engine refuses a batch the ranks cannot
+    share and writes results.json's ``per_rank_batch``; ``evaluate_on_every_rank`` and
+    ``find_unused_parameters`` (False); ``state_dict()`` / ``load_state_dict(state)`` (the task's own random
+    state, kept in every checkpoint).
+    """
 
     name: str  # "gen1", "RTE teacher", "annealed seed 0": in logs, progress bars, fault injection
     epochs: int
@@ -131,8 +138,15 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     if resume and is_finished(run_dir):
         return finished_results(run_dir)
     dist = current()
+    _per_rank_batch(task, dist)  # a batch the ranks cannot share: refused before anything is written
     with run_lock(run_dir, enabled=dist.is_main):
         return _train_locked(run_dir, task, settings, dist, resume=resume, epoch_check=epoch_check)
+
+
+def _per_rank_batch(task: Task, dist: DistInfo) -> int | None:
+    """The examples a rank takes of the task's global batch (None where the task declares no batch_size)."""
+    size = getattr(task, "batch_size", None)
+    return None if size is None else per_rank_batch(size, dist, getattr(task, "batch_key", "batch_size"))
 
 
 def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: DistInfo, *, resume: bool,
@@ -316,12 +330,14 @@ def _finish(run_dir: Path, task: Task, model: torch.nn.Module, dist: DistInfo, *
     results = task.finish(model, run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     epochs = [r for r in records if "epoch" in r and "train_loss" in r]
+    per_rank = _per_rank_batch(task, dist)
     results = {
         **results,
         "reported_epoch": "last",  # never a best epoch: nothing is selected on the evaluation data
         "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs),  # survives a resume
         "warnings": [text for r in epochs for text in r.get("warnings", [])],
         "world_size": dist.world_size,
+        **({} if per_rank is None else {"per_rank_batch": per_rank}),
         **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
     }
     write_json(run_dir / RESULTS, results)

@@ -63,7 +63,7 @@ evaluation.py
                                   (dist: every rank predicts its share of the batches, all get all outputs)
     evaluate_dev(model, dev_splits: {split: EncodedSplit}, task, *, device, precision, batch_size,
                  pad_token_id, dist=None) -> {metric: value, ..., "score": task score}
-    majority_baseline(task, train_examples, {split: dev_examples}) -> dict;  json_safe(metrics) (NaN -> None)
+    majority_baseline(task, train_examples, {split: dev_examples}) -> dict
 submission.py
     write_submission(path, task, test_examples, outputs) -> Path   GLUE-server TSV (index<TAB>prediction)
     submission_file_name(task, test_split="test") -> "CoLA.tsv", "MNLI-m.tsv", ...

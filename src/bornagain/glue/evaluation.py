@@ -11,7 +11,6 @@ so evaluation uses every process instead of leaving all but rank 0 waiting.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -94,8 +93,3 @@ def majority_baseline(task: GlueTask, train_examples: list[GlueExample],
                                        suffix=task.metric_suffix(name)))
     metrics["score"] = task_score(task, metrics)
     return metrics
-
-
-def json_safe(metrics: dict) -> dict:
-    """NaN and inf become None so the dict is valid JSON."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

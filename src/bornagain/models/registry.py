@@ -130,4 +130,9 @@ def count_parameters(name: str, num_classes: int, in_channels: int = 3, **kwargs
     device so that even WRN-28-20 (146M) costs no memory and milliseconds."""
     with torch.device("meta"):
         model = create_model(name, num_classes, in_channels, **kwargs)
-    return sum(p.numel() for p in model.parameters())
+    return parameter_count(model)
+
+
+def parameter_count(model: nn.Module, *, trainable: bool = False) -> int:
+    """Number of parameters of a built model (``trainable``: only those that require grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)

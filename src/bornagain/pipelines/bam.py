@@ -26,7 +26,6 @@ an interrupted one continues from its checkpoint with ``--resume``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -36,13 +35,13 @@ from bornagain.config import config_to_dict, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current, init_distributed, per_rank_batch
 from bornagain.engine.lock import run_lock
-from bornagain.files import atomic_write_text, read_json, write_json
+from bornagain.files import atomic_write_text, json_safe, nan_for_none, read_json, write_json
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.settings import check_or_record
 from bornagain.engine.trainer import RESULTS
 from bornagain.errors import UserError
 from bornagain.distill.bam_targets import target_arm
-from bornagain.reports.bam_tables import build_results, json_safe, render_csv, render_markdown
+from bornagain.reports.bam_tables import build_results, render_csv, render_markdown
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_split, load_train_examples
 from bornagain.glue.metrics import glue_score
@@ -137,10 +136,6 @@ def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
                         "or choose another --output")
 
 
-def _nan_for_none(metrics: dict) -> dict:
-    return {k: math.nan if v is None else v for k, v in metrics.items()}
-
-
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Teachers, students of every arm and seed, and the results; returns the results dict."""
     output_dir = Path(output_dir)
@@ -164,12 +159,12 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
         teacher_seed = teacher_seed_of(cfg, seed)
         teachers = ensure_seed_teachers(cfg, output_dir, teacher_seed, resume=resume)
         first = teacher_seed not in runs["teachers"]  # one set of teachers may teach every student seed
-        runs["teachers"][teacher_seed] = {task: _nan_for_none(run.dev_metrics) for task, run in teachers.items()}
+        runs["teachers"][teacher_seed] = {task: nan_for_none(run.dev_metrics) for task, run in teachers.items()}
         if main and first:
             print(f"teachers seed {teacher_seed}: GLUE {100 * glue_score(runs['teachers'][teacher_seed]):.1f} "
                   f"({time.perf_counter() - started:.0f} s since start)", flush=True)
         if not runs["majority"]:  # a reference row: always predicting the most frequent training class
-            runs["majority"][teacher_seed] = {task: _nan_for_none(run.majority_baseline) for task, run in teachers.items()}
+            runs["majority"][teacher_seed] = {task: nan_for_none(run.majority_baseline) for task, run in teachers.items()}
         data_cfg = dataclasses.replace(cfg, seed=teacher_seed)
         data = None  # tokenised only when a student of this seed still has to train
         for arm in cfg.bam.targets:
@@ -188,7 +183,7 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> di
                                         resume=True, build=lambda: build_model(cfg, cfg.glue.tasks),
                                         init_seed=derive_seed(seed, "bam-student"))
                 note = f"{time.perf_counter() - started:.0f} s since start"
-            runs[arm][seed] = {task: _nan_for_none(values) for task, values in metrics.items()}
+            runs[arm][seed] = {task: nan_for_none(values) for task, values in metrics.items()}
             if main:
                 print(f"student {arm} seed {seed}: GLUE {100 * glue_score(runs[arm][seed]):.1f} ({note})", flush=True)
     results = build_results(runs, tuple(cfg.glue.tasks), test=cfg.bam.paired_test)

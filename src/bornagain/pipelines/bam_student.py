@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bornagain.engine.distributed import current, per_rank_batch, rank_slices
+from bornagain.engine.distributed import current, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.config import TrainingConfig
 from bornagain.engine.trainer import RESULTS, StepOutput, finished_results, train
-from bornagain.files import write_json
+from bornagain.files import json_safe, write_json
 from bornagain.distill.bam_targets import (
     TargetArm,
     annealing_lambda,
@@ -38,7 +38,7 @@ from bornagain.distill.bam_targets import (
     squared_error,
     target_arm,
 )
-from bornagain.glue.evaluation import evaluate_dev, json_safe
+from bornagain.glue.evaluation import evaluate_dev
 from bornagain.glue.model import MultiTaskModel
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch, steps_per_epoch, total_steps
@@ -187,9 +187,8 @@ class StudentTask:
         self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
         self._model, self._build = model, build
         self.sizes = data.task_sizes
-        dist = current()
-        self.per_rank_batch = per_rank_batch(bam.batch_size, dist, "bam.batch_size")
-        world = dist.world_size  # a last minibatch smaller than the world is dropped (glue/sampling.py)
+        self.batch_size, self.batch_key = bam.batch_size, "bam.batch_size"  # the engine splits it
+        world = current().world_size  # a last minibatch smaller than the world is dropped (glue/sampling.py)
         self.total = total_steps(self.sizes, bam.batch_size, bam.epochs, world)
         self.per_epoch = steps_per_epoch(self.sizes, bam.batch_size, world)
         self.name, self.epochs = f"{self.arm.name} seed {seed}", -(-self.total // self.per_epoch)
@@ -236,8 +235,7 @@ class StudentTask:
         metrics = getattr(self, "_final", None) or self._dev_metrics(model)
         metrics = {task: json_safe(values) for task, values in metrics.items()}
         write_json(run_dir / "dev_metrics.json", metrics)
-        return {"arm": self.arm.name, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total,
-                "per_rank_batch": self.per_rank_batch}
+        return {"arm": self.arm.name, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total}
 
 
 def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,

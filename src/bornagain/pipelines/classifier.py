@@ -24,9 +24,10 @@ from bornagain.config import save_config
 from bornagain.engine.checkpoint import save_tensors
 from bornagain.engine.compile import fused_optimizer_kwargs, maybe_compile
 from bornagain.engine.device import autocast
-from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, per_rank_batch, rank_slices
+from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.engine.trainer import StepOutput, finished_results, is_finished, train
+from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
 from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
@@ -39,7 +40,7 @@ from bornagain.vision.splits import iterate_batches
 # A loss maps (student_logits, teacher_logits or None, labels) to {"loss", "label_loss", "kd_loss"}.
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], dict]
 
-__all__ = ["RunSpec", "ClassifierTask", "fit", "is_finished", "load_probs", "count_parameters"]
+__all__ = ["RunSpec", "ClassifierTask", "fit", "is_finished", "load_probs"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,6 @@ class RunSpec:
     warmup_epochs: float = 0.0  # per-step linear lr warm-up of this run (ban.student_warmup_epochs for students)
     epoch_check: Callable[[dict], list[str]] | None = None
     """Called with each epoch's record; the warnings it returns are printed and kept (see the engine)."""
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SGD:
@@ -88,7 +85,7 @@ class ClassifierTask:
         self.cfg, self.data, self.spec, self.make_model, self.device = cfg, data, spec, make_model, device
         self.name, self.epochs = spec.name, cfg.train.epochs
         self.dist = current()
-        self.per_rank_batch = per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")
+        self.batch_size, self.batch_key = cfg.train.batch_size, "train.batch_size"  # the engine splits it
         train = cfg.train
         self.train_pipe = BatchPipeline(data.mean, data.std, device, augment=cfg.data.augment, pad=data.crop_pad,
                                         hflip=data.hflip, channels_last=train.channels_last)
@@ -186,12 +183,11 @@ class ClassifierTask:
         test = classification_metrics(test_probs, data.test_labels)
         return {
             "run": self.spec.name, "model": self.spec.model_name, "dataset": data.name, "seed": self.spec.seed,
-            "params": count_parameters(model),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "params": parameter_count(model),
+            "trainable_params": parameter_count(model, trainable=True),
             "epochs": self.cfg.train.epochs,
             "test_accuracy": test["accuracy"], "test_error": test["error"], "test_nll": test["nll"],
             "test_ece": test["ece"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
-            "per_rank_batch": self.per_rank_batch,
             **(self.spec.extra or {}),
         }
 

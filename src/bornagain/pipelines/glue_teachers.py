@@ -32,7 +32,7 @@ from bornagain.engine.rng import derive_seed
 from bornagain.engine.lock import run_lock
 from bornagain.engine.settings import check_or_record
 from bornagain.engine.trainer import CHECKPOINT, RESULTS, StepOutput, train
-from bornagain.files import read_json, write_json
+from bornagain.files import json_safe, nan_for_none, read_json, write_json
 from bornagain.errors import UserError
 from bornagain.glue.cache import (
     TeacherPredictions, dataset_fingerprint, file_fingerprint, load_teacher_predictions,
@@ -40,7 +40,7 @@ from bornagain.glue.cache import (
 )
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import GlueExample, has_split, load_split, load_train_examples
-from bornagain.glue.evaluation import evaluate_dev, json_safe, majority_baseline, predict_outputs
+from bornagain.glue.evaluation import evaluate_dev, majority_baseline, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
@@ -124,7 +124,7 @@ class TeacherTask:
     def __init__(self, cfg: GlueExperimentConfig, task: GlueTask, device: torch.device):
         self.cfg, self.task, self.device = cfg, task, device
         self.name, self.epochs = f"{task.name} teacher", cfg.train.epochs
-        self.per_rank_batch = per_rank_batch(cfg.train.batch_size, current(), "train.batch_size")
+        self.batch_size, self.batch_key = cfg.train.batch_size, "train.batch_size"  # the engine splits it
         self.train_examples = load_train_examples(cfg, task)
         self.dev_examples = {s: load_split(task, s, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
                              for s in task.dev_splits}
@@ -192,8 +192,7 @@ class TeacherTask:
             submissions.append(str(write_submission(path, task, test_examples, test_outputs).relative_to(run_dir)))
         return {"task": task.name, "dev_metrics": dev, "majority_baseline": baseline,
                 "prediction_fingerprint": fingerprint, "dataset_fingerprint": dataset_fp,
-                "num_train_examples": len(self.train_examples), "submission_files": submissions,
-                "per_rank_batch": self.per_rank_batch}
+                "num_train_examples": len(self.train_examples), "submission_files": submissions}
 
 
 def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path, *,
@@ -272,12 +271,8 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple
         summary = {
             "tasks": {t: {"dev": r.dev_metrics, "majority_baseline": r.majority_baseline,
                           "train_seconds": r.train_seconds} for t, r in runs.items()},
-            "glue_score_of_these_tasks": glue_score({t: _nan(r.dev_metrics) for t, r in runs.items()}),
+            "glue_score_of_these_tasks": glue_score({t: nan_for_none(r.dev_metrics) for t, r in runs.items()}),
         }
         if main:
             write_json(output_dir / "teachers" / "summary.json", summary)
     return runs, summary
-
-
-def _nan(metrics: dict) -> dict:
-    return {k: float("nan") if v is None else v for k, v in metrics.items()}

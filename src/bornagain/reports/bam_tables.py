@@ -163,14 +163,3 @@ def render_csv(results: Mapping) -> str:
                 record["n"] if record is not None else "",
             ])
     return out.getvalue()
-
-
-def json_safe(value):
-    """NaN and infinities become None, so results.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
