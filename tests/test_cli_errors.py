@@ -90,3 +90,23 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
     err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), "--resume", *FAST, "ban.generations=0",
                           "train.lr=0.05"])
     assert "train.lr" in err
+
+
+def test_warnings_are_printed_by_rank_0_only(monkeypatch, capsys):
+    """Under torchrun every rank meets the same warning (DDP's find_unused_parameters note, a renamed key):
+    one copy, from rank 0."""
+    import sys
+
+    from bornagain import cli
+    from bornagain.cli import _show_warning
+    from bornagain.errors import RenamedKeyWarning
+
+    # Python's own printer (pytest replaces warnings.showwarning while it runs)
+    monkeypatch.setattr(cli, "_default_showwarning", lambda message, *a, **k: print(message, file=sys.stderr))
+    for rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        _show_warning(UserWarning("find_unused_parameters=True was specified"), UserWarning, "x.py", 1)
+        _show_warning(RenamedKeyWarning("teacher.epochs is now train.epochs"), RenamedKeyWarning, "x.py", 1)
+        err = capsys.readouterr().err
+        assert ("find_unused_parameters" in err) == printed
+        assert ("bornagain: warning: teacher.epochs" in err) == printed

@@ -62,6 +62,30 @@ def test_local_checkpoint_loads_its_weights(tmp_path):
         build_model(tiny_cfg(tmp_path / "missing"), ["RTE"])
 
 
+def test_hugging_face_weight_bars_follow_train_progress(tmp_path, monkeypatch, capsys):
+    """transformers 5 draws a bar per weight load; under torchrun every rank loads every teacher's encoder. The
+    bar is drawn only where bornagain's own are (rank 0, train.progress on), and the setting is restored."""
+    import transformers  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    build_model(tiny_cfg(tiny_bert_dir(tmp_path / "cfg")), ["RTE"]).encoder.save_pretrained(tmp_path / "ckpt")
+    seen = []
+    real = transformers.AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(hf_logging.is_progress_bar_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    monkeypatch.delenv("BORNAGAIN_NO_PROGRESS", raising=False)
+    hf_logging.enable_progress_bar()
+    for progress in ("true", "false"):
+        build_model(load_config(GlueExperimentConfig, None, [f"encoder.name_or_path={tmp_path / 'ckpt'}",
+                                                             f"train.progress={progress}"]), ["RTE"])
+    assert seen == [True, False] and hf_logging.is_progress_bar_enabled()
+
+
 def test_from_scratch_size_overrides(tmp_path):
     cfg = tiny_cfg(tiny_bert_dir(tmp_path), "encoder.num_hidden_layers=1", "encoder.hidden_dropout=0.0")
     model = build_model(cfg, ["RTE"])

@@ -137,6 +137,11 @@ def bam_command(config: str | None, output: str | None, resume: bool, overrides:
 
     cfg = glue_config(config, overrides)  # a wrong path or name fails here, before any file is written
     output_dir = Path(output or cfg.output_dir)
+    if os.environ.get("RANK", "0") == "0":  # the first line at once: teachers take minutes before the students
+        seeds = len(cfg.bam.seeds)
+        print(f"bornagain bam: {cfg.encoder.name_or_path}, {len(cfg.glue.tasks)} task(s) "
+              f"({', '.join(cfg.glue.tasks)}), arms {', '.join(cfg.bam.targets)}, {seeds} seed{'s' * (seeds != 1)}: "
+              f"teachers, then students -> {output_dir}", flush=True)
     results = bam.run(cfg, output_dir, resume=resume)
     if current().is_main:
         print(render_markdown(results))
@@ -219,10 +224,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Our own warnings as one `bornagain: warning:` line (once, from rank 0); others as Python prints them."""
+    """Warnings from rank 0 only (under torchrun every rank runs the same code and meets the same warning, e.g.
+    DDP's find_unused_parameters note once per rank): ours as one `bornagain: warning:` line, others as Python
+    prints them."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if issubclass(category, RenamedKeyWarning):
-        if os.environ.get("RANK", "0") == "0":
-            print(f"bornagain: warning: {message}", file=sys.stderr)
+        print(f"bornagain: warning: {message}", file=sys.stderr)
         return
     _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -12,9 +12,13 @@ same class with several; both use `build_model(cfg, tasks)`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from torch import nn
 
+from bornagain.engine.distributed import current
 from bornagain.errors import UserError
 from bornagain.glue.locations import resolve_location
 from bornagain.glue.tasks import get_task
@@ -108,8 +112,25 @@ def _encoder_config(encoder_cfg):
     return config
 
 
-def build_encoder(encoder_cfg) -> nn.Module:
-    """A Hugging Face encoder: pretrained weights, or random ones (`encoder.from_scratch=true`)."""
+@contextlib.contextmanager
+def _hf_progress(enabled: bool):
+    """Hugging Face's own bars (transformers 5 draws one per weight load) only where ours are drawn: on rank 0
+    with train.progress on; under torchrun every rank loads every teacher's and student's weights."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def build_encoder(encoder_cfg, *, progress: bool = True) -> nn.Module:
+    """A Hugging Face encoder: pretrained weights, or random ones (`encoder.from_scratch=true`).
+    `progress`: let transformers draw its weight-loading bar."""
     from transformers import AutoModel  # noqa: PLC0415
 
     config = _encoder_config(encoder_cfg)
@@ -117,7 +138,8 @@ def build_encoder(encoder_cfg) -> nn.Module:
         # The caller seeds torch first, so the random initialisation is reproducible.
         return AutoModel.from_config(config)
     try:
-        return AutoModel.from_pretrained(resolve_location(encoder_cfg.name_or_path), config=config)
+        with _hf_progress(progress):
+            return AutoModel.from_pretrained(resolve_location(encoder_cfg.name_or_path), config=config)
     except (OSError, ValueError) as e:
         raise UserError(
             f"cannot load encoder weights from encoder.name_or_path={encoder_cfg.name_or_path!r}"
@@ -128,7 +150,8 @@ def build_encoder(encoder_cfg) -> nn.Module:
 
 def build_model(cfg, tasks: list[str] | tuple[str, ...]) -> MultiTaskModel:
     """The encoder of `cfg.encoder` plus one head per task (dropout `cfg.encoder.head_dropout`)."""
-    encoder = build_encoder(cfg.encoder)
+    shown = cfg.train.progress and current().is_main and not os.environ.get("BORNAGAIN_NO_PROGRESS")
+    encoder = build_encoder(cfg.encoder, progress=shown)
     hidden = encoder.config.hidden_size
     init_range = getattr(encoder.config, "initializer_range", 0.02)
     heads = nn.ModuleDict()
