@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from bornagain.config import config_to_dict, save_config
-from bornagain.engine.device import resolve_device
-from bornagain.engine.distributed import barrier, current, init_distributed, per_rank_batch
+from bornagain.engine.distributed import barrier, current, per_rank_batch
 from bornagain.engine.lock import run_lock
 from bornagain.files import atomic_write_text, json_safe, nan_for_none, read_json, write_json
 from bornagain.engine.rng import derive_seed
@@ -139,18 +138,17 @@ def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Teachers, students of every arm and seed, and the results; returns the results dict."""
     output_dir = Path(output_dir)
-    info = init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    device, info = start_process(cfg.train)  # once per command; under torchrun: know the rank before locking
     for key, size in (("train.batch_size", cfg.train.batch_size), ("bam.batch_size", cfg.bam.batch_size)):
         per_rank_batch(size, info, key)  # a batch too small for the world: refused before the teachers train
     with run_lock(output_dir, enabled=current().is_main):
-        return _run_bam(cfg, output_dir, resume=resume)
+        return _run_bam(cfg, output_dir, device, resume=resume)
 
 
-def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, *, resume: bool) -> dict:
+def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, device: torch.device, *, resume: bool) -> dict:
     main = current().is_main
     if main:
         save_config(cfg, output_dir / "bam_config.yaml")
-    device, _ = start_process(cfg.train)
     tokenizer = load_tokenizer(cfg.encoder.tokenizer_name)
     pad_id = tokenizer.pad_token_id or 0
     runs: dict[str, dict[int, dict]] = {"majority": {}, "teachers": {}, **{arm: {} for arm in cfg.bam.targets}}
