@@ -28,13 +28,13 @@ import time
 import numpy as np
 import torch
 
-from bornagain.glue.config import OptimConfig
+from bornagain.glue.config import NlpTrainConfig, OptimConfig
 from bornagain.glue.model import MultiTaskModel, TaskHead
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch
 from bornagain.engine.trainer import EngineSettings, train_step
 from bornagain.glue.bam_config import BamConfig
-from bornagain.pipelines.bam_student import StudentData, StudentTask
+from bornagain.pipelines.bam_student import StudentData, StudentSetup, StudentTask
 from bornagain.glue.tasks import get_task
 from bornagain.glue.tokenization import EncodedSplit
 
@@ -91,8 +91,9 @@ SETTINGS = EngineSettings(device=torch.device("cpu"), max_grad_norm=1.0, progres
 def run_steps(model, optimizer, scheduler, data, batches, arm: str) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) for the training steps of ``batches`` (teacher outputs
     looked up per batch, as in training)."""
-    task = StudentTask(data, arm=arm, seed=0, bam=BamConfig(batch_size=len(batches[0]), epochs=1.0),
-                       optim_cfg=OptimConfig(), device=torch.device("cpu"), precision="fp32", pad_token_id=0)
+    setup = StudentSetup(arm=arm, seed=0, bam=BamConfig(batch_size=len(batches[0]), epochs=1.0), optim_cfg=OptimConfig(),
+                         train_cfg=NlpTrainConfig(), device=torch.device("cpu"), pad_token_id=0)
+    task = StudentTask(data, setup)
     started, cpu_started = time.perf_counter(), time.process_time()
     for k, triples in enumerate(batches):
         train_step(model, task, triples, k, optimizer, scheduler, SETTINGS)

@@ -122,15 +122,15 @@ def one_thread():
 def _train(run_dir, *, resume=False):
     from bornagain.glue.bam_config import BamConfig
     from bornagain.glue.config import OptimConfig
-    from bornagain.pipelines.bam_student import train_student
+    from bornagain.pipelines.bam_student import StudentSetup, train_student
 
     from bornagain.glue.config import NlpTrainConfig
 
     bam = BamConfig(batch_size=4, epochs=2.0)
     train_cfg = NlpTrainConfig(checkpoint_every_steps=3, progress=False, tensorboard=False)
-    return train_student(tiny_model(), fake_data(), arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
-                         train_cfg=train_cfg, run_dir=run_dir, device=torch.device("cpu"), pad_token_id=0,
-                         resume=resume)
+    setup = StudentSetup(arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3), train_cfg=train_cfg,
+                         device=torch.device("cpu"), pad_token_id=0)
+    return train_student(tiny_model(), fake_data(), setup, run_dir=run_dir, resume=resume)
 
 
 def test_interrupted_student_resumes_to_the_same_weights(tmp_path, monkeypatch):

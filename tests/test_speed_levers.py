@@ -88,16 +88,16 @@ def test_step_records_are_read_in_batches(tmp_path, count_reads):
 
     from bornagain.glue.bam_config import BamConfig
     from bornagain.glue.config import NlpTrainConfig, OptimConfig
-    from bornagain.pipelines.bam_student import StudentTask, train_student
+    from bornagain.pipelines.bam_student import StudentSetup, StudentTask, train_student
 
     counts, pause = count_reads
     pause(StudentTask, "evaluate")
     pause(StudentTask, "finish")
     torch.set_num_threads(1)
     bam = BamConfig(batch_size=2, epochs=2.0)
-    train_student(tiny_model(), fake_data(), arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
-                  train_cfg=NlpTrainConfig(progress=False, tensorboard=False), run_dir=tmp_path / "s",
-                  device=torch.device("cpu"), pad_token_id=0, resume=False)
+    setup = StudentSetup(arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
+                         train_cfg=NlpTrainConfig(progress=False, tensorboard=False), device=torch.device("cpu"))
+    train_student(tiny_model(), fake_data(), setup, run_dir=tmp_path / "s", resume=False)
     records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "lambda" in r]
     assert len(steps) >= 40 and all(isinstance(r["loss"], float) for r in steps)

@@ -151,130 +151,166 @@ def _per_rank_batch(task: Task, dist: DistInfo) -> int | None:
 
 def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: DistInfo, *, resume: bool,
                   epoch_check) -> dict:
-    main, device = dist.is_main, settings.device
-    seed_everything(settings.seed)
-    model = task.build_model().to(device)  # fresh init from this run's seed, the same on every rank
-    if dist.rank > 0:  # other dropout masks than rank 0's; rank 0 keeps the single-process stream
-        seed_everything(derive_seed(settings.seed, "rank", dist.rank))
-    probe = task.epoch_batches(0, dist)
-    steps_per_epoch = len(probe)
-    optimizer, scheduler = task.build_optimizer(model, steps_per_epoch)
-    logger = RunLogger(run_dir, tensorboard=settings.tensorboard, enabled=main)
+    loop = _Loop(run_dir, task, settings, dist, epoch_check)
+    loop.start(resume=resume)
+    with loop.stop:
+        while loop.state.epoch < task.epochs:
+            loop.run_epoch()
+    loop.logger.close()
+    if dist.is_main:
+        _finish(run_dir, task, loop.model, dist, compile_seconds=loop.state.compile_seconds if loop.compiled else None)
+    barrier()  # the other ranks read what rank 0 wrote
+    return read_json(run_dir / RESULTS)
 
-    state = EpochProgress()
-    ckpt = run_dir / CHECKPOINT
-    if resume and ckpt.exists():
-        extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, restore_rng=False)
-        state = EpochProgress.from_extra(extra, device)
+
+class _Loop:
+    """One run's training state between its steps: model, optimiser, scheduler, log, position, epoch sums."""
+
+    def __init__(self, run_dir: Path, task: Task, settings: EngineSettings, dist: DistInfo, epoch_check):
+        self.run_dir, self.task, self.settings, self.dist, self.epoch_check = run_dir, task, settings, dist, epoch_check
+        self.main, self.device = dist.is_main, settings.device
+        self.ckpt = run_dir / CHECKPOINT
+        self.stop = SignalFlag()
+        self.pending = PendingRecords()
+
+    def start(self, *, resume: bool) -> None:
+        """Build the model (fresh init from the run's seed), its optimiser and log; restore the checkpoint."""
+        task, settings, dist = self.task, self.settings, self.dist
+        seed_everything(settings.seed)
+        self.model = task.build_model().to(self.device)  # fresh init from this run's seed, the same on every rank
+        if dist.rank > 0:  # other dropout masks than rank 0's; rank 0 keeps the single-process stream
+            seed_everything(derive_seed(settings.seed, "rank", dist.rank))
+        probe = task.epoch_batches(0, dist)
+        self.optimizer, self.scheduler = task.build_optimizer(self.model, len(probe))
+        self.logger = RunLogger(self.run_dir, tensorboard=settings.tensorboard, enabled=self.main)
+        self.state = EpochProgress()
+        if resume and self.ckpt.exists():
+            self.batches = self._restore()
+        else:
+            if self.main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.batches = probe
+        # Drop what a killed run logged after its checkpoint (everything, on a fresh start). Step records carry
+        # the 0-based index of their update, epoch records the number of updates done.
+        done = self.state.step
+        self.logger.truncate_after(done, keep=lambda r: r["step"] <= done if "epoch_seconds" in r else r["step"] < done)
+        self.train_model, self.compiled = self._wrap()
+        self.first_step = self.compiled  # this process's first step compiles; so does any that meets a new shape
+
+    def _restore(self) -> Sequence:
+        """Position, sums, this rank's RNG and task state from the checkpoint; the epoch's batches rebuilt."""
+        dist = self.dist
+        extra = load_checkpoint(self.ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                restore_rng=False)
+        self.state = EpochProgress.from_extra(extra, self.device)
         rank_states = extra["ranks"]
         if len(rank_states) != dist.world_size:
-            raise UserError(f"checkpoint '{ckpt}' was written by {len(rank_states)} process(es) but this run has "
+            raise UserError(f"checkpoint '{self.ckpt}' was written by {len(rank_states)} process(es) but this run has "
                             f"{dist.world_size}: resume with the same number of processes")
         mine = rank_states[dist.rank]
         restore_rng_state(mine["rng"])
         if "sums" in mine:  # this rank's share of the epoch's running sums (the epoch record reduces them)
-            state.restore_sums(mine, device)
-        batches = task.epoch_batches(state.epoch, dist)  # rebuilds the epoch, then its generators' states
-        if hasattr(task, "load_state_dict"):
-            task.load_state_dict(mine["task"])
-    else:
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        batches = probe
-    # Drop what a killed run logged after its checkpoint (everything, on a fresh start). Step records carry
-    # the 0-based index of their update, epoch records the number of updates done.
-    done = state.step
-    logger.truncate_after(done, keep=lambda r: r["step"] <= done if "epoch_seconds" in r else r["step"] < done)
+            self.state.restore_sums(mine, self.device)
+        batches = self.task.epoch_batches(self.state.epoch, dist)  # rebuilds the epoch, then its generators' states
+        if hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(mine["task"])
+        return batches
 
-    train_model = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+    def _wrap(self) -> tuple[torch.nn.Module, bool]:
+        """The model the steps run: under DDP when there is a process group, compiled where asked."""
+        train_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=getattr(task, "find_unused_parameters", False))
-    train_model, compiled = maybe_compile(train_model, enabled=settings.compile, mode=settings.compile_mode,
-                                          announce=main)
-    first_step = compiled  # this process's first step compiles; so does any step that recompiles (a new shape)
+            train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
+        return maybe_compile(train_model, enabled=self.settings.compile, mode=self.settings.compile_mode,
+                             announce=self.main)
 
-    def checkpoint() -> None:
+    def checkpoint(self) -> None:
         # Every rank's RNG and task state travel to rank 0, which writes one file.
-        rank_state = {"rng": capture_rng_state(), **state.sums_to_extra(),
+        task = self.task
+        rank_state = {"rng": capture_rng_state(), **self.state.sums_to_extra(),
                       "task": task.state_dict() if hasattr(task, "state_dict") else {}}
         ranks = all_gather_objects(rank_state)
-        if main:
-            _save(ckpt, model, optimizer, scheduler, state.to_extra() | {"ranks": ranks})
+        if self.main:
+            _save(self.ckpt, self.model, self.optimizer, self.scheduler, self.state.to_extra() | {"ranks": ranks})
         barrier()
 
-    stop = SignalFlag()
-    pending = PendingRecords()
-    with stop:
-        while state.epoch < task.epochs:
-            model.train()
-            t0 = time.perf_counter()
-            todo = progress(range(state.batch, len(batches)), total=len(batches) - state.batch,
-                            desc=f"{task.name} epoch {state.epoch + 1}/{task.epochs}", enabled=settings.progress and main)
-            for b in todo:
-                if b == 0:
-                    state.lr = optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
-                fault_injection(state.step, task.name)
-                if compiled:
-                    t_step, events = time.perf_counter(), compile_events()
-                out, grad_norm, lr = train_step(train_model, task, batches[b], state.step, optimizer, scheduler, settings,
-                                                dist=dist)
-                if compiled and (first_step or compile_events() != events):
-                    _sync(device)
-                    spent = time.perf_counter() - t_step
-                    state.compile_seconds += spent  # a step that compiled: compile time, not training time
-                    t0 += spent
-                    first_step = False
-                state.add(out, grad_norm)
-                state.step, state.batch = state.step + 1, b + 1
-                if settings.log_every_steps and state.step % settings.log_every_steps == 0:
-                    pending.add(state.step - 1, out, grad_norm, lr)  # the 0-based step; read in batches
-                    if len(pending) >= READ_EVERY_STEPS:
-                        state.check_finite(task.name)
-                        pending.write(logger)
-                every = settings.checkpoint_every_steps
-                stopping = stop.requested(dist, state.step)
-                if stopping or (every and state.step % every == 0 and b + 1 < len(batches)):
-                    state.check_finite(task.name)
-                    pending.write(logger)
-                    state.seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    checkpoint()
-                    if stopping:
-                        logger.close()
-                        raise TrainingInterrupted(
-                            f"{signal.Signals(stop.signum).name} received: {task.name} stopped after step {state.step}"
-                            f" and wrote {ckpt}; continue with --resume", stop.signum)
+    def run_epoch(self) -> None:
+        """The rest of this epoch's steps, then its record and a checkpoint."""
+        task, state, settings = self.task, self.state, self.settings
+        self.model.train()
+        self.t0 = time.perf_counter()
+        todo = progress(range(state.batch, len(self.batches)), total=len(self.batches) - state.batch,
+                        desc=f"{task.name} epoch {state.epoch + 1}/{task.epochs}", enabled=settings.progress and self.main)
+        for b in todo:
+            self._step(b)
+        state.check_finite(task.name)
+        self.pending.write(self.logger)
+        self._end_epoch(state.seconds + time.perf_counter() - self.t0)
+
+    def _step(self, b: int) -> None:
+        """Batch ``b`` of the epoch: one update, its step record, and a checkpoint when one is due or asked for."""
+        task, state, settings = self.task, self.state, self.settings
+        if b == 0:
+            state.lr = self.optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
+        fault_injection(state.step, task.name)
+        if self.compiled:
+            t_step, events = time.perf_counter(), compile_events()
+        out, grad_norm, lr = train_step(self.train_model, task, self.batches[b], state.step, self.optimizer,
+                                        self.scheduler, settings, dist=self.dist)
+        if self.compiled and (self.first_step or compile_events() != events):
+            _sync(self.device)
+            spent = time.perf_counter() - t_step
+            state.compile_seconds += spent  # a step that compiled: compile time, not training time
+            self.t0 += spent
+            self.first_step = False
+        state.add(out, grad_norm)
+        state.step, state.batch = state.step + 1, b + 1
+        if settings.log_every_steps and state.step % settings.log_every_steps == 0:
+            self.pending.add(state.step - 1, out, grad_norm, lr)  # the 0-based step; read in batches
+            if len(self.pending) >= READ_EVERY_STEPS:
+                state.check_finite(task.name)
+                self.pending.write(self.logger)
+        every = settings.checkpoint_every_steps
+        stopping = self.stop.requested(self.dist, state.step)
+        if stopping or (every and state.step % every == 0 and b + 1 < len(self.batches)):
             state.check_finite(task.name)
-            pending.write(logger)
-            seconds = state.seconds + time.perf_counter() - t0
-            record = state.epoch_record(dist, device, seconds)
-            if main or getattr(task, "evaluate_on_every_rank", False):
-                model.eval()
-                with torch.no_grad():
-                    metrics = task.evaluate(model, state.epoch)
-            if main:
-                record.update(metrics)
-                warnings = epoch_check(record) if epoch_check is not None else []
-                if warnings:
-                    record["warnings"] = warnings
-                    for text in warnings:
-                        print(f"bornagain: warning: {text}", flush=True)
-            logger.log(record, step=state.step)
-            logger.flush()
-            if settings.progress and main:
-                print(_epoch_line(task.name, record), flush=True)
-            state.next_epoch()
-            # the next epoch's batches now, so the checkpoint holds its fresh generators' states
-            batches = task.epoch_batches(state.epoch, dist) if state.epoch < task.epochs else []
-            checkpoint()
-    logger.close()
-    if main:
-        _finish(run_dir, task, model, dist, compile_seconds=state.compile_seconds if compiled else None)
-    barrier()  # the other ranks read what rank 0 wrote
-    return read_json(run_dir / RESULTS)
+            self.pending.write(self.logger)
+            state.seconds += time.perf_counter() - self.t0
+            self.t0 = time.perf_counter()
+            self.checkpoint()
+            if stopping:
+                self.logger.close()
+                raise TrainingInterrupted(
+                    f"{signal.Signals(self.stop.signum).name} received: {task.name} stopped after step {state.step}"
+                    f" and wrote {self.ckpt}; continue with --resume", self.stop.signum)
+
+    def _end_epoch(self, seconds: float) -> None:
+        """The epoch record (evaluation, warnings), the next epoch's batches, a checkpoint."""
+        task, state, main = self.task, self.state, self.main
+        record = state.epoch_record(self.dist, self.device, seconds)
+        if main or getattr(task, "evaluate_on_every_rank", False):
+            self.model.eval()
+            with torch.no_grad():
+                metrics = task.evaluate(self.model, state.epoch)
+        if main:
+            record.update(metrics)
+            warnings = self.epoch_check(record) if self.epoch_check is not None else []
+            if warnings:
+                record["warnings"] = warnings
+                for text in warnings:
+                    print(f"bornagain: warning: {text}", flush=True)
+        self.logger.log(record, step=state.step)
+        self.logger.flush()
+        if self.settings.progress and main:
+            print(_epoch_line(task.name, record), flush=True)
+        state.next_epoch()
+        # the next epoch's batches now, so the checkpoint holds its fresh generators' states
+        self.batches = task.epoch_batches(state.epoch, self.dist) if state.epoch < task.epochs else []
+        self.checkpoint()
 
 
 def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings, *,

@@ -45,7 +45,7 @@ from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_split, load_train_examples
 from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
-from bornagain.pipelines.bam_student import StudentData, train_student
+from bornagain.pipelines.bam_student import StudentData, StudentSetup, train_student
 from bornagain.pipelines.common import start_process
 from bornagain.glue.tasks import get_task
 from bornagain.pipelines.glue_teachers import TeacherRun, train_teacher
@@ -176,9 +176,10 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, device: torch.device, 
                     data = load_student_data(data_cfg, tokenizer, teachers if cfg.bam.needs_teachers else None)
                 # Every arm of one seed starts from the same weights (paired comparison across arms):
                 # the engine seeds the global RNG with derive_seed(seed, "bam-student"), then builds.
-                metrics = train_student(None, data, arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim,
-                                        train_cfg=cfg.train, run_dir=run_dir, device=device, pad_token_id=pad_id,
-                                        resume=True, build=lambda: build_model(cfg, cfg.glue.tasks),
+                setup = StudentSetup(arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim, train_cfg=cfg.train,
+                                     device=device, pad_token_id=pad_id)
+                metrics = train_student(None, data, setup, run_dir=run_dir, resume=True,
+                                        build=lambda: build_model(cfg, cfg.glue.tasks),
                                         init_seed=derive_seed(seed, "bam-student"))
                 note = f"{time.perf_counter() - started:.0f} s since start"
             runs[arm][seed] = {task: nan_for_none(values) for task, values in metrics.items()}

@@ -38,6 +38,8 @@ from bornagain.distill.bam_targets import (
     squared_error,
     target_arm,
 )
+from bornagain.glue.bam_config import BamConfig
+from bornagain.glue.config import OptimConfig
 from bornagain.glue.evaluation import evaluate_dev
 from bornagain.glue.model import MultiTaskModel
 from bornagain.glue.optim import build_optimizer, build_scheduler
@@ -168,6 +170,20 @@ def evaluate_student(model: MultiTaskModel, dev: dict[str, dict[str, EncodedSpli
 # --- training ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StudentSetup:
+    """How one student arm with one seed trains: the settings StudentTask and train_student share."""
+
+    arm: str
+    seed: int
+    bam: BamConfig
+    optim_cfg: OptimConfig
+    train_cfg: TrainingConfig
+    """The shared training section: precision, checkpoints, progress (the student's epochs and batch are bam.*)."""
+    device: torch.device
+    pad_token_id: int = 0
+
+
 class StudentTask:
     """The engine's view of one student arm with one seed (see the engine's Task protocol).
 
@@ -178,13 +194,13 @@ class StudentTask:
     find_unused_parameters = True  # a head whose task is absent from a batch gets no gradient
     evaluate_on_every_rank = True  # under torchrun the ranks share the dev predictions
 
-    def __init__(self, data: StudentData, *, arm: str, seed: int, bam, optim_cfg, device: torch.device,
-                 precision: str, pad_token_id: int, model: MultiTaskModel | None = None, build=None):
-        self.arm = target_arm(arm)  # the declared entry, resolved once
+    def __init__(self, data: StudentData, setup: StudentSetup, *, model: MultiTaskModel | None = None, build=None):
+        self.arm = target_arm(setup.arm)  # the declared entry, resolved once
         if self.arm.needs_teacher and data.teacher_outputs is None:
-            raise ValueError(f"arm {arm!r} needs the teachers' cached predictions")
-        self.data, self.seed, self.bam, self.optim_cfg = data, seed, bam, optim_cfg
-        self.device, self.precision, self.pad_token_id = device, precision, pad_token_id
+            raise ValueError(f"arm {setup.arm!r} needs the teachers' cached predictions")
+        seed, bam, device = setup.seed, setup.bam, setup.device
+        self.data, self.seed, self.bam, self.optim_cfg = data, seed, bam, setup.optim_cfg
+        self.device, self.precision, self.pad_token_id = device, setup.train_cfg.precision, setup.pad_token_id
         self._model, self._build = model, build
         self.sizes = data.task_sizes
         self.batch_size, self.batch_key = bam.batch_size, "bam.batch_size"  # the engine splits it
@@ -238,8 +254,7 @@ class StudentTask:
         return {"arm": self.arm.name, "seed": self.seed, "dev_metrics": metrics, "total_steps": self.total}
 
 
-def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, seed: int, bam, optim_cfg,
-                  train_cfg: TrainingConfig, run_dir: str | Path, device: torch.device, pad_token_id: int,
+def train_student(model: MultiTaskModel | None, data: StudentData, setup: StudentSetup, *, run_dir: str | Path,
                   resume: bool, build=None, init_seed: int | None = None) -> dict[str, dict[str, float]]:
     """Train one student arm with one seed in ``run_dir`` on the engine; return its dev metrics.
 
@@ -251,10 +266,10 @@ def train_student(model: MultiTaskModel | None, data: StudentData, *, arm: str, 
     run_dir = Path(run_dir)
     if resume and (run_dir / RESULTS).exists():
         return finished_results(run_dir)["dev_metrics"]
-    task = StudentTask(data, arm=arm, seed=seed, bam=bam, optim_cfg=optim_cfg, device=device,
-                       precision=train_cfg.precision, pad_token_id=pad_token_id, model=model, build=build)
-    settings = engine_settings(train_cfg, device, seed=derive_seed(seed, "bam-student") if init_seed is None else init_seed,
-                               max_grad_norm=optim_cfg.max_grad_norm, log_every_steps=1)
+    task = StudentTask(data, setup, model=model, build=build)
+    seed = derive_seed(setup.seed, "bam-student") if init_seed is None else init_seed
+    settings = engine_settings(setup.train_cfg, setup.device, seed=seed, max_grad_norm=setup.optim_cfg.max_grad_norm,
+                               log_every_steps=1)
     return train(run_dir, task, settings, resume=resume)["dev_metrics"]
 
 
