@@ -236,3 +236,33 @@ def test_a_setting_the_loss_preset_ignores_is_refused():
         load_config(VisionConfig, None, ["ban.loss=cwtm", "ban.temperature=3"])
     assert load_config(VisionConfig, None, ["ban.loss=cwtm", "ban.label_weight=0.7"]).ban.weights()[0] == 1.0
     assert load_config(VisionConfig, None, ["ban.loss=dkpp", "ban.temperature=3"]).ban.weights()[2] == 3.0
+
+
+def test_which_keys_may_differ_is_declared_on_the_key():
+    """may_differ() on a field is the one declaration every settings check reads: resume, pooling over seeds,
+    a reused teacher (tests of each check exercise them end to end)."""
+    from dataclasses import dataclass, field
+
+    from bornagain.config import keys_that_may_differ, may_differ
+
+    @dataclass(frozen=True)
+    class Inner:
+        threads: int = field(default=1, metadata=may_differ("resume", "pool", "teacher"))
+        lr: float = 0.1
+
+    @dataclass(frozen=True)
+    class Outer:
+        seed: int = field(default=0, metadata=may_differ("pool"))
+        train: Inner = field(default_factory=Inner)
+
+    assert keys_that_may_differ(Outer, "pool") == ("seed", "train.threads")
+    assert keys_that_may_differ(Outer, "resume") == ("train.threads",)
+    with pytest.raises(ValueError, match="unknown occasion"):
+        keys_that_may_differ(Outer, "sometimes")
+    with pytest.raises(ValueError, match="unknown occasions"):
+        may_differ("never")
+    # the vision config: what a run learned from never may differ; how it ran always may
+    vision = {o: set(keys_that_may_differ(VisionConfig, o)) for o in ("resume", "pool", "teacher")}
+    assert all("train.num_threads" in keys for keys in vision.values())
+    assert not any(k in keys for keys in vision.values() for k in ("train.lr", "model.name", "ban.loss", "data.name"))
+    assert "seed" in vision["pool"] and "seed" not in vision["teacher"] | vision["resume"]

@@ -20,7 +20,7 @@ import difflib
 import types
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar, Union
 
@@ -30,6 +30,37 @@ from bornagain.engine.settings import recorded
 from bornagain.errors import RenamedKeyWarning, UserError
 
 T = TypeVar("T")
+
+OCCASIONS = ("resume", "pool", "teacher")
+"""When two runs of one experiment are compared: a run continued with --resume ("resume"), runs pooled over
+seeds ("pool"), a finished run reused as a teacher ("teacher")."""
+MECHANICS = OCCASIONS
+"""A key that says how a run ran, never what it learned (logging, threads, checkpoint cadence, compilation):
+it may differ on every occasion."""
+_MAY_DIFFER = "may_differ"
+
+
+def may_differ(*occasions: str) -> dict:
+    """Field metadata declaring, on the key itself, the occasions (``OCCASIONS``) on which its value may differ
+    between the runs compared; every settings check reads it through ``keys_that_may_differ``."""
+    unknown = sorted(set(occasions) - set(OCCASIONS))
+    if unknown:
+        raise ValueError(f"unknown occasions {unknown}: choose from {OCCASIONS}")
+    return {_MAY_DIFFER: frozenset(occasions)}
+
+
+def keys_that_may_differ(cls: type, occasion: str, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of config class ``cls`` (sections expanded) whose fields declare ``may_differ(occasion)``."""
+    if occasion not in OCCASIONS:
+        raise ValueError(f"unknown occasion {occasion!r}: choose from {OCCASIONS}")
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += keys_that_may_differ(hints[f.name], occasion, f"{prefix}{f.name}.")
+        elif occasion in f.metadata.get(_MAY_DIFFER, ()):
+            keys.append(prefix + f.name)
+    return tuple(keys)
 
 
 @dataclass(frozen=True)
@@ -41,24 +72,25 @@ class TrainingConfig:
     """Passes over the training set (per generation, per teacher)."""
     batch_size: int = 64
     """The global batch: under torchrun it is split over the ranks."""
-    eval_batch_size: int = 512
+    eval_batch_size: int = field(default=512, metadata=may_differ("teacher"))
     """Examples per batch when predicting validation and test sets (no gradients: larger than training's)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata=may_differ("teacher"))
     """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=may_differ("pool", "teacher"))
     """auto | cpu | cuda (or cuda:N)."""
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = field(default=0, metadata=may_differ(*MECHANICS))
     """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
-    num_threads: int | None = None
+    num_threads: int | None = field(default=None, metadata=may_differ(*MECHANICS))
     """torch intra-op threads on CPU; null leaves torch's default."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Progress bars on stderr."""
-    tensorboard: bool = True
+    tensorboard: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """TensorBoard event files beside metrics.jsonl in every run directory."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=may_differ(*MECHANICS))
     """torch.compile the trained model (and a frozen BAN teacher); falls back to eager with one warning line
     where this machine cannot compile. The compile time is reported apart from the training time."""
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(
+        default="default", metadata=may_differ(*MECHANICS))
     """torch.compile's mode, with train.compile=true."""
 
     def __post_init__(self):

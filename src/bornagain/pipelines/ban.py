@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, load_yaml, recorded_config, save_config
+from bornagain.config import config_to_dict, keys_that_may_differ, load_yaml, recorded_config, save_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
 from bornagain.engine.lock import run_lock
@@ -58,7 +58,7 @@ from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.power import per_example_power, reading
 from bornagain.reports.ban_tables import write_tables
 from bornagain.reports.seeds import aggregate, write_aggregate
-from bornagain.vision.config import RUN_MECHANICS, VisionConfig
+from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import PreparedData, prepare_data
 
 
@@ -298,14 +298,6 @@ def _run_config(cfg: VisionConfig, name: str) -> VisionConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
 
 
-# Keys of a run's config that say how it ran, not what it learned from: a reused teacher may differ in them.
-_HOW_IT_RAN = (*RUN_MECHANICS, "train.device", "train.eval_batch_size", "train.precision", "train.channels_last")
-
-
-# data.* keys that say where the data are or how they were read, not which images a run learned from
-_WHERE_DATA_ARE = ("data.root", "data.download", "data.layout")
-
-
 def teacher_shaping(cfg: VisionConfig, *, schedule: bool) -> dict:
     """What shaped the training of a run of ``cfg.model.name``, as dotted keys: the split seed, the data, the
     options its model was built with (models.model_options: ``model.dropout`` only where the architecture
@@ -344,7 +336,8 @@ def check_teacher_run(cfg: VisionConfig) -> None:
                         "by `bornagain ban` or `bornagain train`") from None
     schedule = not cfg.ban.teacher_run_other_schedule
     before, now = teacher_shaping(theirs, schedule=schedule), teacher_shaping(_run_config(cfg, name), schedule=schedule)
-    changed = changed_keys(before, now, ignore=(*_HOW_IT_RAN, *_WHERE_DATA_ARE))
+    # how it ran (device, precision, threads, ...) and where its data lay: declared on the keys (may_differ)
+    changed = changed_keys(before, now, ignore=keys_that_may_differ(VisionConfig, "teacher"))
     if changed:
         schedule = [k for k in changed if k.startswith("train.")]
         hint = (" (a deliberately different teacher schedule is allowed with ban.teacher_run_other_schedule=true)"
@@ -418,7 +411,8 @@ def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
                         "or choose another --output")
     saved_path = output / "config.yaml"
     if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
-        # controls may be added to a finished sequence: they train beside it and change none of its runs
+        # how it ran may change, and controls may be added to a finished sequence (they train beside it and
+        # change none of its runs): declared on the keys (may_differ "resume")
         refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output,
-                       ignore=(*RUN_MECHANICS, "output_dir", "ban.controls", "ban.label_smoothing"),
+                       ignore=keys_that_may_differ(VisionConfig, "resume"),
                        added=VisionConfig.ADDED_KEYS)  # keys added since the run was made: their values of then

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import load_yaml
+from bornagain.config import keys_that_may_differ, load_yaml
 from bornagain.engine.settings import changed_keys, recorded
 from bornagain.errors import UserError
 from bornagain.files import atomic_write_text, read_json, write_json
 from bornagain.reports.ensembles import average_probabilities, generation_dir, load_probs, member_dir
-from bornagain.vision.config import RUN_MECHANICS, VisionConfig
+from bornagain.vision.config import VisionConfig
 from bornagain.reports.power import NOTE as POWER_NOTE
 from bornagain.reports.plots import plot_runs
 from bornagain.reports.power import paired_power, reading
@@ -52,10 +52,6 @@ POOLED_TEST = ("McNemar's exact test pooled over seeds: the test examples only a
                "example that the models of several seeds disagree on counts once per seed, and p is optimistic when "
                "the seeds' models err on the same examples")
 
-# Keys that say how a run ran, not what it learned: runs that differ in them still pool (and the seed).
-POOL_EXEMPT = ("seed", "output_dir", "ban.seeds", *RUN_MECHANICS, "train.device")
-
-
 def check_poolable(run_dirs: list[Path]) -> None:
     """Refuse runs whose configs differ in anything but the seed and how they ran, naming the keys; and
     refuse a seed given twice. Each config is read as it was made (engine/settings.recorded: a key added since
@@ -67,7 +63,8 @@ def check_poolable(run_dirs: list[Path]) -> None:
                             "pool only runs made by `bornagain ban`")
         configs.append(recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS))  # dotted keys
     for d, cfg in zip(run_dirs[1:], configs[1:]):
-        changed = changed_keys(configs[0], cfg, ignore=POOL_EXEMPT)
+        # the seed, and how a run ran: declared on the keys (may_differ "pool")
+        changed = changed_keys(configs[0], cfg, ignore=keys_that_may_differ(VisionConfig, "pool"))
         if changed:
             raise UserError(f"cannot pool '{run_dirs[0]}' and '{d}' over seeds: their configs differ in "
                             f"{', '.join(changed)} (only the seed may differ); pass --per-run for one row per run")

@@ -10,15 +10,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bornagain.config import TrainingConfig
+from bornagain.config import MECHANICS, TrainingConfig, may_differ
 from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedLoss, resolve_loss
 from bornagain.errors import UserError
 
-
-# Keys that say how a run runs (logging, threads, checkpoint cadence, compilation), never what it learns: a run
-# continues, pools with others over seeds, or serves as a reused teacher whatever their values.
-RUN_MECHANICS = ("train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
-                 "train.compile", "train.compile_mode", "ban.prepare_teacher")  # (compiling, folding: rounding only)
+# Whether a key may differ when a run continues (--resume), when runs are pooled over seeds, or when a finished
+# run is reused as a teacher is declared on the key: field(metadata=may_differ(...)), read by
+# config.keys_that_may_differ. Keys that say how a run ran (logging, threads, checkpoint cadence, compilation,
+# teacher folding: rounding only) may differ on every occasion (MECHANICS).
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,10 @@ class DataConfig:
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors"] = "digits"
     """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder |
     tensors (one .safetensors / .npz file of uint8 images and int labels: vision/tensors.py)."""
-    root: str | None = None
+    root: str | None = field(default=None, metadata=may_differ("teacher"))  # where the data are, not which
     """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/), or the
     file of a tensors dataset."""
-    download: bool = True
+    download: bool = field(default=True, metadata=may_differ("teacher"))
     """Download the official CIFAR archive (MD5-checked) when `root` lacks it."""
     val_size: int | float = 0.1
     """Validation split held out from the training set: a fraction (0-1) or a count (>= 1). Stratified, seeded."""
@@ -40,7 +39,7 @@ class DataConfig:
     0: no crop."""
     hflip: bool | None = None
     """Random horizontal flips; null: the dataset's default (off for digits, on for the others)."""
-    layout: Literal["auto", "nchw", "nhwc"] = "auto"
+    layout: Literal["auto", "nchw", "nhwc"] = field(default="auto", metadata=may_differ("teacher"))
     """tensors only: where the channels of the image arrays are (auto: the axis of size 1, 3 or 4)."""
     train_subset: int | None = None
     """Train on a seeded stratified subset of this many training images (quick experiments)."""
@@ -82,7 +81,7 @@ class TrainConfig(TrainingConfig):
     """Passes over the training set, for the teacher and for every generation alike."""
     batch_size: int = 64
     """The global batch: under torchrun it is split over the ranks."""
-    eval_batch_size: int = 512
+    eval_batch_size: int = field(default=512, metadata=may_differ("teacher"))
     """Images per batch when predicting the validation and test sets."""
     lr: float = 0.1
     """SGD's peak learning rate (the paper's 0.1 at batch 128)."""
@@ -100,7 +99,7 @@ class TrainConfig(TrainingConfig):
     """Step schedule: the lr is multiplied by this at each milestone."""
     warmup_epochs: int = 0
     """Linear lr warm-up from 0 over this many epochs (every run; students may add ban.student_warmup_epochs)."""
-    channels_last: bool = False
+    channels_last: bool = field(default=False, metadata=may_differ("teacher"))
     """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU)."""
 
     def __post_init__(self):
@@ -149,7 +148,7 @@ class BanConfig:
     teacher; see the README). false gives the paper's Eq. 2 exactly."""
     teacher_precision: Literal["fp32", "bf16"] | None = None
     """Precision of the frozen teacher's forward pass; null: the students' train.precision."""
-    prepare_teacher: bool = True
+    prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
     teacher_run_other_schedule: bool = False
@@ -160,16 +159,16 @@ class BanConfig:
     instead of training the teacher again: several Table 2 students can share one DenseNet teacher. `{seed}` in
     the path is replaced by the run's seed, which lets `ban.seeds` reuse one teacher per seed
     (ban.teacher_run=runs/x/seed-{seed}/gen0: another loss over the same teachers)."""
-    controls: tuple[Literal["independent", "label_smoothing"], ...] = ()
+    controls: tuple[Literal["independent", "label_smoothing"], ...] = field(default=(), metadata=may_differ("resume"))
     """The baselines a reviewer asks for, trained beside the sequence into OUTPUT/controls/ (pipelines/
     ban_controls.py): "independent" -- K independently trained copies of the teacher (gen0 and K - 1 more seeds,
     the same schedule) averaged as Ind*K beside each Ens*K, the same compute as K generations; "label_smoothing"
     -- a student of the students' architecture trained from labels with label smoothing, no teacher. Adding
     controls to a finished sequence (--resume) trains only the controls."""
-    label_smoothing: tuple[float, ...] = (0.1,)
+    label_smoothing: tuple[float, ...] = field(default=(0.1,), metadata=may_differ("resume"))
     """The label_smoothing control's epsilon: one value is given; several are each trained and the one with the
     lowest validation error is reported (the test set chooses nothing)."""
-    seeds: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] | None = field(default=None, metadata=may_differ("pool"))
     """Run the whole sequence once per seed into OUTPUT/seed-<s>/ (each a normal run with seed=s) and write
     mean +- std, paired tests and McNemar tests over the seeds at OUTPUT/ (pipelines/ban_seeds.py);
     null: one sequence with the top-level `seed`, in OUTPUT/ itself."""
@@ -265,10 +264,10 @@ class VisionConfig:
         "ban.label_smoothing": [0.1],
     }
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=may_differ("pool"))
     """Seeds the split, the subset, every initialisation and the augmentation (a generation's seed derives
     from it)."""
-    output_dir: str = "runs/default"
+    output_dir: str = field(default="runs/default", metadata=may_differ("resume", "pool"))
     """The run directory (--output overrides it)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
