@@ -68,7 +68,7 @@ def _yaml_value(value: Any) -> str:
 def _type_text(tp: Any) -> str:
     from bornagain.config import _type_name  # noqa: PLC0415 - the name config errors use for a type
 
-    return _type_name(tp).replace("None", "null")
+    return _type_name(tp).replace("NoneType", "null").replace("None", "null")
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -26,7 +26,7 @@ data.py
                                   glue.max_train_examples with seed derive_seed(cfg.seed, "subsample", task):
                                   the student MUST use this to get the teachers' exact examples)
     majority_label(examples) -> int
-tokenize.py
+tokenization.py
     load_tokenizer(name_or_path); tokenizer_fingerprint(tokenizer) -> str
     EncodedSplit(task, ids, input_ids, token_type_ids, labels)   labels: int64 class (-1 none) or
                                   float32 y / label_scale (NaN none)

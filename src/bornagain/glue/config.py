@@ -146,7 +146,7 @@ class NlpTrainConfig(TrainingConfig):
     eval_batch_size: int = 128
     """Examples per batch when a teacher predicts (dev, test, and the training set it caches)."""
     bucket_by_length: bool = True
-    """Group training examples of similar length into batches (less padding; see tokenize.py)."""
+    """Group training examples of similar length into batches (less padding; see glue/tokenization.py)."""
     log_every_steps: int = 50
     """A step record in metrics.jsonl every N steps (the BAM student logs every step)."""
 

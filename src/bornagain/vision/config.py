@@ -170,7 +170,7 @@ class BanConfig:
     lowest validation error is reported (the test set chooses nothing)."""
     seeds: tuple[int, ...] | None = field(default=None, metadata=may_differ("pool"))
     """Run the whole sequence once per seed into OUTPUT/seed-<s>/ (each a normal run with seed=s) and write
-    mean +- std, paired tests and McNemar tests over the seeds at OUTPUT/ (pipelines/ban_seeds.py);
+    mean +- std, paired tests and McNemar tests over the seeds at OUTPUT/ (pipelines/ban.py run_seeds);
     null: one sequence with the top-level `seed`, in OUTPUT/ itself."""
 
     def __post_init__(self):
