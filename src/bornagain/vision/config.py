@@ -145,7 +145,7 @@ class BanConfig:
     """Divide label_weight and teacher_weight by their sum (BAN+L: 0.5 / 0.5 instead of the paper's 1 / 1).
     On by default: with a confident teacher the KL term is about as large as the label term, and the
     paper's summed loss doubles the gradient at the recipe's lr (students that start far behind their
-    teacher; see the README). false gives the paper's Eq. 2 exactly."""
+    teacher; see docs/ban.md). false gives the paper's Eq. 2 exactly."""
     teacher_precision: Literal["fp32", "bf16"] | None = None
     """Precision of the frozen teacher's forward pass; null: the students' train.precision."""
     prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
