@@ -203,3 +203,27 @@ def test_runs_recorded_before_a_key_existed_keep_working(tmp_path):
     with pytest.raises(UserError, match="bam.bucket_by_length"):
         check_or_record(tmp_path / "student.json", student_settings(changed, "labels", 0, None),
                         added=cfg.ADDED_KEYS)
+
+
+def test_the_settings_files_keep_their_layout():
+    """teacher_settings.json and student_settings.json are read back by later runs: the keys that may differ are
+    declared on the config fields now, and the files keep the layout runs were recorded with (the keys of a
+    default config's files, as written before that declaration)."""
+    from bornagain.engine.settings import flatten
+    from bornagain.pipelines.bam import student_settings
+    from bornagain.pipelines.glue_teachers import teacher_settings
+
+    cfg = load_config(GlueExperimentConfig, None, [])
+    shared = {f"encoder.{k}" for k in ("attention_dropout", "from_scratch", "head_dropout", "hidden_dropout",
+                                       "hidden_size", "intermediate_size", "name_or_path", "num_attention_heads",
+                                       "num_hidden_layers", "pooling", "tokenizer")}
+    shared |= {f"optim.{k}" for k in ("adam_beta1", "adam_beta2", "adam_eps", "layerwise_lr_decay", "lr",
+                                      "max_grad_norm", "warmup_fraction", "weight_decay")}
+    shared |= {"glue.data_dir", "glue.max_train_examples", "glue.source", "max_seq_length", "precision", "seed"}
+    assert set(flatten(teacher_settings(cfg, "RTE"))) == shared | {
+        "task", "train.batch_size", "train.bucket_by_length", "train.epochs"}
+    assert set(flatten(student_settings(cfg, "labels", 0, None))) == shared | {
+        "arm", "data_seed", "glue.tasks", *(f"bam.{k}" for k in (
+            "batch_size", "both_orders", "bucket_by_length", "distill_weight", "epochs", "lr",
+            "task_weight_exponent", "teacher_per_seed"))}
+    assert teacher_settings(cfg, "RTE")["precision"] == cfg.train.precision

@@ -304,6 +304,19 @@ def recorded_config(cls: type[T], tree: dict) -> T:
     return _build(cls, nested)
 
 
+def settings_tree(cfg: Any, occasion: str) -> dict:
+    """The config as a plain tree without the keys that may differ on ``occasion`` (empty sections dropped):
+    what a run recorded so that it is reused or continued only with the same values."""
+    tree = config_to_dict(cfg)
+    for key in keys_that_may_differ(type(cfg), occasion):
+        *path, leaf = key.split(".")
+        node = tree
+        for part in path:
+            node = node[part]
+        node.pop(leaf)
+    return {k: v for k, v in tree.items() if v != {}}
+
+
 def config_to_dict(cfg: Any) -> dict:
     """Plain dict (lists, not tuples) of a config tree, for YAML/JSON output."""
 

@@ -10,9 +10,10 @@ lr, batch size, epochs, and the distillation settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from bornagain.config import may_differ
 from bornagain.distill.bam_targets import TARGET_ARMS
 from bornagain.errors import UserError
 
@@ -20,38 +21,39 @@ from bornagain.errors import UserError
 
 @dataclass(frozen=True)
 class BamConfig:
-    """The multi-task student's settings (`bam.*` keys)."""
+    """The multi-task student's settings (`bam.*` keys). None defines a teacher ("teacher"); the arms, seeds,
+    evaluation batch and test do not define one student run either ("resume")."""
 
-    targets: tuple[str, ...] = ("annealed", "labels")
+    targets: tuple[str, ...] = field(default=("annealed", "labels"), metadata=may_differ("teacher", "resume"))
     """Student target arms, each trained once per seed: annealed (BAM: lambda * label +
     (1 - lambda) * teacher, lambda = step / total_steps), fixed (constant teacher weight
     `distill_weight`), labels (plain multi-task), smoothing-annealed (the same schedule from
     uniform label smoothing to hard labels, no teacher)."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = field(default=(0,), metadata=may_differ("teacher", "resume"))
     """Each arm is repeated once per seed; the table reports mean +- std over seeds."""
-    teacher_per_seed: bool = True
+    teacher_per_seed: bool = field(default=True, metadata=may_differ("teacher"))
     """Train one single-task teacher per (task, seed) and let student seed k learn from the
     seed-k teachers, so 'BAM vs teachers' is a paired comparison over seeds. False: one teacher
     per task (trained with the config's `seed`, on that seed's subsample) teaches every student
     seed; the teachers' row then has n = 1 and no paired test against them."""
-    distill_weight: float = 0.5
+    distill_weight: float = field(default=0.5, metadata=may_differ("teacher"))
     """Constant teacher weight (1 - lambda) of the `fixed` arm (the original code's 0.5)."""
-    task_weight_exponent: float = 0.75
+    task_weight_exponent: float = field(default=0.75, metadata=may_differ("teacher"))
     """Task t's share of the training examples is proportional to |D_t|^exponent."""
-    both_orders: bool = True
+    both_orders: bool = field(default=True, metadata=may_differ("teacher"))
     """Present each drawn MRPC / STS-B example with its sentences swapped with probability 1/2."""
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=may_differ("teacher"))
     """Peak learning rate of the student (the task heads'; lower layers get layer-wise decay)."""
-    batch_size: int = 128
+    batch_size: int = field(default=128, metadata=may_differ("teacher"))
     """Examples per minibatch, mixed across tasks."""
-    epochs: float = 6.0
+    epochs: float = field(default=6.0, metadata=may_differ("teacher"))
     """Student epochs; one epoch = sum over tasks of |D_task| examples (see sampling.py)."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = field(default=256, metadata=may_differ("teacher", "resume"))
     """Examples per batch when the student predicts the dev sets."""
-    bucket_by_length: bool = False
+    bucket_by_length: bool = field(default=False, metadata=may_differ("teacher"))
     """Sort each chunk of 50 mixed minibatches by token length (less padding, tasks still mixed;
     see sampling.py). Off by default: the original's plain mixed order."""
-    paired_test: Literal["t", "wilcoxon"] = "t"
+    paired_test: Literal["t", "wilcoxon"] = field(default="t", metadata=may_differ("teacher", "resume"))
     """Significance test over seeds: paired t-test (scipy ttest_rel) or Wilcoxon signed-rank
     (which cannot reach p < 0.05 with fewer than 6 seeds)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from bornagain.config import TrainingConfig
+from bornagain.config import MECHANICS, TrainingConfig, may_differ
 from bornagain.errors import UserError
 from bornagain.glue.bam_config import BamConfig
 from bornagain.glue.tasks import BAM_TASKS, canonical_task_names
@@ -24,14 +24,14 @@ class GlueDataConfig:
     data_dir: str | None = None
     """Folder with one sub-folder per task in the classic TSV layout (CoLA/train.tsv, ...);
     needed when source=tsv."""
-    tasks: tuple[str, ...] = BAM_TASKS
+    tasks: tuple[str, ...] = field(default=BAM_TASKS, metadata=may_differ("teacher"))
     """GLUE tasks to train, e.g. [CoLA, SST-2, MRPC, STS-B, RTE]."""
     source: Literal["tsv", "hub"] = "tsv"
     """tsv: read `data_dir`; hub: Hugging Face `datasets` ("glue", <task>), needs internet."""
     max_train_examples: int | None = None
     """For quick runs: keep a seeded, label-stratified subsample of at most this many
     training examples per task (ids and order of the kept examples unchanged). None = all."""
-    test_submissions: bool = True
+    test_submissions: bool = field(default=True, metadata=may_differ("teacher", "resume"))
     """Write each teacher's GLUE test-server predictions (submission/). Predicting the test sets (9,000
     sentences for the five small tasks) costs more than training a teacher on a few hundred examples on a
     CPU: the CPU budget recipes turn it off. Not part of what defines a teacher or a student."""
@@ -139,15 +139,21 @@ class NlpTrainConfig(TrainingConfig):
     progress and TensorBoard apply to every run, teachers and students alike.
     """
 
-    epochs: int = 3
+    # In GLUE runs a teacher is defined by its task's data, encoder, optimiser, seed, precision and train.epochs,
+    # batch_size, bucket_by_length; a student by everything but train.* (its own are bam.*) except precision.
+    epochs: int = field(default=3, metadata=may_differ("resume"))
     """Epochs of each single-task teacher."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=may_differ("resume"))
     """Each teacher's global batch (split over the ranks under torchrun)."""
-    eval_batch_size: int = 128
+    eval_batch_size: int = field(default=128, metadata=may_differ("teacher", "resume"))
     """Examples per batch when a teacher predicts (dev, test, and the training set it caches)."""
-    bucket_by_length: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast, for teachers and students alike (faster on CPUs with bf16 support and on recent GPUs)."""
+    device: str = field(default="auto", metadata=may_differ(*MECHANICS))
+    """auto | cpu | cuda (or cuda:N)."""
+    bucket_by_length: bool = field(default=True, metadata=may_differ("resume"))
     """Group training examples of similar length into batches (less padding; see glue/tokenization.py)."""
-    log_every_steps: int = 50
+    log_every_steps: int = field(default=50, metadata=may_differ(*MECHANICS))
     """A step record in metrics.jsonl every N steps (the BAM student logs every step)."""
 
     def __post_init__(self) -> None:
@@ -174,7 +180,7 @@ class GlueExperimentConfig:
 
     seed: int = 0
     """Seeds subsampling, initialisation and data order (the BAM student's seeds: bam.seeds)."""
-    output_dir: str = "runs/glue"
+    output_dir: str = field(default="runs/glue", metadata=may_differ(*MECHANICS))
     """Where teachers/, students/ and the tables go (--output overrides it)."""
     max_seq_length: int = 128
     """Longer inputs are truncated (longest sequence first for pairs)."""

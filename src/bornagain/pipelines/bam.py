@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, save_config
+from bornagain.config import config_to_dict, save_config, settings_tree
 from bornagain.engine.distributed import barrier, current, per_rank_batch
 from bornagain.engine.lock import run_lock
 from bornagain.files import atomic_write_text, json_safe, nan_for_none, read_json, write_json
@@ -103,16 +103,13 @@ def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, 
 
 
 def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
-    """What defines one student run (checked before a finished or interrupted run is reused)."""
-    tree = config_to_dict(cfg)
-    for key in ("output_dir", "train"):  # the student's own epochs and batch are bam.*
-        tree.pop(key)
-    for key in ("targets", "seeds", "eval_batch_size", "paired_test"):
-        tree["bam"].pop(key)
-    tree["glue"].pop("test_submissions")  # the teachers' output only
+    """What defines one student run (checked before a finished or interrupted run is reused): every key but
+    those declared may_differ("resume") (train.* but precision: the student's own epochs and batch are bam.*;
+    the arm list and seeds), with its own arm, seed and teachers; the layout of student_settings.json."""
+    tree = settings_tree(cfg, "resume")
+    tree["precision"] = tree.pop("train")["precision"]
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
     tree["seed"] = seed
-    tree["precision"] = cfg.train.precision
     tree["arm"] = arm
     if target_arm(arm).needs_teacher and teachers is not None:
         tree["teacher_predictions"] = {task: run.prediction_fingerprint for task, run in teachers.items()}

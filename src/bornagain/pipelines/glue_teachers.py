@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bornagain.config import config_to_dict, save_config
+from bornagain.config import save_config, settings_tree
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import DistInfo, current, init_distributed, per_rank_batch, rank_slices
 from bornagain.engine.rng import derive_seed
@@ -89,14 +89,10 @@ class TeacherRun:
 
 
 def teacher_settings(cfg: GlueExperimentConfig, task: str) -> dict:
-    """The config values that define a teacher (device, progress bars and the task list do not)."""
-    tree = config_to_dict(cfg)
-    for key in ("output_dir", "bam"):
-        tree.pop(key)
-    tree["glue"].pop("tasks")
-    tree["glue"].pop("test_submissions")  # an output, not a setting of the teacher
-    tree["train"] = {k: tree["train"][k] for k in ("epochs", "batch_size", "bucket_by_length")}
-    tree["precision"] = cfg.train.precision
+    """The config values that define a teacher: every key but those declared may_differ("teacher") (device,
+    progress bars, the task list, bam.*), with its task; the layout of teacher_settings.json."""
+    tree = settings_tree(cfg, "teacher")
+    tree["precision"] = tree["train"].pop("precision")
     tree["task"] = task
     return tree
 
