@@ -53,6 +53,9 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path, capsys
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "seed-0" / "gen0" / "model.safetensors").stat().st_mtime_ns == stamp  # finished: not retrained
     assert "Paired t over seeds" in resumed.stdout
+    # says what it does: the teacher reused, the student continued from its last checkpoint (epoch 1's end)
+    assert f"bornagain: {out / 'seed-0' / 'gen0'} is finished: reused, not retrained" in resumed.stdout
+    assert f"bornagain: resuming {out / 'seed-0' / 'gen1'} from step 4 (epoch 2, batch 0 of 4)" in resumed.stdout
 
     # seed-<s> is exactly `bornagain ban seed=s`, killed or not
     _ban(tmp_path, "single", "seed=0", epochs=2)

@@ -136,6 +136,8 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     """
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
+        if current().is_main:
+            print(f"bornagain: {run_dir} is finished: reused, not retrained", flush=True)
         return finished_results(run_dir)
     dist = current()
     _per_rank_batch(task, dist)  # a batch the ranks cannot share: refused before anything is written
@@ -186,6 +188,9 @@ class _Loop:
         self.state = EpochProgress()
         if resume and self.ckpt.exists():
             self.batches = self._restore()
+            if self.main:
+                print(f"bornagain: resuming {self.run_dir} from step {self.state.step} (epoch {self.state.epoch + 1}, "
+                      f"batch {self.state.batch} of {len(self.batches)})", flush=True)
         else:
             if self.main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
