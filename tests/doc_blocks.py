@@ -4,14 +4,16 @@ A fenced block's info string says what it is:
 
     ```bash            run by tests/test_docs.py (seconds)
     ```bash long       run by `python tests/doc_blocks.py --long` (real data, minutes)
-    ```bash ci         install and test commands: what .ci/run itself runs
+    ```bash ci         install and test commands (.ci/run installs the pinned versions, then runs the test command)
+    ```bash sketch     shown, never run: placeholders (HOST), several machines
     ```python          run by the test, like bash
     ```python file=F   not run: saved as F for the blocks after it (a model file, a data script)
     ```text, ```yaml   output or content, never run
 
 The blocks of one page run in order in one fresh folder holding links to the repository's configs/ and
 benchmarks/, so a page reads like a session a user types. `python tests/doc_blocks.py --long` runs every
-block but `ci` from the repository's parent-relative data (../shared/data) and prints each one's wall time.
+block but `ci` and `sketch`, the long ones in the repository itself (the recipes read ../shared/data relative to
+it: run it in a fresh clone, as it writes runs/), and prints each one's wall time.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Block:
     page: Path
     line: int             # 1-based line of the opening fence
     lang: str             # bash, python, text, ...
-    tags: tuple[str, ...]  # long, ci, file=NAME
+    tags: tuple[str, ...]  # long, ci, sketch, file=NAME
     text: str
 
     @property
@@ -92,7 +94,8 @@ def run_block(block: Block, folder: Path, timeout: float) -> subprocess.Complete
 
 def page_blocks(page: Path, *, long: bool) -> list[Block]:
     """The blocks a run of this page executes: runnable, not `ci`, and `long` ones only when asked."""
-    return [b for b in blocks(page) if b.lang in RUNNABLE and "ci" not in b.tags and (long or "long" not in b.tags)]
+    return [b for b in blocks(page) if b.lang in RUNNABLE and not {"ci", "sketch"} & set(b.tags)
+            and (long or "long" not in b.tags)]
 
 
 def main(argv: list[str]) -> int:

@@ -232,8 +232,10 @@ def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
     assert results["loss_weights"] == {"label_weight": label_w, "teacher_weight": teacher_w,
                                        "temperature": temperature}
     if cfg.ban.teacher_run:
-        assert results["generations"][0]["teacher_run"] == cfg.ban.teacher_run and not (out / "gen0").exists()
-        _finished(Path(cfg.ban.teacher_run))
+        from bornagain.vision.config import teacher_run_dir  # noqa: PLC0415
+
+        assert results["generations"][0]["teacher_run"] == teacher_run_dir(cfg) and not (out / "gen0").exists()
+        _finished(Path(teacher_run_dir(cfg)))
     else:
         assert _finished(out / "gen0")["loss"] == "ce"
     for g in range(1, g_last + 1):

@@ -31,9 +31,10 @@ from bornagain.errors import RenamedKeyWarning, UserError
 
 T = TypeVar("T")
 
-OCCASIONS = ("resume", "pool", "teacher")
+OCCASIONS = ("resume", "pool", "teacher", "student")
 """When two runs of one experiment are compared: a run continued with --resume ("resume"), runs pooled over
-seeds ("pool"), a finished run reused as a teacher ("teacher")."""
+seeds ("pool"), a finished run reused or continued as a teacher ("teacher": a BAN generation 0, a GLUE
+teacher), a BAM student run reused or continued ("student")."""
 MECHANICS = OCCASIONS
 """A key that says how a run ran, never what it learned (logging, threads, checkpoint cadence, compilation):
 it may differ on every occasion."""

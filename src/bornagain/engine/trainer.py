@@ -127,6 +127,13 @@ def finished_results(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir) / RESULTS) if is_finished(run_dir) else None
 
 
+def reuse_finished(run_dir: str | Path) -> dict:
+    """results.json of a finished run met on --resume, saying so (rank 0): it is read back, never retrained."""
+    if current().is_main:
+        print(f"bornagain: {run_dir} is finished: reused, not retrained", flush=True)
+    return finished_results(run_dir)
+
+
 def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: bool,
           epoch_check=None) -> dict:
     """Train ``task`` in ``run_dir`` (or continue it from its checkpoint with ``resume``); return results.json.
@@ -136,9 +143,7 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     """
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
-        if current().is_main:
-            print(f"bornagain: {run_dir} is finished: reused, not retrained", flush=True)
-        return finished_results(run_dir)
+        return reuse_finished(run_dir)
     dist = current()
     _per_rank_batch(task, dist)  # a batch the ranks cannot share: refused before anything is written
     with run_lock(run_dir, enabled=dist.is_main):
@@ -189,8 +194,9 @@ class _Loop:
         if resume and self.ckpt.exists():
             self.batches = self._restore()
             if self.main:
-                print(f"bornagain: resuming {self.run_dir} from step {self.state.step} (epoch {self.state.epoch + 1}, "
-                      f"batch {self.state.batch} of {len(self.batches)})", flush=True)
+                where = (f"epoch {self.state.epoch + 1}, batch {self.state.batch} of {len(self.batches)}"
+                         if self.state.batch < len(self.batches) else "all epochs done: finishing")
+                print(f"bornagain: resuming {self.run_dir} from step {self.state.step} ({where})", flush=True)
         else:
             if self.main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,14 @@ from bornagain.errors import UserError
 @dataclass(frozen=True)
 class BamConfig:
     """The multi-task student's settings (`bam.*` keys). None defines a teacher ("teacher"); the arms, seeds,
-    evaluation batch and test do not define one student run either ("resume")."""
+    evaluation batch and test do not define one student run either ("student")."""
 
-    targets: tuple[str, ...] = field(default=("annealed", "labels"), metadata=may_differ("teacher", "resume"))
+    targets: tuple[str, ...] = field(default=("annealed", "labels"), metadata=may_differ("teacher", "student"))
     """Student target arms, each trained once per seed: annealed (BAM: lambda * label +
     (1 - lambda) * teacher, lambda = step / total_steps), fixed (constant teacher weight
     `distill_weight`), labels (plain multi-task), smoothing-annealed (the same schedule from
     uniform label smoothing to hard labels, no teacher)."""
-    seeds: tuple[int, ...] = field(default=(0,), metadata=may_differ("teacher", "resume"))
+    seeds: tuple[int, ...] = field(default=(0,), metadata=may_differ("teacher", "student"))
     """Each arm is repeated once per seed; the table reports mean +- std over seeds."""
     teacher_per_seed: bool = field(default=True, metadata=may_differ("teacher"))
     """Train one single-task teacher per (task, seed) and let student seed k learn from the
@@ -48,12 +48,12 @@ class BamConfig:
     """Examples per minibatch, mixed across tasks."""
     epochs: float = field(default=6.0, metadata=may_differ("teacher"))
     """Student epochs; one epoch = sum over tasks of |D_task| examples (see sampling.py)."""
-    eval_batch_size: int = field(default=256, metadata=may_differ("teacher", "resume"))
+    eval_batch_size: int = field(default=256, metadata=may_differ("teacher", "student"))
     """Examples per batch when the student predicts the dev sets."""
     bucket_by_length: bool = field(default=False, metadata=may_differ("teacher"))
     """Sort each chunk of 50 mixed minibatches by token length (less padding, tasks still mixed;
     see sampling.py). Off by default: the original's plain mixed order."""
-    paired_test: Literal["t", "wilcoxon"] = field(default="t", metadata=may_differ("teacher", "resume"))
+    paired_test: Literal["t", "wilcoxon"] = field(default="t", metadata=may_differ("teacher", "student"))
     """Significance test over seeds: paired t-test (scipy ttest_rel) or Wilcoxon signed-rank
     (which cannot reach p < 0.05 with fewer than 6 seeds)."""
 

@@ -31,7 +31,7 @@ class GlueDataConfig:
     max_train_examples: int | None = None
     """For quick runs: keep a seeded, label-stratified subsample of at most this many
     training examples per task (ids and order of the kept examples unchanged). None = all."""
-    test_submissions: bool = field(default=True, metadata=may_differ("teacher", "resume"))
+    test_submissions: bool = field(default=True, metadata=may_differ("teacher", "student"))
     """Write each teacher's GLUE test-server predictions (submission/). Predicting the test sets (9,000
     sentences for the five small tasks) costs more than training a teacher on a few hundred examples on a
     CPU: the CPU budget recipes turn it off. Not part of what defines a teacher or a student."""
@@ -141,17 +141,17 @@ class NlpTrainConfig(TrainingConfig):
 
     # In GLUE runs a teacher is defined by its task's data, encoder, optimiser, seed, precision and train.epochs,
     # batch_size, bucket_by_length; a student by everything but train.* (its own are bam.*) except precision.
-    epochs: int = field(default=3, metadata=may_differ("resume"))
+    epochs: int = field(default=3, metadata=may_differ("student"))
     """Epochs of each single-task teacher."""
-    batch_size: int = field(default=32, metadata=may_differ("resume"))
+    batch_size: int = field(default=32, metadata=may_differ("student"))
     """Each teacher's global batch (split over the ranks under torchrun)."""
-    eval_batch_size: int = field(default=128, metadata=may_differ("teacher", "resume"))
+    eval_batch_size: int = field(default=128, metadata=may_differ("teacher", "student"))
     """Examples per batch when a teacher predicts (dev, test, and the training set it caches)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast, for teachers and students alike (faster on CPUs with bf16 support and on recent GPUs)."""
     device: str = field(default="auto", metadata=may_differ(*MECHANICS))
     """auto | cpu | cuda (or cuda:N)."""
-    bucket_by_length: bool = field(default=True, metadata=may_differ("resume"))
+    bucket_by_length: bool = field(default=True, metadata=may_differ("student"))
     """Group training examples of similar length into batches (less padding; see glue/tokenization.py)."""
     log_every_steps: int = field(default=50, metadata=may_differ(*MECHANICS))
     """A step record in metrics.jsonl every N steps (the BAM student logs every step)."""

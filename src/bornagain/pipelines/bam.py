@@ -104,9 +104,9 @@ def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, 
 
 def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
     """What defines one student run (checked before a finished or interrupted run is reused): every key but
-    those declared may_differ("resume") (train.* but precision: the student's own epochs and batch are bam.*;
+    those declared may_differ("student") (train.* but precision: the student's own epochs and batch are bam.*;
     the arm list and seeds), with its own arm, seed and teachers; the layout of student_settings.json."""
-    tree = settings_tree(cfg, "resume")
+    tree = settings_tree(cfg, "student")
     tree["precision"] = tree.pop("train")["precision"]
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
     tree["seed"] = seed

@@ -58,7 +58,7 @@ from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.power import per_example_power, reading
 from bornagain.reports.ban_tables import write_tables
 from bornagain.reports.seeds import aggregate, write_aggregate
-from bornagain.vision.config import VisionConfig
+from bornagain.vision.config import VisionConfig, teacher_run_dir
 from bornagain.vision.prepare import PreparedData, prepare_data
 
 
@@ -236,7 +236,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
     generations = []
     teacher = None
     student_loss = cfg.ban.student_loss()
-    run_dirs = [Path(cfg.ban.teacher_run) if cfg.ban.teacher_run else output / "gen0"]
+    run_dirs = [Path(teacher_run_dir(cfg)) if cfg.ban.teacher_run else output / "gen0"]
     run_dirs += [output / f"gen{g}" for g in range(1, cfg.ban.generations + 1)]
     for g, run_dir in enumerate(run_dirs):
         name = generation_model_name(cfg, g)
@@ -318,7 +318,7 @@ def check_teacher_run(cfg: VisionConfig) -> None:
     training set), with other model arguments or, unless `ban.teacher_run_other_schedule`, with another
     schedule. The run's recorded config is read as it was made (keys added since take their values of then).
     Names the keys."""
-    run_dir, name = Path(cfg.ban.teacher_run), generation_model_name(cfg, 0)
+    run_dir, name = Path(teacher_run_dir(cfg)), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
         raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
                         "finish it first, or unset ban.teacher_run to train the teacher here")

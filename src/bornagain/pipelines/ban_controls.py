@@ -2,8 +2,8 @@
 
     controls/independent-1 .. independent-(K-1)   the teacher's architecture and schedule, labels only, other
                                                    seeds: with gen0 they are K independently trained models, and
-                                                   Ind*K (their mean probabilities) stands beside Ens*K: the same
-                                                   number of trainings as a K-generation sequence, no teacher
+                                                   Ind*K (their mean probabilities) stands beside Ens*K: as many
+                                                   networks, K trainings (the sequence: K + 1), no teacher
     controls/label-smoothing-<eps>                 the students' architecture and schedule, labels smoothed by
                                                    eps, no teacher (one run per candidate eps; the one with the
                                                    lowest validation error is reported)

@@ -26,7 +26,7 @@ from bornagain.engine.compile import fused_optimizer_kwargs, maybe_compile
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import StepOutput, finished_results, is_finished, train
+from bornagain.engine.trainer import StepOutput, is_finished, reuse_finished, train
 from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
@@ -200,7 +200,7 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     """
     run_dir = Path(run_dir)
     if resume and is_finished(run_dir):
-        return finished_results(run_dir)
+        return reuse_finished(run_dir)
     device, dist = start_process(cfg.train)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

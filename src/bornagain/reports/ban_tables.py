@@ -140,7 +140,7 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 TABLE1_CAPTION = ("Test error (%), last epoch of each generation. Ens*k averages the probabilities of the last k "
                   "students, All those of every generation, the teacher included.")
 CONTROLS_CAPTION = ("Controls (ban.controls): Ind*K averages K independently trained copies of the teacher (gen0 and "
-                    "K - 1 more seeds, the same schedule), the compute of Ens*K; label smoothing is a student of the "
+                    "K - 1 more seeds, the same schedule), as many networks as Ens*K (one training fewer); label smoothing is a student of the "
                     "students' architecture trained from labels smoothed by epsilon, no teacher.")
 TABLE2_CAPTION = "Cross-architecture students (Table 2 layout)."
 

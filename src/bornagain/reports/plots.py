@@ -168,8 +168,12 @@ def plot_reliability(output: Path, run_dirs: list[Path], results: list[dict],
     n = len(results)
     fig.suptitle(f"Reliability, {BINS} bins (images per bin above each bar)"
                  + (f", test sets of {n} seeds pooled" if n > 1 else ""), fontsize=10)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)  # one legend, under the panels
+    legend = {}  # every panel's entries, once each: a thin-bin entry may appear in any panel
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8,
+               frameon=False)  # one legend, under the panels
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     paths = _save(fig, output / "reliability", formats)
     plt.close(fig)

@@ -122,7 +122,7 @@ def _summary(values: list[float]) -> dict:
 
 def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     """(a, b) pairs: BAN-k vs teacher, ensembles vs teacher and vs the best single generation, BAN-1 vs the
-    student baseline, and the controls: Ens*K vs Ind*K (the same compute), BAN-1 vs the label-smoothing student."""
+    student baseline, and the controls: Ens*K vs Ind*K (as many networks), BAN-1 vs the label-smoothing student."""
     pairs = [(n, "teacher") for n in names if n.startswith("BAN-")]
     for n in names:
         if n.startswith("Ens*") or n == "All":

@@ -6,7 +6,6 @@ The defaults are the embedded digits demo; `configs/` holds the paper's recipes.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -162,7 +161,7 @@ class BanConfig:
     controls: tuple[Literal["independent", "label_smoothing"], ...] = field(default=(), metadata=may_differ("resume"))
     """The baselines a reviewer asks for, trained beside the sequence into OUTPUT/controls/ (pipelines/
     ban_controls.py): "independent" -- K independently trained copies of the teacher (gen0 and K - 1 more seeds,
-    the same schedule) averaged as Ind*K beside each Ens*K, the same compute as K generations; "label_smoothing"
+    the same schedule) averaged as Ind*K beside each Ens*K: as many networks as Ens*K, one training fewer; "label_smoothing"
     -- a student of the students' architecture trained from labels with label smoothing, no teacher. Adding
     controls to a finished sequence (--resume) trains only the controls."""
     label_smoothing: tuple[float, ...] = field(default=(0.1,), metadata=may_differ("resume"))
@@ -228,6 +227,14 @@ def check_controls(ban: "BanConfig") -> None:
 SEED_FIELD = "{seed}"  # in ban.teacher_run: replaced by the run's seed
 
 
+def teacher_run_dir(cfg: "VisionConfig") -> str | None:
+    """The finished run a sequence reuses as its teacher: ``ban.teacher_run`` with ``{seed}`` filled in from the
+    run's own seed (the config keeps the path as written, so the seeds of one experiment record the same value
+    and pool)."""
+    path = cfg.ban.teacher_run
+    return None if path is None else path.replace(SEED_FIELD, str(cfg.seed))
+
+
 def check_seeds(seeds: tuple[int, ...], *, teacher_run: str | None) -> None:
     """ban.seeds: at least one, no repeats, and no single reused teacher (each seed trains its own)."""
     if not seeds:
@@ -275,11 +282,6 @@ class VisionConfig:
     ban: BanConfig = field(default_factory=BanConfig)
 
     def __post_init__(self):
-        if self.ban.seeds is None and self.ban.teacher_run and SEED_FIELD in self.ban.teacher_run:
-            # one seed's run (alone, or seed-<s>/ of ban.seeds) reuses that seed's teacher; its config.yaml records
-            # the path itself. The fields are frozen, hence object.__setattr__ (only here, while constructing).
-            ban = dataclasses.replace(self.ban, teacher_run=self.ban.teacher_run.replace(SEED_FIELD, str(self.seed)))
-            object.__setattr__(self, "ban", ban)
         if "label_smoothing" in self.ban.controls and len(self.ban.label_smoothing) > 1 and not self.data.val_size:
             raise UserError(f"ban.label_smoothing={list(self.ban.label_smoothing)} is chosen on the validation "
                             "split, but data.val_size=0 holds none out: give one value, or a data.val_size")
