@@ -50,18 +50,24 @@ def may_differ(*occasions: str) -> dict:
     return {_MAY_DIFFER: frozenset(occasions)}
 
 
-def keys_that_may_differ(cls: type, occasion: str, prefix: str = "") -> tuple[str, ...]:
+def config_keys(cls: type, prefix: str = "", skip: tuple[str, ...] = ()):
+    """Every key of config class ``cls`` in field order, sections expanded: (dotted key, field, its type, the
+    class that holds it). ``skip``: top-level sections left out."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from config_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name], cls
+
+
+def keys_that_may_differ(cls: type, occasion: str) -> tuple[str, ...]:
     """The dotted keys of config class ``cls`` (sections expanded) whose fields declare ``may_differ(occasion)``."""
     if occasion not in OCCASIONS:
         raise ValueError(f"unknown occasion {occasion!r}: choose from {OCCASIONS}")
-    hints = typing.get_type_hints(cls)
-    keys: list[str] = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += keys_that_may_differ(hints[f.name], occasion, f"{prefix}{f.name}.")
-        elif occasion in f.metadata.get(_MAY_DIFFER, ()):
-            keys.append(prefix + f.name)
-    return tuple(keys)
+    return tuple(key for key, f, _, _ in config_keys(cls) if occasion in f.metadata.get(_MAY_DIFFER, ()))
 
 
 @dataclass(frozen=True)

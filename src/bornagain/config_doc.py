@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import textwrap
 from dataclasses import dataclass
 from typing import Any
+
+from bornagain.config import _type_name, config_keys
 
 # the commands and the config each reads; a section a command ignores is left out of its listing
 COMMANDS = {"ban": ("vision", ()), "train": ("vision", ("ban",)),
@@ -43,6 +46,7 @@ def _config_class(kind: str) -> type:
     return GlueExperimentConfig
 
 
+@functools.cache
 def _attribute_docstrings(cls: type) -> dict[str, str]:
     """{field: docstring} of the string literals right under a class's annotated fields, base classes first."""
     docs: dict[str, str] = {}
@@ -66,9 +70,7 @@ def _yaml_value(value: Any) -> str:
 
 
 def _type_text(tp: Any) -> str:
-    from bornagain.config import _type_name  # noqa: PLC0415 - the name config errors use for a type
-
-    return _type_name(tp).replace("NoneType", "null").replace("None", "null")
+    return _type_name(tp).replace("NoneType", "null").replace("None", "null")  # config errors' names, YAML's null
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -77,22 +79,10 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory()  # type: ignore[misc]
 
 
-def key_docs(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> list[KeyDoc]:
-    """Every key of a config class, sections expanded in field order."""
-    import typing  # noqa: PLC0415
-
-    hints = typing.get_type_hints(cls)
-    docs = _attribute_docstrings(cls)
-    out: list[KeyDoc] = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out += key_docs(tp, f"{prefix}{f.name}.")
-            continue
-        out.append(KeyDoc(f"{prefix}{f.name}", _type_text(tp), _yaml_value(_default(f)), docs.get(f.name, "")))
-    return out
+def key_docs(cls: type, skip: tuple[str, ...] = ()) -> list[KeyDoc]:
+    """Every key of a config class, sections expanded in field order (config.config_keys)."""
+    return [KeyDoc(key, _type_text(tp), _yaml_value(_default(f)), _attribute_docstrings(owner).get(f.name, ""))
+            for key, f, tp, owner in config_keys(cls, skip=skip)]
 
 
 def command_keys(command: str) -> list[KeyDoc]:

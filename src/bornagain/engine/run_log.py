@@ -84,10 +84,15 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
+def bars_shown(enabled: bool) -> bool:
+    """Whether progress bars are drawn: asked for (train.progress) and not turned off by BORNAGAIN_NO_PROGRESS."""
+    return enabled and not os.environ.get("BORNAGAIN_NO_PROGRESS")
+
+
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True,
              leave: bool = False) -> Iterator[T]:
     """A tqdm bar on stderr; off when disabled or when BORNAGAIN_NO_PROGRESS is set."""
-    if not enabled or os.environ.get("BORNAGAIN_NO_PROGRESS"):
+    if not bars_shown(enabled):
         return iter(iterable)
     from tqdm.auto import tqdm
 

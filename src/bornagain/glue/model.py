@@ -13,12 +13,12 @@ same class with several; both use `build_model(cfg, tasks)`.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch import nn
 
 from bornagain.engine.distributed import current
+from bornagain.engine.run_log import bars_shown
 from bornagain.errors import UserError
 from bornagain.glue.locations import resolve_location
 from bornagain.glue.tasks import get_task
@@ -150,8 +150,7 @@ def build_encoder(encoder_cfg, *, progress: bool = True) -> nn.Module:
 
 def build_model(cfg, tasks: list[str] | tuple[str, ...]) -> MultiTaskModel:
     """The encoder of `cfg.encoder` plus one head per task (dropout `cfg.encoder.head_dropout`)."""
-    shown = cfg.train.progress and current().is_main and not os.environ.get("BORNAGAIN_NO_PROGRESS")
-    encoder = build_encoder(cfg.encoder, progress=shown)
+    encoder = build_encoder(cfg.encoder, progress=bars_shown(cfg.train.progress and current().is_main))
     hidden = encoder.config.hidden_size
     init_range = getattr(encoder.config, "initializer_range", 0.02)
     heads = nn.ModuleDict()
