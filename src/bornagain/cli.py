@@ -240,6 +240,10 @@ _default_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("RANK", "0") != "0":
+        # PyTorch's C++ warnings (DDP's find_unused_parameters note, once per rank) bypass Python's warnings: on
+        # ranks other than 0 only errors, set before torch loads (it reads the level once)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     args = parse_args(build_parser(), argv)
     warnings.showwarning = _show_warning
     from bornagain.engine.distributed import shutdown
