@@ -85,7 +85,7 @@ def real_data(data_dir: str, tokenizer_dir: str, n_per_task: int) -> tuple[Stude
     return StudentData(TASKS, train, {}, teacher_outputs=teacher, label_means={"STS-B": 0.5}), tokenizer.vocab_size
 
 
-SETTINGS = EngineSettings(device=torch.device("cpu"), max_grad_norm=1.0, progress=False, tensorboard=False)
+SETTINGS = EngineSettings(device=torch.device("cpu"), max_grad_norm=1.0, progress=False, trackers=())
 
 
 def run_steps(model, optimizer, scheduler, data, batches, arm: str) -> tuple[float, float]:

@@ -18,4 +18,4 @@ def one_epoch_overrides(args: argparse.Namespace) -> list[str]:
     """One epoch on a seeded subset of the image folder, no validation split, lr held constant (gamma 1)."""
     return ["data.name=imagefolder", f"data.root={args.data}", f"data.train_subset={args.images}", "data.val_size=0",
             f"model.name={args.model}", "train.epochs=1", f"train.batch_size={args.batch_size}",
-            "train.progress=false", "train.tensorboard=false", "train.gamma=1.0"]
+            "train.progress=false", "train.trackers=[]", "train.gamma=1.0"]

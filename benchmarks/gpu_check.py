@@ -39,7 +39,7 @@ TERM_AT = 2 * STOP_CHECK_EVERY + 3  # SIGTERM here; the ranks agree to stop at t
 def commands(work: Path, device: str) -> dict[str, tuple[list[str], str]]:
     """{command: (its arguments, the run name whose step gets the SIGTERM)}; every run has > TERM_AT steps."""
     precision = "bf16" if device == "cuda" else "fp32"
-    common = [f"train.device={device}", f"train.precision={precision}", "train.tensorboard=false",
+    common = [f"train.device={device}", f"train.precision={precision}", "train.trackers=[]",
               "train.progress=false"]
     glue = write_tiny_glue(work / "glue", n_train=96, n_dev=24)
     encoder = write_tiny_encoder(work / "encoder", max_position_embeddings=64)

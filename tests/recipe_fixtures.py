@@ -183,7 +183,7 @@ class SmokeData:
 # ----------------------------------------------------------------------------------------- overrides
 
 # Mechanics only (never what a run learns): no progress bars or TensorBoard files in the test log and folder.
-QUIET = ["train.progress=false", "train.tensorboard=false"]
+QUIET = ["train.progress=false", "train.trackers=[]"]
 
 # Vision: one batch of training images and one epoch: one optimiser step per generation, every generation, seed,
 # ensemble and baseline. The step schedule and its milestones are the recipe's, but one epoch never reaches a

@@ -127,7 +127,7 @@ def _train(run_dir, *, resume=False):
     from bornagain.glue.config import NlpTrainConfig
 
     bam = BamConfig(batch_size=4, epochs=2.0)
-    train_cfg = NlpTrainConfig(checkpoint_every_steps=3, progress=False, tensorboard=False)
+    train_cfg = NlpTrainConfig(checkpoint_every_steps=3, progress=False, trackers=())
     setup = StudentSetup(arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3), train_cfg=train_cfg,
                          device=torch.device("cpu"), pad_token_id=0)
     return train_student(tiny_model(), fake_data(), setup, run_dir=run_dir, resume=resume)

@@ -15,7 +15,7 @@ from bornagain.models import create_model
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import prepare_data
 
-FAST = ["train.progress=false", "train.tensorboard=false", "model.name=resnet-8", "train.batch_size=128"]
+FAST = ["train.progress=false", "train.trackers=[]", "model.name=resnet-8", "train.batch_size=128"]
 
 
 def _cfg(*overrides):

@@ -17,7 +17,7 @@ from scipy import stats as scipy_stats
 from bornagain.cli import main
 
 TINY = ["train.epochs=2", "model.name=resnet-8", "train.batch_size=64", "train.progress=false",
-        "train.tensorboard=false", "train.num_threads=1", "data.train_subset=300", "data.val_size=60",
+        "train.trackers=[]", "train.num_threads=1", "data.train_subset=300", "data.val_size=60",
         "ban.generations=2"]
 
 

@@ -7,7 +7,7 @@ import sys
 
 from bornagain.cli import main
 
-FAST = ["train.epochs=1", "model.name=resnet-8", "train.progress=false", "train.tensorboard=false"]
+FAST = ["train.epochs=1", "model.name=resnet-8", "train.progress=false", "train.trackers=[]"]
 
 
 def _error(capsys, argv):
@@ -72,7 +72,7 @@ def test_corrupt_checkpoint_on_resume(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, BORNAGAIN_NO_PROGRESS="1", BORNAGAIN_KILL_AT_STEP="13")  # digits: 11 steps/epoch at 128
     args = [sys.executable, "-m", "bornagain.cli", "train", "--output", str(out), "train.epochs=2",
-            "model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.tensorboard=false",
+            "model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.trackers=[]",
             "train.num_threads=1"]
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode < 0

@@ -77,7 +77,7 @@ def test_every_pipeline_trains_from_one_shared_section():
 
     shared = {f.name for f in __import__("dataclasses").fields(TrainingConfig)}
     assert {"epochs", "batch_size", "eval_batch_size", "precision", "device", "checkpoint_every_steps",
-            "num_threads", "progress", "tensorboard"} <= shared
+            "num_threads", "progress", "trackers"} <= shared
     for cls in (VisionConfig, GlueExperimentConfig):
         cfg = load_config(cls, None, ["train.checkpoint_every_steps=7", "train.precision=bf16"])
         assert isinstance(cfg.train, TrainingConfig)
@@ -185,7 +185,10 @@ def test_every_key_added_since_the_first_release_records_its_value_of_then():
     from bornagain.pipelines.bam import student_settings
     from bornagain.pipelines.glue_teachers import teacher_settings
 
-    added = [k for k in _dotted_fields(VisionConfig) if k not in FIRST_RECORDED_VISION_KEYS]
+    from bornagain.engine.settings import SHARED_RENAMED_KEYS  # renamed, not added: read under the new name
+
+    first = {SHARED_RENAMED_KEYS.get(k, k) for k in FIRST_RECORDED_VISION_KEYS}
+    added = [k for k in _dotted_fields(VisionConfig) if k not in first]
     assert "ban.normalize_loss_weights" in added
     assert sorted(k for k in added if k not in VisionConfig.ADDED_KEYS) == []
     assert set(VisionConfig.ADDED_KEYS) <= set(_dotted_fields(VisionConfig))
@@ -209,6 +212,8 @@ def test_a_run_made_before_a_key_existed_resumes_with_the_value_of_then(tmp_path
     cfg = load_config(VisionConfig, None, [f"output_dir={tmp_path}"])
     old = config_to_dict(cfg)
     del old["ban"]["normalize_loss_weights"], old["ban"]["prepare_teacher"], old["train"]["compile"]
+    del old["train"]["last_batch"]
+    old["train"] |= {"precision": "fp32", "channels_last": False}  # a record holds values, never `auto`
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(UserError, match=r"ban.normalize_loss_weights \(recorded False, now True\)"):
         check_output_dir(tmp_path, cfg, resume=True)
@@ -267,7 +272,7 @@ def test_which_keys_may_differ_is_declared_on_the_key():
     assert not any(k in keys for keys in vision.values() for k in ("train.lr", "model.name", "ban.loss", "data.name"))
     assert "seed" in vision["pool"] and "seed" not in vision["teacher"] | vision["resume"]
     # the sets the hand-kept lists held before the keys declared them (RUN_MECHANICS and its companions)
-    mechanics = {"train.progress", "train.tensorboard", "train.num_threads", "train.checkpoint_every_steps",
+    mechanics = {"train.progress", "train.trackers", "train.num_threads", "train.checkpoint_every_steps",
                  "train.compile", "train.compile_mode", "ban.prepare_teacher"}
     assert vision["resume"] == mechanics | {"output_dir", "ban.controls", "ban.label_smoothing"}
     assert vision["pool"] == mechanics | {"seed", "output_dir", "ban.seeds", "train.device"}

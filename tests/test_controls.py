@@ -15,7 +15,7 @@ from bornagain.reports.metrics import classification_metrics
 from bornagain.vision.config import VisionConfig
 
 SMALL = ["train.epochs=1", "ban.generations=2", "ban.ensembles=[2]", "data.train_subset=300", "data.val_size=100",
-         "train.progress=false", "train.tensorboard=false", "train.num_threads=1"]
+         "train.progress=false", "train.trackers=[]", "train.num_threads=1"]
 CONTROLS = ["ban.controls=[independent,label_smoothing]", "ban.label_smoothing=[0.05,0.3]"]
 
 

@@ -9,7 +9,7 @@ from bornagain.config import load_config
 from bornagain.errors import UserError
 from bornagain.vision.config import VisionConfig
 
-BASE = ["train.progress=false", "train.tensorboard=false", "train.epochs=1", "train.batch_size=128",
+BASE = ["train.progress=false", "train.trackers=[]", "train.epochs=1", "train.batch_size=128",
         "model.name=densenet-bc-16-4", "ban.generations=1", "ban.student_model=match-wrn-1-1",
         "ban.share_stem_and_head=true", "ban.ensembles=[]"]
 SHARED = ("stem.weight", "classifier.weight", "classifier.bias")

@@ -22,7 +22,7 @@ def _torchrun(command, out, args, kill_at=None, resume=False):
 
 
 BAN_ARGS = ["train.epochs=2", "ban.generations=1", "model.name=resnet-8", "train.batch_size=128",
-            "train.tensorboard=false", "train.num_threads=1", "data.train_subset=512", "data.val_size=128",
+            "train.trackers=[]", "train.num_threads=1", "data.train_subset=512", "data.val_size=128",
             "train.device=cpu", "train.checkpoint_every_steps=2"]
 
 
@@ -94,7 +94,7 @@ def test_torchrun_two_processes_bam_matches_one_process_and_resumes_exactly(tmp_
     from safetensors.torch import load_file
 
     args = [*tiny_overrides(write_tiny_glue(tmp_path / "glue"), write_tiny_encoder(tmp_path / "encoder")),
-            "bam.seeds=[0]", "bam.targets=[annealed]", "train.tensorboard=false", "train.checkpoint_every_steps=2"]
+            "bam.seeds=[0]", "bam.targets=[annealed]", "train.trackers=[]", "train.checkpoint_every_steps=2"]
     one = subprocess.run([sys.executable, "-m", "bornagain", "bam", "--output", str(tmp_path / "one"), *args],
                          env=dict(os.environ, BORNAGAIN_NO_PROGRESS="1"), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -129,7 +129,7 @@ def test_torchrun_two_processes_bam_with_a_last_minibatch_smaller_than_the_world
     from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue
 
     args = [*tiny_overrides(write_tiny_glue(tmp_path / "glue", n_train=23), write_tiny_encoder(tmp_path / "encoder")),
-            "bam.seeds=[0]", "bam.targets=[annealed]", "train.tensorboard=false", "bam.batch_size=4",
+            "bam.seeds=[0]", "bam.targets=[annealed]", "train.trackers=[]", "bam.batch_size=4",
             "bam.epochs=2"]
     two = _torchrun("bam", tmp_path / "two", args)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -26,7 +26,7 @@ from bornagain.engine.lock import run_lock  # noqa: E402
 from bornagain.engine.trainer import EngineSettings, StepOutput, train  # noqa: E402
 from bornagain.errors import UserError  # noqa: E402
 
-VISION = ["model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.tensorboard=false",
+VISION = ["model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.trackers=[]",
           "train.num_threads=1", "data.train_subset=640", "data.val_size=128", "train.epochs=3"]
 
 
@@ -88,7 +88,7 @@ def _glue_args(root: Path) -> list[str]:
 
 def test_glue_teacher_killed_at_a_random_step_resumes_identically(tmp_path):
     args = [*_glue_args(tmp_path), "glue.tasks=[MRPC]", "train.epochs=2", "train.checkpoint_every_steps=2",
-            "train.tensorboard=false"]
+            "train.trackers=[]"]
     ref = _cli("glue-teachers", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     step = random.Random(12).randrange(1, 6)  # 24 examples / batch 8: 3 steps an epoch, 6 in all
@@ -104,7 +104,7 @@ def test_glue_teacher_killed_at_a_random_step_resumes_identically(tmp_path):
 
 def test_bam_student_killed_at_a_random_step_resumes_identically(tmp_path):
     args = [*_glue_args(tmp_path), "bam.seeds=[0]", "bam.targets=[annealed]", "train.checkpoint_every_steps=2",
-            "train.tensorboard=false"]
+            "train.trackers=[]"]
     ref = _cli("bam", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     step = random.Random(7).randrange(1, 8)
@@ -170,7 +170,7 @@ class _Regression:
 
 
 def _settings(**kw):
-    return EngineSettings(device=torch.device("cpu"), progress=False, tensorboard=False, **kw)
+    return EngineSettings(device=torch.device("cpu"), progress=False, trackers=(), **kw)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

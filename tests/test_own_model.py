@@ -22,7 +22,7 @@ from bornagain.errors import UserError
 from bornagain.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["train.epochs=1", "train.progress=false", "train.tensorboard=false", "train.num_threads=1"]
+FAST = ["train.epochs=1", "train.progress=false", "train.trackers=[]", "train.num_threads=1"]
 
 NETS = textwrap.dedent('''
     import torch.nn as nn

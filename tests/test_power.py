@@ -74,7 +74,7 @@ def test_a_single_run_ends_with_a_reading_of_ban1_against_its_teacher(tmp_path, 
 
     out = tmp_path / "run"
     assert main(["ban", "--output", str(out), "train.epochs=1", "ban.generations=1", "ban.ensembles=[]",
-                 "data.train_subset=300", "train.progress=false", "train.tensorboard=false"]) == 0
+                 "data.train_subset=300", "train.progress=false", "train.trackers=[]"]) == 0
     lines = capsys.readouterr().out.splitlines()
     printed = [line for line in lines if line.startswith("BAN-1 - teacher:")]
     results = json.loads((out / "results.json").read_text())

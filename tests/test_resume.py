@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 ARGS = ["train.epochs=3", "model.name=resnet-8", "train.batch_size=128", "train.progress=false",
-        "train.tensorboard=false", "train.num_threads=1", "data.train_subset=640", "data.val_size=128"]
+        "train.trackers=[]", "train.num_threads=1", "data.train_subset=640", "data.val_size=128"]
 
 
 def _run(command, out, *extra, kill_at=None):

@@ -56,7 +56,7 @@ def _run_ban(out: Path, *overrides: str) -> dict:
     from bornagain.pipelines.ban import run_ban
 
     cfg = load_config(VisionConfig, None, ["train.epochs=2", "ban.generations=1", "data.train_subset=384",
-                                           "train.progress=false", "train.tensorboard=false", "train.num_threads=1",
+                                           "train.progress=false", "train.trackers=[]", "train.num_threads=1",
                                            "data.val_size=64", *overrides])
     return run_ban(cfg, out, resume=False)
 
@@ -96,7 +96,7 @@ def test_step_records_are_read_in_batches(tmp_path, count_reads):
     torch.set_num_threads(1)
     bam = BamConfig(batch_size=2, epochs=2.0)
     setup = StudentSetup(arm="annealed", seed=0, bam=bam, optim_cfg=OptimConfig(lr=1e-3),
-                         train_cfg=NlpTrainConfig(progress=False, tensorboard=False), device=torch.device("cpu"))
+                         train_cfg=NlpTrainConfig(progress=False, trackers=()), device=torch.device("cpu"))
     train_student(tiny_model(), fake_data(), setup, run_dir=tmp_path / "s", resume=False)
     records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "lambda" in r]

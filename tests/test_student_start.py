@@ -15,7 +15,7 @@ from bornagain.config import load_config
 from bornagain.pipelines.ban import run_ban, start_warning
 from bornagain.vision.config import VisionConfig
 
-COMMON = ["train.progress=false", "train.tensorboard=false", "train.num_threads=1", "model.name=resnet-20",
+COMMON = ["train.progress=false", "train.trackers=[]", "train.num_threads=1", "model.name=resnet-20",
           "train.epochs=8", "seed=0"]
 
 

@@ -50,6 +50,9 @@ def start_vision_run(cfg, *, resume: bool):
     from bornagain.engine.distributed import barrier, init_distributed, per_rank_batch  # noqa: PLC0415
     from bornagain.pipelines.ban import check_output_dir  # noqa: PLC0415
 
+    from bornagain.engine.trackers import check_available  # noqa: PLC0415
+
+    check_available(cfg.train.trackers)  # a tracker whose library is missing: refused before anything is written
     output = Path(cfg.output_dir)
     info = init_distributed(resolve_device(cfg.train.device).type)
     per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
@@ -78,12 +81,30 @@ def train(config: ConfigLike = None, *, overrides: Sequence[str] = (), output: s
     return ban.run_train(cfg, out, resume=resume)
 
 
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """`bornagain export`: a finished `train` run or `ban` generation as a folder to share (model.safetensors,
+    config.json, README.md model card), reusable as ban.teacher_run; returns its config.json."""
+    from bornagain.pipelines.export import export_run  # noqa: PLC0415
+
+    return export_run(run_dir, out_dir)
+
+
+def load_exported(folder: str | os.PathLike):
+    """(model in eval mode with its weights, config.json) of a folder `bornagain export` wrote."""
+    from bornagain.pipelines.export import load_exported as load  # noqa: PLC0415
+
+    return load(folder)
+
+
 def glue_config(config: ConfigLike = None, overrides: Sequence[str] = ()):
     """The `GlueExperimentConfig` of a `glue-teachers` / `bam` run, checked before anything is written."""
     from bornagain.glue.config import GlueExperimentConfig  # noqa: PLC0415
     from bornagain.pipelines.glue_teachers import preflight  # noqa: PLC0415
 
+    from bornagain.engine.trackers import check_available  # noqa: PLC0415
+
     cfg = _resolve(GlueExperimentConfig, config, overrides)
+    check_available(cfg.train.trackers)
     preflight(cfg)  # a wrong path or name fails here, before any file is written
     return cfg
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, Sequence, TypeVar, Union
 
 import yaml
 
-from bornagain.engine.settings import recorded
+from bornagain.engine.settings import SHARED_RENAMED_KEYS, recorded
 from bornagain.errors import RenamedKeyWarning, UserError
 
 T = TypeVar("T")
@@ -81,8 +81,9 @@ class TrainingConfig:
     """The global batch: under torchrun it is split over the ranks."""
     eval_batch_size: int = field(default=512, metadata=may_differ("teacher"))
     """Examples per batch when predicting validation and test sets (no gradients: larger than training's)."""
-    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata=may_differ("teacher"))
-    """bf16 autocast (faster on CPUs with bf16 support and on recent GPUs)."""
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=may_differ("teacher"))
+    """bf16 autocast, or fp32. auto: bf16 where this hardware runs it natively (a GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), fp32 elsewhere; the run records the value chosen and keeps it on --resume."""
     device: str = field(default="auto", metadata=may_differ("pool", "teacher"))
     """auto | cpu | cuda (or cuda:N)."""
     checkpoint_every_steps: int = field(default=0, metadata=may_differ(*MECHANICS))
@@ -91,11 +92,18 @@ class TrainingConfig:
     """torch intra-op threads on CPU; null leaves torch's default."""
     progress: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Progress bars on stderr."""
-    tensorboard: bool = field(default=True, metadata=may_differ(*MECHANICS))
-    """TensorBoard event files beside metrics.jsonl in every run directory."""
-    compile: bool = field(default=False, metadata=may_differ(*MECHANICS))
+    trackers: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = field(
+        default=("tensorboard",), metadata=may_differ(*MECHANICS))
+    """Where every run's metrics, config, results and tables go besides metrics.jsonl (always written):
+    tensorboard (event files in tb/), mlflow (one run per training run, nested under the command's run, in
+    $MLFLOW_TRACKING_URI or sqlite:///OUTPUT/mlflow.db; extra `mlflow`), wandb (Weights & Biases, grouped by
+    command; WANDB_MODE=offline needs no login; extra `wandb`); [] for none. Formerly train.tensorboard
+    (true: [tensorboard], false: [])."""
+    compile: bool | Literal["auto"] = field(default="auto", metadata=may_differ(*MECHANICS))
     """torch.compile the trained model (and a frozen BAN teacher); falls back to eager with one warning line
-    where this machine cannot compile. The compile time is reported apart from the training time."""
+    where this machine cannot compile. The compile time is reported apart from the training time. auto: compile
+    where the run is long enough to pay the compile time back, judged from this machine's measurements
+    (engine/speed.py; ~/.cache/bornagain or $BORNAGAIN_CACHE_DIR); results.json says what was chosen and why."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(
         default="default", metadata=may_differ(*MECHANICS))
     """torch.compile's mode, with train.compile=true."""
@@ -103,6 +111,8 @@ class TrainingConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise UserError(f"train.epochs={self.epochs} must be at least 1")
+        if len(set(self.trackers)) != len(self.trackers):
+            raise UserError(f"train.trackers={list(self.trackers)} names a tracker twice: name each once")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
         if self.checkpoint_every_steps < 0:
@@ -241,6 +251,28 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+RENAMED_VALUES: dict[str, Any] = {
+    # train.tensorboard (a bool) became train.trackers (a list): its value changes form with its name
+    "train.tensorboard": lambda on: ["tensorboard"] if on else [],
+}
+"""Renamed keys (SHARED_RENAMED_KEYS, a class's RENAMED_KEYS) whose old value is converted to the new key's."""
+
+
+def _renamed_keys(cls: type) -> dict[str, str]:
+    """Old dotted names -> new ones for config ``cls``: the shared train section's and the class's own."""
+    return {**SHARED_RENAMED_KEYS, **getattr(cls, "RENAMED_KEYS", {})}
+
+
+def _converted(old: str, value: Any) -> Any:
+    convert = RENAMED_VALUES.get(old)
+    if convert is None:
+        return value
+    if not isinstance(value, bool):
+        raise UserError(f"config key '{old}' takes true or false, not {value!r} (it is now "
+                        f"'{SHARED_RENAMED_KEYS.get(old, old)}': give a list there)")
+    return convert(value)
+
+
 def _renamed(old: str, new: str) -> None:
     warnings.warn(f"config key '{old}' is now '{new}'; the old name still works but will be removed",
                   RenamedKeyWarning, stacklevel=3)
@@ -260,7 +292,7 @@ def rename_keys(tree: dict, renamed: dict[str, str], *, warn: bool = True) -> di
         else:
             if old_leaf not in parents[-1]:
                 continue
-            value = parents[-1].pop(old_leaf)
+            value = _converted(old, parents[-1].pop(old_leaf))
             if warn:
                 _renamed(old, new)
             *new_path, new_leaf = new.split(".")
@@ -290,14 +322,14 @@ def config_from_tree(cls: type[T], tree: dict, overrides: Sequence[str] = ()) ->
     ``key=value`` overrides, with the same checks as a recipe file."""
     if not isinstance(tree, dict):
         raise UserError(f"a config must be a mapping of keys to values, got a {type(tree).__name__}")
-    renamed: dict[str, str] = getattr(cls, "RENAMED_KEYS", {})
+    renamed = _renamed_keys(cls)
     tree = rename_keys(copy.deepcopy(tree), renamed)
     for text in overrides:
         keys, value = _parse_override(text)
         dotted = ".".join(keys)
         if dotted in renamed:  # an override of an old name sets the new one (later overrides win)
             _renamed(dotted, renamed[dotted])
-            keys = renamed[dotted].split(".")
+            keys, value = renamed[dotted].split("."), _converted(dotted, value)
         _set_nested(tree, keys, value)
     return _build(cls, tree)
 
@@ -306,7 +338,8 @@ def recorded_config(cls: type[T], tree: dict) -> T:
     """The config a run was made with, from the tree it recorded (its config.yaml): keys it lacks because they
     were added later take the value in force then (``cls.ADDED_KEYS``), not today's default."""
     nested: dict = {}
-    for dotted, value in recorded(tree, getattr(cls, "ADDED_KEYS", {}), getattr(cls, "RENAMED_KEYS", {})).items():
+    tree = rename_keys(copy.deepcopy(tree), _renamed_keys(cls), warn=False)  # old names, their values converted
+    for dotted, value in recorded(tree, getattr(cls, "ADDED_KEYS", {})).items():
         _set_nested(nested, dotted.split("."), value)
     return _build(cls, nested)
 

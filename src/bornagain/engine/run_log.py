@@ -1,4 +1,5 @@
-"""Run logs: ``metrics.jsonl`` (one JSON object per line) and TensorBoard events, plus progress bars."""
+"""Run logs: ``metrics.jsonl`` (one JSON object per line, always), TensorBoard events and the other trackers of
+`train.trackers` (engine/trackers.py), plus progress bars."""
 
 from __future__ import annotations
 
@@ -9,24 +10,27 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
+from bornagain.engine.trackers import RunTrackers
 from bornagain.files import atomic_write_text
 
 T = TypeVar("T")
 
 
 class RunLogger:
-    """Appends metrics to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tb``).
+    """Appends metrics to ``run_dir/metrics.jsonl``, TensorBoard (``run_dir/tb``) and the other ``trackers``
+    (MLflow, W&B: one tracker run per run directory).
 
     ``enabled=False`` (non-zero ranks) makes every call a no-op.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, enabled: bool = True,
+    def __init__(self, run_dir: str | Path, *, trackers: tuple[str, ...] = ("tensorboard",), enabled: bool = True,
                  filename: str = "metrics.jsonl"):
         self.enabled = enabled
         self.path = Path(run_dir) / filename
         self._tb = None
         self._tb_dir = Path(run_dir) / "tb"
-        self._want_tb = tensorboard and enabled
+        self._want_tb = "tensorboard" in trackers and enabled
+        self.trackers = RunTrackers(run_dir, trackers, enabled=enabled)
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -51,6 +55,7 @@ class RunLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     writer.add_scalar(k, v, step)
+        self.trackers.log(metrics, step)
 
     def truncate_after(self, step: int, keep=None) -> None:
         """Drop records logged after ``step`` (an interrupted epoch being redone on resume);
@@ -71,10 +76,14 @@ class RunLogger:
         if self._tb is not None:
             self._tb.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "KILLED") -> None:
+        """Close the event files and end the tracker runs: "FINISHED" once results.json is written (its numbers
+        and the run's files are logged), "KILLED" (stopped, to be resumed) or "FAILED"."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.enabled:
+            self.trackers.close(status)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from bornagain.errors import UserError
-from bornagain.files import read_json, write_json
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -19,6 +18,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+SHARED_RENAMED_KEYS: dict[str, str] = {"train.tensorboard": "train.trackers"}
+"""Keys of the shared train section renamed for every config: every record is read under the new name
+(config.RENAMED_VALUES converts a value given under the old name)."""
+
+
 def recorded(saved: dict, added: dict[str, object] | None = None, renamed: dict[str, str] | None = None) -> dict:
     """The settings a run was made with, as dotted keys under today's names: ``renamed`` maps old dotted names
     (recorded before a key was renamed) to new ones, and a key in ``added`` that the record lacks (it was made
@@ -26,7 +30,8 @@ def recorded(saved: dict, added: dict[str, object] | None = None, renamed: dict[
     (``ban.normalize_loss_weights``: a run made before it trained with the weights 1 / 1, today's default
     normalises them to 0.5 / 0.5). A key that is neither recorded nor in ``added`` stays absent, so it counts
     as changed: every config class lists its added keys (``ADDED_KEYS``; a test checks the list is complete)."""
-    flat = {(renamed or {}).get(k, k): v for k, v in flatten(saved).items()}
+    names = {**SHARED_RENAMED_KEYS, **(renamed or {})}
+    flat = {names.get(k, k): v for k, v in flatten(saved).items()}
     then = {}
     for key, value in (added or {}).items():
         if key not in flat and not any(k.startswith(key + ".") for k in flat):
@@ -68,13 +73,3 @@ def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ..
     if changed:
         raise UserError(f"'{where}' was made with other settings ({describe_changes(saved, now, changed, renamed, added)}); "
                         "continue it with the recorded settings (as key=value overrides), or choose another --output")
-
-
-def check_or_record(path: Path, settings: dict, *, ignore: tuple[str, ...] = (), write: bool = True,
-                    renamed: dict[str, str] | None = None, added: dict[str, object] | None = None) -> None:
-    """Compare ``settings`` with those recorded in ``path`` (JSON), or record them there first
-    (``write=False`` on the ranks that do not write files; ``added``, ``renamed``: see ``recorded``)."""
-    if path.exists():
-        refuse_changed(read_json(path), settings, path.parent, ignore=ignore, renamed=renamed, added=added)
-    elif write:
-        write_json(path, settings)

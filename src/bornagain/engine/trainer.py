@@ -6,7 +6,7 @@ engine owns everything else, written once:
 
     device and precision (autocast)        seeding, and every rank's RNG state on resume
     optimiser, scheduler, gradient clip    step-level checkpoints (every N steps, each epoch end)
-    metrics.jsonl + TensorBoard            progress bars
+    metrics.jsonl + trackers (TB, MLflow)  progress bars
     DDP (torchrun)                         SIGTERM/SIGINT -> checkpoint and a clean exit
     non-finite loss guard                  one process per run directory (lock)
     finish: model.safetensors, results.json (written last: the one "finished" marker), checkpoint removed
@@ -45,14 +45,13 @@ from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_gather_objects, barrier, current, per_rank_batch, rank_share
 from bornagain.files import read_json, write_json
 from bornagain.engine.lock import run_lock
+from bornagain.engine.run import CHECKPOINT, RESULTS, is_finished, reuse_finished
 from bornagain.engine.run_log import RunLogger, progress, read_metrics
 from bornagain.engine.records import READ_EVERY_STEPS, EpochProgress, PendingRecords, StepOutput
 from bornagain.engine.signals import SignalFlag, fault_injection
 from bornagain.engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from bornagain.errors import UserError
 
-CHECKPOINT = "checkpoint.safetensors"
-RESULTS = "results.json"
 WEIGHTS = "model.safetensors"
 
 
@@ -78,7 +77,8 @@ class EngineSettings:
     log_every_steps: int = 0
     """Write a step record every N steps (0: epoch records only)."""
     progress: bool = True
-    tensorboard: bool = True
+    trackers: tuple[str, ...] = ("tensorboard",)
+    """Where records go besides metrics.jsonl: tensorboard, mlflow, wandb (engine/trackers.py)."""
     compile: bool = False
     """torch.compile the trained model (engine/compile.py); the time of the steps that compiled (the first,
     and any that met a new shape) is reported as compile_seconds and left out of the training time."""
@@ -118,22 +118,6 @@ class Task(Protocol):
         """Write the run's own outputs (rank 0 only) and return its fields of results.json."""
 
 
-def is_finished(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / RESULTS).is_file()
-
-
-def finished_results(run_dir: str | Path) -> dict | None:
-    """results.json of a finished run (never retrained), else None."""
-    return read_json(Path(run_dir) / RESULTS) if is_finished(run_dir) else None
-
-
-def reuse_finished(run_dir: str | Path) -> dict:
-    """results.json of a finished run met on --resume, saying so (rank 0): it is read back, never retrained."""
-    if current().is_main:
-        print(f"bornagain: {run_dir} is finished: reused, not retrained", flush=True)
-    return finished_results(run_dir)
-
-
 def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: bool,
           epoch_check=None) -> dict:
     """Train ``task`` in ``run_dir`` (or continue it from its checkpoint with ``resume``); return results.json.
@@ -142,9 +126,9 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     kept in that epoch's record and gathered into results.json["warnings"].
     """
     run_dir = Path(run_dir)
-    if resume and is_finished(run_dir):
-        return reuse_finished(run_dir)
     dist = current()
+    if resume and is_finished(run_dir):
+        return reuse_finished(run_dir, main=dist.is_main)
     _per_rank_batch(task, dist)  # a batch the ranks cannot share: refused before anything is written
     with run_lock(run_dir, enabled=dist.is_main):
         return _train_locked(run_dir, task, settings, dist, resume=resume, epoch_check=epoch_check)
@@ -160,12 +144,17 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                   epoch_check) -> dict:
     loop = _Loop(run_dir, task, settings, dist, epoch_check)
     loop.start(resume=resume)
-    with loop.stop:
-        while loop.state.epoch < task.epochs:
-            loop.run_epoch()
-    loop.logger.close()
-    if dist.is_main:
-        _finish(run_dir, task, loop.model, dist, compile_seconds=loop.state.compile_seconds if loop.compiled else None)
+    try:
+        with loop.stop:
+            while loop.state.epoch < task.epochs:
+                loop.run_epoch()
+        if dist.is_main:
+            _finish(run_dir, task, loop.model, dist,
+                    compile_seconds=loop.state.compile_seconds if loop.compiled else None)
+    except BaseException:
+        loop.logger.close("FAILED")  # a stop on a signal closed it already (KILLED): then a no-op
+        raise
+    loop.logger.close("FINISHED")  # the trackers log results.json and the run's files
     barrier()  # the other ranks read what rank 0 wrote
     return read_json(run_dir / RESULTS)
 
@@ -189,7 +178,7 @@ class _Loop:
             seed_everything(derive_seed(settings.seed, "rank", dist.rank))
         probe = task.epoch_batches(0, dist)
         self.optimizer, self.scheduler = task.build_optimizer(self.model, len(probe))
-        self.logger = RunLogger(self.run_dir, tensorboard=settings.tensorboard, enabled=self.main)
+        self.logger = RunLogger(self.run_dir, trackers=settings.trackers, enabled=self.main)
         self.state = EpochProgress()
         if resume and self.ckpt.exists():
             self.batches = self._restore()

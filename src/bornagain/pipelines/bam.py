@@ -6,7 +6,7 @@
       teachers/seed<k>/<TASK>/             teachers of seed k != `seed` (bam.teacher_per_seed=true)
       students/<arm>/seed<k>/              one resumable student run each (see bam_student.py and the
                                            engine's run-directory contract): checkpoint, metrics.jsonl
-                                           (lambda every step), model, student_settings.json,
+                                           (lambda every step), model, settings.json,
                                            dev_metrics.json, results.json (written last)
       results.json                         every seed's per-task metrics, summaries, paired tests
       table.md, table.csv                  the table (bam_report.py)
@@ -33,12 +33,9 @@ import torch
 
 from bornagain.config import config_to_dict, save_config, settings_tree
 from bornagain.engine.distributed import barrier, current, per_rank_batch
-from bornagain.engine.lock import run_lock
+from bornagain.engine.run import RESULTS, RunSettings, command_dir, open_run
 from bornagain.files import atomic_write_text, json_safe, nan_for_none, read_json, write_json
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.settings import check_or_record
-from bornagain.engine.trainer import RESULTS
-from bornagain.errors import UserError
 from bornagain.distill.bam_targets import target_arm
 from bornagain.reports.bam_tables import build_results, render_csv, render_markdown
 from bornagain.glue.config import GlueExperimentConfig
@@ -46,14 +43,13 @@ from bornagain.glue.data import load_split, load_train_examples
 from bornagain.glue.metrics import glue_score
 from bornagain.glue.model import build_model
 from bornagain.pipelines.bam_student import StudentData, StudentSetup, train_student
-from bornagain.pipelines.common import start_process
+from bornagain.pipelines.common import start_process, tracked
 from bornagain.glue.tasks import get_task
 from bornagain.pipelines.glue_teachers import TeacherRun, train_teacher
 from bornagain.glue.tokenization import encode_examples, load_tokenizer
 
 SWAP_TASKS = ("MRPC", "STS-B")
 """Tasks trained in both sentence orders with ``bam.both_orders`` (their labels are symmetric)."""
-SETTINGS = "student_settings.json"
 
 
 def teacher_dir(output_dir: Path, cfg: GlueExperimentConfig, task: str, teacher_seed: int) -> Path:
@@ -105,7 +101,7 @@ def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, 
 def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
     """What defines one student run (checked before a finished or interrupted run is reused): every key but
     those declared may_differ("student") (train.* but precision: the student's own epochs and batch are bam.*;
-    the arm list and seeds), with its own arm, seed and teachers; the layout of student_settings.json."""
+    the arm list and seeds), with its own arm, seed and teachers; the tree of its settings.json."""
     tree = settings_tree(cfg, "student")
     tree["precision"] = tree.pop("train")["precision"]
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
@@ -116,20 +112,10 @@ def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: d
     return tree
 
 
-def _finished_student(run_dir: Path) -> dict | None:
-    """Dev metrics of a finished student (results.json; dev_metrics.json alone in runs made before the one engine)."""
-    if (run_dir / RESULTS).exists():
-        return read_json(run_dir / RESULTS)["dev_metrics"]
-    if (run_dir / "dev_metrics.json").exists() and not (run_dir / "checkpoint.safetensors").exists():
-        return read_json(run_dir / "dev_metrics.json")
-    return None
-
-
-def _check_student_dir(run_dir: Path, settings: dict, resume: bool) -> None:
-    check_or_record(run_dir / SETTINGS, settings, write=current().is_main, added=GlueExperimentConfig.ADDED_KEYS)
-    if (run_dir / "checkpoint.safetensors").exists() and _finished_student(run_dir) is None and not resume:
-        raise UserError(f"'{run_dir}' holds an unfinished student: pass --resume to continue it, "
-                        "or choose another --output")
+def student_run_settings(cfg: GlueExperimentConfig, arm: str, seed: int,
+                         teachers: dict[str, TeacherRun] | None) -> RunSettings:
+    """A student's settings record (engine/run.py): ``student_settings``, compared whole."""
+    return RunSettings("bam-student", student_settings(cfg, arm, seed, teachers), added=cfg.ADDED_KEYS)
 
 
 def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
@@ -138,7 +124,8 @@ def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool =
     device, info = start_process(cfg.train)  # once per command; under torchrun: know the rank before locking
     for key, size in (("train.batch_size", cfg.train.batch_size), ("bam.batch_size", cfg.bam.batch_size)):
         per_rank_batch(size, info, key)  # a batch too small for the world: refused before the teachers train
-    with run_lock(output_dir, enabled=current().is_main):
+    main = current().is_main
+    with command_dir(output_dir, main=main), tracked(cfg, output_dir, main=main):  # teachers, students nest under it
         return _run_bam(cfg, output_dir, device, resume=resume)
 
 
@@ -164,10 +151,10 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, device: torch.device, 
         data = None  # tokenised only when a student of this seed still has to train
         for arm in cfg.bam.targets:
             run_dir = output_dir / "students" / arm / f"seed{seed}"
-            _check_student_dir(run_dir, student_settings(data_cfg, arm, seed, teachers), resume)
-            metrics = _finished_student(run_dir)
-            if metrics is not None:
-                note = "finished earlier, reused"
+            state = open_run(run_dir, student_run_settings(data_cfg, arm, seed, teachers), resume=resume,
+                             main=main, what="student")
+            if state == "finished":
+                metrics, note = read_json(run_dir / RESULTS)["dev_metrics"], "finished earlier, reused"
             else:
                 if data is None:
                     data = load_student_data(data_cfg, tokenizer, teachers if cfg.bam.needs_teachers else None)
@@ -175,7 +162,7 @@ def _run_bam(cfg: GlueExperimentConfig, output_dir: Path, device: torch.device, 
                 # the engine seeds the global RNG with derive_seed(seed, "bam-student"), then builds.
                 setup = StudentSetup(arm=arm, seed=seed, bam=cfg.bam, optim_cfg=cfg.optim, train_cfg=cfg.train,
                                      device=device, pad_token_id=pad_id)
-                metrics = train_student(None, data, setup, run_dir=run_dir, resume=True,
+                metrics = train_student(None, data, setup, run_dir=run_dir, resume=state == "resume",
                                         build=lambda: build_model(cfg, cfg.glue.tasks),
                                         init_seed=derive_seed(seed, "bam-student"))
                 note = f"{time.perf_counter() - started:.0f} s since start"

@@ -36,12 +36,15 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import config_to_dict, keys_that_may_differ, load_yaml, recorded_config, save_config
+from bornagain.config import config_to_dict, keys_that_may_differ, recorded_config
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import barrier, current
-from bornagain.engine.lock import run_lock
-from bornagain.engine.settings import changed_keys, describe_changes, flatten, refuse_changed
-from bornagain.pipelines.classifier import RunSpec, fit, is_finished, load_probs
+from bornagain.engine.run import check_command_dir, command_dir, is_finished, record_command
+from bornagain.engine.settings import changed_keys, describe_changes, flatten
+from bornagain.pipelines.classifier import RunSpec, fit, load_probs
+from bornagain.pipelines.teacher_source import local_teacher, teacher_config_tree
+from bornagain.pipelines.common import tracked
+from bornagain.pipelines.vision_speed import resolve_vision_speed
 from bornagain.files import read_json, write_json
 from bornagain.engine.run_log import read_metrics
 from bornagain.engine.rng import derive_seed
@@ -58,7 +61,7 @@ from bornagain.reports.plots import PNG_ONLY, plot_run
 from bornagain.reports.power import per_example_power, reading
 from bornagain.reports.ban_tables import write_tables
 from bornagain.reports.seeds import aggregate, write_aggregate
-from bornagain.vision.config import VisionConfig, teacher_run_dir
+from bornagain.vision.config import VisionConfig, teacher_run_dir, vision_settings
 from bornagain.vision.prepare import PreparedData, prepare_data
 
 
@@ -177,16 +180,21 @@ def run_train(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     with torch.device("meta"):
         build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
     spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)
-    return fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=resume)
+    cfg, speed = resolve_vision_speed(cfg, output)
+    return fit(output, cfg, data, spec, lambda: build_model(cfg, cfg.model.name, data), resume=resume, speed=speed)
 
 
-def run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:
+def run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True, speed: dict | None = None) -> dict:
     """Train (or resume) the teacher, the generations and the optional baseline; write results, tables and
-    (``plots``) the plots."""
+    (``plots``) the plots. ``auto`` speed settings are resolved first (the values ``output`` recorded, where it
+    has a record), so the sequence records what it chose; ``speed``: choices already made (a seed of ban.seeds)."""
+    resolved, choices = resolve_vision_speed(cfg, output)
+    cfg, speed = resolved, speed or choices
     if cfg.ban.seeds is not None:  # one sequence per seed, then their aggregate
-        return run_seeds(cfg, output, resume=resume)
-    with run_lock(output, enabled=current().is_main):
-        return _run_ban(cfg, output, resume=resume, plots=plots)
+        return run_seeds(cfg, output, resume=resume, speed=speed)
+    main = current().is_main
+    with command_dir(output, main=main), tracked(cfg, output, main=main):
+        return _run_ban(cfg, output, resume=resume, plots=plots, speed=speed)
 
 
 run = run_ban  # the pipeline's entry point: run(cfg, output, *, resume)
@@ -198,23 +206,21 @@ def seed_config(cfg: VisionConfig, seed: int, output: Path) -> VisionConfig:
                                ban=dataclasses.replace(cfg.ban, seeds=None))
 
 
-def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
+def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | None = None) -> dict:
     """Run (or continue) every seed's sequence in order, then write the aggregate at ``output``."""
     main = current().is_main
-    with run_lock(output, enabled=main):
-        if main:
-            output.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, output / "config.yaml")
+    with command_dir(output, main=main), tracked(cfg, output, main=main):  # seeds nest under the sweep's tracker run
+        record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)
         seed_dirs = []
         for seed in cfg.ban.seeds:
             run_dir = output / f"seed-{seed}"
             sub = seed_config(cfg, seed, output)
             # a seed not started yet starts fresh; a started one continues (and must have the same config)
             started = resume and run_dir.is_dir() and any(run_dir.iterdir())
-            check_output_dir(run_dir, sub, resume=started)
+            check_command_dir(run_dir, vision_settings(sub), resume=started)
             if main:
                 print(f"bornagain ban: seed {seed} -> {run_dir}", flush=True)
-            run_ban(sub, run_dir, resume=started, plots=False)  # the aggregate draws every seed at once
+            run_ban(sub, run_dir, resume=started, plots=False, speed=speed)  # the aggregate draws every seed at once
             seed_dirs.append(run_dir)
         agg = aggregate(seed_dirs, labels=[d.name for d in seed_dirs])
         if main:
@@ -223,20 +229,17 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     return agg
 
 
-def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True) -> dict:
+def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True, speed: dict | None = None) -> dict:
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
-    if cfg.ban.teacher_run:
-        check_teacher_run(cfg)
+    teacher_dir = check_teacher_run(cfg) if cfg.ban.teacher_run else None  # a local folder (hf:// fetched)
     main = current().is_main
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output / "config.yaml")
+    record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)  # its own checks passed
 
     generations = []
     teacher = None
     student_loss = cfg.ban.student_loss()
-    run_dirs = [Path(teacher_run_dir(cfg)) if cfg.ban.teacher_run else output / "gen0"]
+    run_dirs = [teacher_dir or output / "gen0"]
     run_dirs += [output / f"gen{g}" for g in range(1, cfg.ban.generations + 1)]
     for g, run_dir in enumerate(run_dirs):
         name = generation_model_name(cfg, g)
@@ -258,7 +261,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
             epoch_check=_start_check(run_dirs[g - 1], data.num_classes, cfg.ban.normalize_loss_weights) if g else None,
         )
         result = fit(run_dir, _run_config(cfg, name), data, spec, make_student_factory(cfg, name, data, teacher),
-                     resume=resume)
+                     resume=resume, speed=speed)
         generations.append(result)
         if g < len(run_dirs) - 1:
             teacher = load_frozen_teacher(run_dir, cfg, name, data)  # the next generation's frozen teacher
@@ -269,11 +272,13 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
         spec = RunSpec(name="baseline", model_name=name, seed=derive_seed(cfg.seed, "baseline"), loss_fn=label_loss,
                        extra={"generation": None, "loss": "ce"})
         baseline = fit(output / "baseline", _run_config(cfg, name), data, spec,
-                       make_student_factory(cfg, name, data, None), resume=resume)
+                       make_student_factory(cfg, name, data, None), resume=resume, speed=speed)
 
     controls = run_controls(cfg, output, data, run_dirs[0], run_config=lambda name: _run_config(cfg, name),
                             model_factory=lambda name: make_student_factory(cfg, name, data, None), resume=resume)
     results = summarize(cfg, run_dirs, data, generations, baseline, controls, output=output)
+    if speed:  # the sequence's choices (each generation's results.json adds its own compile decision)
+        results["speed"] = {k: c.as_dict() for k, c in speed.items()}
     if main:
         write_json(output / "results.json", results)
         write_tables([results], output)
@@ -312,13 +317,14 @@ def teacher_shaping(cfg: VisionConfig, *, schedule: bool) -> dict:
     return flatten(tree)
 
 
-def check_teacher_run(cfg: VisionConfig) -> None:
+def check_teacher_run(cfg: VisionConfig) -> Path:
     """Refuse a `ban.teacher_run` that is not this sequence's teacher, before anything is written: not finished,
     another model, or trained on other data (another split seed could put this run's validation images in its
     training set), with other model arguments or, unless `ban.teacher_run_other_schedule`, with another
     schedule. The run's recorded config is read as it was made (keys added since take their values of then).
-    Names the keys."""
-    run_dir, name = Path(teacher_run_dir(cfg)), generation_model_name(cfg, 0)
+    Names the keys. The run is a run directory or a folder `bornagain export` wrote (hf://OWNER/NAME: fetched from
+    the hub first); returns its local folder."""
+    run_dir, name = local_teacher(teacher_run_dir(cfg)), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
         raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
                         "finish it first, or unset ban.teacher_run to train the teacher here")
@@ -326,13 +332,11 @@ def check_teacher_run(cfg: VisionConfig) -> None:
     if result.get("model") != name:
         raise UserError(f"ban.teacher_run={run_dir} holds a {result.get('model')} but model.name={name}: "
                         "point it at a run of the same model")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"ban.teacher_run={run_dir} has no config.yaml, so its data and schedule cannot be checked: "
-                        "point it at a run made by `bornagain ban` or `bornagain train`")
+    tree = teacher_config_tree(run_dir)  # config.yaml, or an exported folder's config.json
     try:
-        theirs = recorded_config(VisionConfig, load_yaml(run_dir / "config.yaml"))
+        theirs = recorded_config(VisionConfig, tree)
     except UserError as e:
-        raise UserError(f"ban.teacher_run={run_dir}: its config.yaml cannot be read ({e}); point it at a run made "
+        raise UserError(f"ban.teacher_run={run_dir}: its recorded config cannot be read ({e}); point it at a run made "
                         "by `bornagain ban` or `bornagain train`") from None
     schedule = not cfg.ban.teacher_run_other_schedule
     before, now = teacher_shaping(theirs, schedule=schedule), teacher_shaping(_run_config(cfg, name), schedule=schedule)
@@ -344,6 +348,7 @@ def check_teacher_run(cfg: VisionConfig) -> None:
                 if schedule and len(schedule) == len(changed) else "")
         raise UserError(f"ban.teacher_run={run_dir} was trained with other settings than this run "
                         f"({describe_changes(before, now, changed)}): use a teacher of the same data and split{hint}")
+    return run_dir
 
 
 def _reuse_teacher(run_dir: Path) -> dict:
@@ -401,18 +406,7 @@ READINGS_NOTE = ("One seed: each interval comes from the paired test over the te
 
 
 def check_output_dir(output: Path, cfg: VisionConfig, *, resume: bool) -> None:
-    """Refuse to mix runs: a used directory needs --resume, and --resume needs the same config."""
-    if not output.exists() or not any(output.iterdir()):
-        if resume:
-            raise UserError(f"--resume: '{output}' holds no run to resume; drop --resume to start one")
-        return
-    if not resume:
-        raise UserError(f"output directory '{output}' is not empty: pass --resume to continue that run, "
-                        "or choose another --output")
-    saved_path = output / "config.yaml"
-    if saved_path.is_file():  # the one settings check of every pipeline (engine/settings.py)
-        # how it ran may change, and controls may be added to a finished sequence (they train beside it and
-        # change none of its runs): declared on the keys (may_differ "resume")
-        refuse_changed(load_yaml(saved_path), config_to_dict(cfg), output,
-                       ignore=keys_that_may_differ(VisionConfig, "resume"),
-                       added=VisionConfig.ADDED_KEYS)  # keys added since the run was made: their values of then
+    """Refuse to mix runs: a used directory needs --resume, and --resume needs the same config (how it ran may
+    change, and controls may be added to a finished sequence: declared on the keys, may_differ "resume"). An
+    ``auto`` setting is compared as it resolves for this directory (its recorded value)."""
+    check_command_dir(output, vision_settings(resolve_vision_speed(cfg, output)[0]), resume=resume)

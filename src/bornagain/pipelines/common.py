@@ -8,10 +8,11 @@ import sys
 
 import torch
 
-from bornagain.config import TrainingConfig
+from bornagain.config import TrainingConfig, config_to_dict
 from bornagain.engine.compile import separate_kernel_cache
 from bornagain.engine.device import native_bf16, resolve_device
 from bornagain.engine.distributed import DistInfo, init_distributed
+from bornagain.engine.trackers import command_run
 from bornagain.engine.trainer import EngineSettings
 
 
@@ -45,5 +46,12 @@ def engine_settings(train: TrainingConfig, device: torch.device, *, seed: int, m
     step records)."""
     return EngineSettings(device=device, precision=train.precision, seed=seed, max_grad_norm=max_grad_norm,
                           checkpoint_every_steps=train.checkpoint_every_steps, log_every_steps=log_every_steps,
-                          progress=train.progress, tensorboard=train.tensorboard, compile=train.compile,
+                          progress=train.progress, trackers=train.trackers, compile=train.compile,
                           compile_mode=train.compile_mode)
+
+
+def tracked(cfg, output, *, main: bool, artifacts: tuple[str, ...] = ("*",)):
+    """The command's tracker run (engine/trackers.py) around its work in ``output``: the training runs inside nest
+    under it, and it logs the command's config, results.json and the files matching ``artifacts`` (tables,
+    plots) at the end. A no-op unless `train.trackers` names mlflow or wandb, and off rank 0."""
+    return command_run(output, cfg.train.trackers, params=config_to_dict(cfg), enabled=main, artifacts=artifacts)

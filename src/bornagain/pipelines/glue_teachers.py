@@ -7,7 +7,8 @@ selection on dev). Each teacher is its own resumable run in
 OUTPUT/teachers/<TASK>/:
 
     config.yaml                 the resolved experiment config
-    teacher_settings.json       the settings that define the teacher (checked on resume/reuse)
+    settings.json               what defines the teacher, checked on resume/reuse (engine/run.py; runs made
+                                before it: teacher_settings.json)
     checkpoint.safetensors      training state while unfinished (every N steps and each epoch end)
     metrics.jsonl, tb/          loss, lr, grad norm every train.log_every_steps; dev metrics per epoch
     model.safetensors           the final teacher (weights.safetensors in runs made before the one engine)
@@ -25,15 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bornagain.config import save_config, settings_tree
+from bornagain.config import config_to_dict, settings_tree
 from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import DistInfo, current, init_distributed, per_rank_batch, rank_slices
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.lock import run_lock
-from bornagain.engine.settings import check_or_record
-from bornagain.engine.trainer import CHECKPOINT, RESULTS, StepOutput, train
+from bornagain.engine.run import RESULTS, RunSettings, command_dir, open_run
+from bornagain.engine.trainer import StepOutput, train
 from bornagain.files import json_safe, nan_for_none, read_json, write_json
-from bornagain.errors import UserError
 from bornagain.glue.cache import (
     TeacherPredictions, dataset_fingerprint, file_fingerprint, load_teacher_predictions,
     prediction_fingerprint, save_teacher_predictions,
@@ -45,7 +44,7 @@ from bornagain.glue.model import build_model
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
 from bornagain.glue.tasks import GlueTask, get_task
-from bornagain.pipelines.common import engine_settings, start_process
+from bornagain.pipelines.common import engine_settings, start_process, tracked
 from bornagain.glue.tokenization import (
     encode_examples, iterate_batches, load_tokenizer, tokenizer_fingerprint, train_batch_indices,
 )
@@ -53,7 +52,6 @@ from bornagain.glue.tokenization import (
 WEIGHTS = "model.safetensors"
 OLD_WEIGHTS = "weights.safetensors"  # teachers finished before the one engine
 PREDICTIONS = "train_predictions.safetensors"
-SETTINGS = "teacher_settings.json"
 
 
 @dataclass(frozen=True)
@@ -90,11 +88,17 @@ class TeacherRun:
 
 def teacher_settings(cfg: GlueExperimentConfig, task: str) -> dict:
     """The config values that define a teacher: every key but those declared may_differ("teacher") (device,
-    progress bars, the task list, bam.*), with its task; the layout of teacher_settings.json."""
+    progress bars, the task list, bam.*), with its task; the tree of its settings.json."""
     tree = settings_tree(cfg, "teacher")
     tree["precision"] = tree["train"].pop("precision")
     tree["task"] = task
     return tree
+
+
+def teacher_run_settings(cfg: GlueExperimentConfig, task: str) -> RunSettings:
+    """A teacher's settings record (engine/run.py): ``teacher_settings``, compared whole (the keys that may
+    differ are already left out), read under today's names and with the values of then for keys added since."""
+    return RunSettings("glue-teacher", teacher_settings(cfg, task), renamed=cfg.RENAMED_KEYS, added=cfg.ADDED_KEYS)
 
 
 def label_loss(task: GlueTask, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -104,9 +108,7 @@ def label_loss(task: GlueTask, outputs: torch.Tensor, labels: torch.Tensor) -> t
     return F.cross_entropy(outputs.float(), labels)
 
 
-def _finished_run(cfg: GlueExperimentConfig, task: str, run_dir: Path) -> TeacherRun:
-    check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task), renamed=cfg.RENAMED_KEYS,
-                    added=cfg.ADDED_KEYS)
+def _finished_run(task: str, run_dir: Path) -> TeacherRun:
     r = read_json(run_dir / RESULTS)
     return TeacherRun(task, run_dir, r["dev_metrics"], r["majority_baseline"], r["prediction_fingerprint"],
                       r["train_seconds"])
@@ -195,22 +197,14 @@ def train_teacher(cfg: GlueExperimentConfig, task_name: str, run_dir: str | Path
                   resume: bool = False) -> TeacherRun:
     """Fine-tune (or resume, or reuse) the single-task teacher of one task in `run_dir`."""
     task, run_dir = get_task(task_name), Path(run_dir)
-    if (run_dir / RESULTS).exists():
-        return _finished_run(cfg, task.name, run_dir)  # finished teachers are never retrained
-    resuming = (run_dir / CHECKPOINT).exists()
-    if resuming and not resume:
-        raise UserError(f"'{run_dir}' holds an unfinished {task.name} teacher: pass --resume to continue it,"
-                        " or choose another --output")
-    device, dist = start_process(cfg.train)
-    if dist.is_main:
-        if not resuming:
-            (run_dir / SETTINGS).unlink(missing_ok=True)  # a fresh start records this run's settings
-        check_or_record(run_dir / SETTINGS, teacher_settings(cfg, task.name), renamed=cfg.RENAMED_KEYS,
-                        added=cfg.ADDED_KEYS)
-        save_config(cfg, run_dir / "config.yaml")
+    state = open_run(run_dir, teacher_run_settings(cfg, task.name), resume=resume, main=current().is_main,
+                     what=f"{task.name} teacher", config=config_to_dict(cfg))
+    if state == "finished":
+        return _finished_run(task.name, run_dir)  # finished teachers are never retrained
+    device, _ = start_process(cfg.train)
     settings = engine_settings(cfg.train, device, seed=derive_seed(cfg.seed, "teacher", task.name),
                                max_grad_norm=cfg.optim.max_grad_norm, log_every_steps=cfg.train.log_every_steps)
-    result = train(run_dir, TeacherTask(cfg, task, device), settings, resume=resuming)
+    result = train(run_dir, TeacherTask(cfg, task, device), settings, resume=state == "resume")
     return TeacherRun(task.name, run_dir, result["dev_metrics"], result["majority_baseline"],
                       result["prediction_fingerprint"], result["train_seconds"])
 
@@ -262,7 +256,7 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple
     info = init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
     per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
     main = current().is_main
-    with run_lock(output_dir, enabled=main):
+    with command_dir(output_dir, main=main), tracked(cfg, output_dir, main=main, artifacts=("teachers/summary.json",)):
         runs = ensure_teachers(cfg, output_dir, resume=resume)
         summary = {
             "tasks": {t: {"dev": r.dev_metrics, "majority_baseline": r.majority_baseline,

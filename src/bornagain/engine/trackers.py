@@ -1,0 +1,334 @@
+"""Experiment trackers (`train.trackers`): MLflow and Weights & Biases beside metrics.jsonl and TensorBoard.
+
+One tracker run per training run (a BAN generation, a baseline, a `train` run, a GLUE teacher, a BAM
+student), grouped under the run of the command that made it (a BAN sequence, a seed sweep, a `glue-teachers`
+or `bam` output): in MLflow a parent run with nested child runs (``mlflow.parentRunId``), in W&B one ``group``
+(the command's run then logs its results at the end, job type ``command``). Each run logs
+
+    parameters    the run's resolved config (its config.yaml, or its settings record), the command's config
+    metrics       every record of metrics.jsonl at its step (run_log.RunLogger calls ``log``)
+    results       the numbers of results.json, as ``results/<key>`` (MLflow metrics, W&B summary)
+    artifacts     the small files at the top of the run directory: results.json, config.yaml, tables, plots
+
+Where: MLflow writes to $MLFLOW_TRACKING_URI, else to a SQLite database beside the runs,
+``sqlite:///<command output>/mlflow.db`` with its artifacts in ``<command output>/mlartifacts`` (MLflow 3 no
+longer starts runs in the old ``mlruns/`` file store); experiment $MLFLOW_EXPERIMENT_NAME or "bornagain".
+W&B follows its own environment (WANDB_MODE=offline needs no login, WANDB_PROJECT, WANDB_RUN_GROUP, WANDB_DIR;
+default directory ``<command output>/wandb``). A run directory keeps the ids of its tracker runs in
+``trackers.json``, so a resumed run continues the same tracker run. Only rank 0 logs (``enabled``); the
+libraries are imported when a run asks for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+
+from bornagain.errors import UserError
+from bornagain.files import read_json, write_json
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+"""The extra that installs each tracker's library (`pip install "bornagain[mlflow]"`)."""
+IDS = "trackers.json"
+ARTIFACT_SUFFIXES = (".json", ".md", ".csv", ".tex", ".png", ".pdf", ".yaml")
+_SKIPPED = (IDS, "settings.json")  # bookkeeping, not results
+
+
+def check_available(trackers: Sequence[str]) -> None:
+    """Refuse, before anything is written, a tracker whose library is not installed (naming the extra)."""
+    missing = [t for t in trackers if t in EXTRAS and not _importable(EXTRAS[t])]
+    if missing:
+        extras = ",".join(EXTRAS[t] for t in missing)
+        raise UserError(f"train.trackers asks for {', '.join(missing)}, which is not installed: "
+                        f'pip install "bornagain[{extras}]", or drop it from train.trackers')
+
+
+def _importable(module: str) -> bool:
+    import importlib  # noqa: PLC0415
+
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+@dataclass
+class _Group:
+    """A command's run, open while the command runs; its training runs nest under it."""
+
+    root: Path  # the outermost command's output: where mlflow.db and wandb/ go
+    output: Path
+    trackers: tuple[str, ...]
+    wandb_group: str
+    mlflow: Any = None  # _MlflowRun of this command
+    children: list = field(default_factory=list)
+
+
+_STACK: list[_Group] = []
+
+
+def _name(path: Path, root: Path) -> str:
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path(path.name)
+    return str(rel) if str(rel) != "." else path.resolve().name
+
+
+@contextlib.contextmanager
+def command_run(output: str | Path, trackers: Sequence[str], *, params: dict, enabled: bool,
+                artifacts: Sequence[str] = ("*",)) -> Iterator[None]:
+    """The tracker run of one command writing into ``output``: the training runs started inside nest under it.
+    On success it logs the numbers of ``output/results.json`` and the files matching ``artifacts`` (globs
+    under ``output``); on an error it is marked failed. A no-op without mlflow or wandb, or off rank 0."""
+    wanted = tuple(t for t in trackers if t in EXTRAS)
+    if not enabled or not wanted:
+        yield
+        return
+    check_available(wanted)
+    output = Path(output)
+    parent = _STACK[-1] if _STACK else None
+    root = parent.root if parent else output
+    ids = _read_ids(output)
+    group = parent.wandb_group if parent else (os.environ.get("WANDB_RUN_GROUP") or ids.get("wandb_group")
+                                               or f"{output.resolve().name}-{uuid.uuid4().hex[:6]}")
+    me = _Group(root, output, wanted, group)
+    if "mlflow" in wanted:
+        me.mlflow = _MlflowRun.open(output, root, name=_name(output, root), params=params, kind="command",
+                                    parent=parent.mlflow if parent else None)
+    _save_ids(output, {"wandb_group": group})
+    _STACK.append(me)
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        _STACK.pop()
+        files = _artifacts(output, artifacts)
+        results = _results(output) if status == "FINISHED" else {}
+        if me.mlflow is not None:
+            me.mlflow.close(results, files, status)
+        if "wandb" in wanted and status == "FINISHED":
+            run = _WandbRun.open(output, root, name=_name(output, root), params=params, group=group, kind="command")
+            run.close(results, files, status)
+
+
+class RunTrackers:
+    """The tracker runs of one training run (the engine's RunLogger holds one): opened at the first record."""
+
+    def __init__(self, run_dir: str | Path, trackers: Sequence[str], *, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.wanted = tuple(t for t in trackers if t in EXTRAS) if enabled else ()
+        self.runs: list = []
+        if self.wanted:
+            check_available(self.wanted)
+
+    def _open(self) -> list:
+        if not self.runs and self.wanted:
+            group = _STACK[-1] if _STACK else None
+            root = group.root if group else self.run_dir
+            name, params = _name(self.run_dir, root), _run_params(self.run_dir)
+            if "mlflow" in self.wanted:
+                self.runs.append(_MlflowRun.open(self.run_dir, root, name=name, params=params, kind="train",
+                                                 parent=group.mlflow if group else None))
+            if "wandb" in self.wanted:
+                wandb_group = group.wandb_group if group else os.environ.get("WANDB_RUN_GROUP")
+                self.runs.append(_WandbRun.open(self.run_dir, root, name=name, params=params, group=wandb_group,
+                                                kind="train"))
+        return self.runs
+
+    def log(self, metrics: dict, step: int) -> None:
+        numbers = _numbers(metrics)
+        for run in self._open():
+            run.log(numbers, step)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the tracker runs: FINISHED (results.json and the run's files logged), FAILED or KILLED."""
+        if status == "FINISHED":
+            self._open()  # a run that logged no record still gets its results
+        files = _artifacts(self.run_dir, ("*",)) if status == "FINISHED" else []
+        results = _results(self.run_dir) if status == "FINISHED" else {}
+        for run in self.runs:
+            run.close(results, files, status)
+        self.runs = []
+
+
+class _MlflowRun:
+    """One MLflow run, through MlflowClient (no global active run: parents and children are explicit)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def open(cls, where: Path, root: Path, *, name: str, params: dict, kind: str, parent: "_MlflowRun | None"):
+        from mlflow import MlflowClient  # noqa: PLC0415
+        from mlflow.entities import Param  # noqa: PLC0415
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database set-up notes on every command
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        client = parent.client if parent else MlflowClient(uri)
+        saved = _read_ids(where).get("mlflow", {})
+        if saved.get("tracking_uri") == uri and _mlflow_run_exists(client, saved["run_id"]):
+            client.update_run(saved["run_id"], status="RUNNING")  # a resumed run continues its tracker run
+            return cls(client, saved["run_id"])
+        tags = {"bornagain.kind": kind, "bornagain.dir": str(where.resolve())}
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.run_id
+        run = client.create_run(_mlflow_experiment(client, root, uri), run_name=name, tags=tags)
+        flat = [Param(k[:250], _param_text(v)) for k, v in _flatten(params).items()]
+        client.log_batch(run.info.run_id, params=flat)
+        _save_ids(where, {"mlflow": {"run_id": run.info.run_id, "tracking_uri": uri}})
+        return cls(client, run.info.run_id)
+
+    def log(self, numbers: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        now = _millis()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+
+    def close(self, results: dict[str, float], files: list[Path], status: str) -> None:
+        if results:
+            self.log({f"results/{k}": v for k, v in results.items()}, 0)
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _mlflow_experiment(client, root: Path, uri: str) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "bornagain")
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    # the default store: artifacts beside the database, not in ./mlruns of whatever folder the command ran in
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _mlflow_run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+class _WandbRun:
+    """One W&B run (several may be open in one process: reinit="create_new")."""
+
+    def __init__(self, run):
+        self.run = run
+
+    @classmethod
+    def open(cls, where: Path, root: Path, *, name: str, params: dict, group: str | None, kind: str):
+        import wandb  # noqa: PLC0415
+
+        saved = _read_ids(where).get("wandb", {}).get("id")
+        run_id = saved or uuid.uuid4().hex[:8]  # W&B ids: letters and digits
+        directory = Path(os.environ.get("WANDB_DIR") or root)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            run = wandb.init(project=os.environ.get("WANDB_PROJECT", "bornagain"), group=group, name=name,
+                             job_type=kind, config=params, dir=str(directory), id=run_id,
+                             resume="allow" if saved else None, reinit="create_new",
+                             settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True))
+        except wandb.errors.Error as e:
+            raise UserError(f"W&B could not start a run ({e}): log in with `wandb login`, or set "
+                            "WANDB_MODE=offline (sync later with `wandb sync`)") from None
+        _save_ids(where, {"wandb": {"id": run_id}})
+        return cls(run)
+
+    def log(self, numbers: dict[str, float], step: int) -> None:
+        self.run.log(numbers, step=step)
+
+    def close(self, results: dict[str, float], files: list[Path], status: str) -> None:
+        import wandb  # noqa: PLC0415
+
+        if results:
+            self.run.summary.update({f"results/{k}": v for k, v in results.items()})
+        if files:
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", f"{self.run.name}-files"), type="run-files")
+            for path in files:
+                artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+def _run_params(run_dir: Path) -> dict:
+    """A training run's parameters: its resolved config (config.yaml), else its settings record."""
+    if (run_dir / "config.yaml").is_file():
+        tree = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        return tree if isinstance(tree, dict) else {}
+    for name in ("settings.json", "student_settings.json", "teacher_settings.json"):
+        if (run_dir / name).is_file():
+            tree = read_json(run_dir / name)
+            return tree.get("settings", tree) if isinstance(tree, dict) else {}
+    return {}
+
+
+def _results(where: Path) -> dict[str, float]:
+    path = where / "results.json"
+    return _numbers(_flatten(read_json(path), "/")) if path.is_file() else {}
+
+
+def _artifacts(where: Path, patterns: Sequence[str]) -> list[Path]:
+    """The small result files at the top of ``where`` matching ``patterns`` (no weights, no checkpoints)."""
+    found = {p for pattern in patterns for p in where.glob(pattern)}
+    return sorted(p for p in found if p.is_file() and p.suffix in ARTIFACT_SUFFIXES and p.name not in _SKIPPED)
+
+
+def _flatten(tree: Any, sep: str = ".", prefix: str = "") -> dict:
+    """Nested dicts and lists -> {"a.b.0": leaf}."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in tree):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree} if prefix else {}
+    out = {}
+    for k, v in items:
+        out.update(_flatten(v, sep, f"{prefix}{sep}{k}" if prefix else str(k)))
+    return out
+
+
+def _numbers(values: dict) -> dict[str, float]:
+    """The finite numbers of a record, under names every tracker accepts (letters, digits, _-./ and spaces)."""
+    return {re.sub(r"[^\w\-./ ]", "_", str(k)): float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:6000]  # MLflow's limit on a parameter's value
+
+
+def _millis() -> int:
+    import time  # noqa: PLC0415
+
+    return int(time.time() * 1000)
+
+
+def _read_ids(where: Path) -> dict:
+    path = where / IDS
+    try:
+        return read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_ids(where: Path, ids: dict) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    write_json(where / IDS, {**_read_ids(where), **ids})
