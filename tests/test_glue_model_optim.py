@@ -184,29 +184,33 @@ def test_pooling_choices_read_the_states_they_name(tmp_path):
 
 
 def test_runs_recorded_before_a_key_existed_keep_working(tmp_path):
-    """A settings file without encoder.pooling / bam.bucket_by_length was made with their defaults."""
-    from bornagain.engine.settings import check_or_record
-    from bornagain.pipelines.bam import student_settings
-    from bornagain.pipelines.glue_teachers import teacher_settings
+    """A settings record without encoder.pooling / bam.bucket_by_length was made with their defaults, whether it
+    is today's settings.json or the teacher_settings.json / student_settings.json of a run made before it."""
+    from bornagain.engine.run import FORMAT, SETTINGS, check_settings
+    from bornagain.pipelines.bam import student_run_settings
+    from bornagain.pipelines.glue_teachers import teacher_run_settings
 
     cfg = tiny_cfg(tiny_bert_dir(tmp_path / "enc"))
-    for name, now in (("teacher.json", teacher_settings(cfg, "RTE")),
-                      ("student.json", student_settings(cfg, "labels", 0, None))):
-        old = json.loads(json.dumps(now))
+    changed = tiny_cfg(tmp_path / "enc", "encoder.pooling=mean", "bam.bucket_by_length=true")
+    runs = {"teacher": (lambda c: teacher_run_settings(c, "RTE"), "teacher_settings.json", "encoder.pooling"),
+            "student": (lambda c: student_run_settings(c, "labels", 0, None), "student_settings.json",
+                        "bam.bucket_by_length")}
+    for kind, (settings_of, legacy, key) in runs.items():
+        now = settings_of(cfg)
+        old = json.loads(json.dumps(now.tree))
         old["encoder"].pop("pooling")
         old.get("bam", {}).pop("bucket_by_length", None)
-        (tmp_path / name).write_text(json.dumps(old))
-        check_or_record(tmp_path / name, now, added=cfg.ADDED_KEYS)  # accepted
-    changed = tiny_cfg(tmp_path / "enc", "encoder.pooling=mean", "bam.bucket_by_length=true")
-    with pytest.raises(UserError, match="encoder.pooling"):
-        check_or_record(tmp_path / "teacher.json", teacher_settings(changed, "RTE"), added=cfg.ADDED_KEYS)
-    with pytest.raises(UserError, match="bam.bucket_by_length"):
-        check_or_record(tmp_path / "student.json", student_settings(changed, "labels", 0, None),
-                        added=cfg.ADDED_KEYS)
+        for name, record in ((SETTINGS, {"format": FORMAT, "kind": now.kind, "settings": old}), (legacy, old)):
+            run_dir = tmp_path / kind / name
+            run_dir.mkdir(parents=True)
+            (run_dir / name).write_text(json.dumps(record))
+            check_settings(run_dir, now)  # accepted
+            with pytest.raises(UserError, match=key.replace(".", r"\.")):
+                check_settings(run_dir, settings_of(changed))
 
 
 def test_the_settings_files_keep_their_layout():
-    """teacher_settings.json and student_settings.json are read back by later runs: the keys that may differ are
+    """The settings records of teachers and students are read back by later runs: the keys that may differ are
     declared on the config fields now, and the files keep the layout runs were recorded with (the keys of a
     default config's files, as written before that declaration)."""
     from bornagain.engine.settings import flatten

@@ -27,7 +27,7 @@ import torch
 from bornagain.engine.distributed import current, rank_slices
 from bornagain.engine.rng import derive_seed
 from bornagain.config import TrainingConfig
-from bornagain.engine.trainer import RESULTS, StepOutput, reuse_finished, train
+from bornagain.engine.trainer import StepOutput, train
 from bornagain.files import json_safe, write_json
 from bornagain.distill.bam_targets import (
     TargetArm,
@@ -264,8 +264,6 @@ def train_student(model: MultiTaskModel | None, data: StudentData, setup: Studen
     seeding the global RNG with ``init_seed``, so arms with one seed share one init).
     """
     run_dir = Path(run_dir)
-    if resume and (run_dir / RESULTS).exists():
-        return reuse_finished(run_dir)["dev_metrics"]
     task = StudentTask(data, setup, model=model, build=build)
     seed = derive_seed(setup.seed, "bam-student") if init_seed is None else init_seed
     settings = engine_settings(setup.train_cfg, setup.device, seed=seed, max_grad_norm=setup.optim_cfg.max_grad_norm,

@@ -1,0 +1,86 @@
+"""engine/run.py: the one owner of a run directory's life (create or reopen, settings record, finished, lock)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bornagain.engine.run import (
+    CHECKPOINT, FORMAT, RESULTS, SETTINGS, RunSettings, check_command_dir, command_dir, open_run, record_command,
+    recorded_settings,
+)
+from bornagain.errors import UserError
+
+
+def _settings(lr=0.1, threads=1):
+    return RunSettings("vision", {"train": {"lr": lr, "num_threads": threads}, "seed": 0},
+                       ignore=("train.num_threads",))
+
+
+def test_a_new_run_records_its_settings_and_config_then_is_checked_when_reopened(tmp_path):
+    run = tmp_path / "run"
+    assert open_run(run, _settings(), resume=False, main=True, config={"seed": 0}) == "new"
+    record = json.loads((run / SETTINGS).read_text())
+    assert record == {"format": FORMAT, "kind": "vision", "settings": _settings().tree}
+    assert yaml.safe_load((run / "config.yaml").read_text()) == {"seed": 0}
+    (run / CHECKPOINT).write_bytes(b"")  # interrupted
+    with pytest.raises(UserError, match="unfinished run: pass --resume"):
+        open_run(run, _settings(), resume=False, main=True)
+    assert open_run(run, _settings(threads=2), resume=True, main=True) == "resume"  # a mechanic may differ
+    with pytest.raises(UserError, match=r"train\.lr \(recorded 0\.1, now 0\.2\)"):
+        open_run(run, _settings(lr=0.2), resume=True, main=True)
+    (run / RESULTS).write_text("{}")
+    assert open_run(run, _settings(), resume=False, main=True) == "finished"  # never retrained
+    with pytest.raises(UserError, match="other settings"):
+        open_run(run, _settings(lr=0.2), resume=False, main=True)  # nor reused under other settings
+
+
+def test_a_fresh_start_replaces_the_record_of_an_attempt_that_never_checkpointed(tmp_path):
+    run = tmp_path / "run"
+    open_run(run, _settings(lr=0.1), resume=False, main=True)
+    assert open_run(run, _settings(lr=0.2), resume=False, main=True) == "new"
+    assert recorded_settings(run)["train"]["lr"] == 0.2
+
+
+@pytest.mark.parametrize("legacy", ["teacher_settings.json", "student_settings.json", "config.yaml"])
+def test_run_directories_made_before_settings_json_are_still_read(tmp_path, legacy):
+    run = tmp_path / "run"
+    run.mkdir()
+    tree = _settings().tree
+    (run / legacy).write_text(json.dumps(tree) if legacy.endswith(".json") else yaml.safe_dump(tree))
+    (run / CHECKPOINT).write_bytes(b"")
+    assert open_run(run, _settings(), resume=True, main=True) == "resume"
+    with pytest.raises(UserError, match=r"train\.lr"):
+        open_run(run, _settings(lr=0.3), resume=True, main=True)
+
+
+def test_a_settings_record_of_another_format_is_refused_by_name(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / SETTINGS).write_text(json.dumps({"train": {"lr": 0.1}}))  # hand-written, no format
+    (run / RESULTS).write_text("{}")
+    with pytest.raises(UserError, match="not a bornagain settings record"):
+        open_run(run, _settings(), resume=True, main=True)
+
+
+def test_the_command_directory_rules_and_a_refused_command_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="holds no run to resume"):
+        check_command_dir(out, _settings(), resume=True)
+    check_command_dir(out, _settings(), resume=False)
+    with pytest.raises(RuntimeError):  # a command that fails its own checks before recording anything
+        with command_dir(out, main=True):
+            raise RuntimeError("refused")
+    assert not out.exists()
+    with command_dir(out, main=True):
+        record_command(out, _settings(), {"seed": 0}, main=True)
+        record_command(out, _settings(lr=0.5), {"seed": 1}, main=True)  # the record stays what it was made with
+    assert recorded_settings(out)["train"]["lr"] == 0.1
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"seed": 1}  # the config it last ran with
+    with pytest.raises(UserError, match="not empty: pass --resume"):
+        check_command_dir(out, _settings(), resume=False)
+    check_command_dir(out, _settings(threads=4), resume=True)
+    with pytest.raises(UserError, match=r"train\.lr"):
+        check_command_dir(out, _settings(lr=0.5), resume=True)
