@@ -24,7 +24,7 @@ from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import load_train_examples
 from bornagain.glue.data import load_split
 from bornagain.files import json_safe
-from bornagain.glue.evaluation import evaluate_dev, predict_outputs
+from bornagain.glue.evaluation import Predicting, evaluate_dev, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.submission import read_submission
 from bornagain.glue.tasks import get_task
@@ -93,12 +93,12 @@ def test_teachers_end_to_end(setup, capsys):
         cache = run.load_predictions(train, tokenizer=tokenizer, max_seq_length=cfg.max_seq_length)
         model = load_weights(build_model(cfg, [name]), run.weights_path)
         expected = predict_outputs(model, encode_examples(task, train, tokenizer, cfg.max_seq_length), task,
-                                   device=torch.device("cpu"))
+                                   Predicting(torch.device("cpu")))
         assert torch.allclose(cache.lookup([e.id for e in train]), expected, atol=1e-5)
         # the reported dev metrics are the final weights' (kept from the last epoch's evaluation)
         dev = {s: encode_examples(task, load_split(task, s, data_dir=cfg.glue.data_dir, source="tsv"), tokenizer,
                                   cfg.max_seq_length) for s in task.dev_splits}
-        fresh = json_safe(evaluate_dev(model, dev, task, device=torch.device("cpu")))
+        fresh = json_safe(evaluate_dev(model, dev, task, Predicting(torch.device("cpu"))))
         assert fresh.keys() == results["dev_metrics"].keys()
         assert all(fresh[k] == pytest.approx(results["dev_metrics"][k], abs=1e-6, nan_ok=True) for k in fresh)
         assert cache.outputs.shape == ((24,) if task.is_regression else (24, task.num_labels))
@@ -260,12 +260,12 @@ def test_sharded_prediction_equals_one_process(setup, monkeypatch):
         torch.manual_seed(0)
         model = build_model(cfg, [name])
         split = encode_examples(task, load_train_examples(cfg, name), tokenizer, cfg.max_seq_length)
-        whole = predict_outputs(model, split, task, device=cpu, batch_size=5)  # 24 rows: 5 batches
+        whole = predict_outputs(model, split, task, Predicting(cpu, batch_size=5))  # 24 rows: 5 batches
         shares = []
         # each call's share goes in front: rank 1 runs first, then rank 0 gathers [its own, rank 1's]
         monkeypatch.setattr(evaluation, "all_gather_objects", lambda mine: shares.insert(0, mine) or list(shares))
-        predict_outputs(model, split, task, device=cpu, batch_size=5, dist=DistInfo(rank=1, world_size=2))
-        gathered = predict_outputs(model, split, task, device=cpu, batch_size=5, dist=DistInfo(rank=0, world_size=2))
+        predict_outputs(model, split, task, Predicting(cpu, batch_size=5), dist=DistInfo(rank=1, world_size=2))
+        gathered = predict_outputs(model, split, task, Predicting(cpu, batch_size=5), dist=DistInfo(rank=0, world_size=2))
         rows = [sorted(int(i) for index, _ in share for i in index) for share in shares]
         assert [len(share) for share in shares] == [3, 2]  # batches 0, 2, 4 and 1, 3
         assert sorted(rows[0] + rows[1]) == list(range(24))  # disjoint, and every row once

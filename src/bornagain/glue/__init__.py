@@ -58,11 +58,12 @@ cache.py
     load_teacher_predictions(path, *, task, expected_fingerprint, expected_ids=None) -> TeacherPredictions
     TeacherPredictions(task, example_ids, outputs, fingerprint).lookup(ids) -> Tensor
 evaluation.py
-    predict_outputs(model, split, task, *, device, precision="fp32", batch_size=128, pad_token_id=0, dist=None)
+    Predicting(device, precision="fp32", batch_size=128, pad_token_id=0)   how a split is predicted
+    predict_outputs(model, split, task, how: Predicting, *, show_progress=False, dist=None)
                                   -> float32 CPU tensor (n, num_labels) | (n,), in split order, eval mode
                                   (dist: every rank predicts its share of the batches, all get all outputs)
-    evaluate_dev(model, dev_splits: {split: EncodedSplit}, task, *, device, precision, batch_size,
-                 pad_token_id, dist=None) -> {metric: value, ..., "score": task score}
+    evaluate_dev(model, dev_splits: {split: EncodedSplit}, task, how: Predicting, *, dist=None)
+                                  -> {metric: value, ..., "score": task score}
     majority_baseline(task, train_examples, {split: dev_examples}) -> dict
 submission.py
     write_submission(path, task, test_examples, outputs) -> Path   GLUE-server TSV (index<TAB>prediction)

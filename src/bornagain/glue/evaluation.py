@@ -11,6 +11,7 @@ so evaluation uses every process instead of leaving all but rank 0 waiting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,9 +26,19 @@ from bornagain.glue.tasks import GlueTask
 from bornagain.glue.tokenization import EncodedSplit, eval_batch_indices, iterate_batches
 
 
+@dataclass(frozen=True)
+class Predicting:
+    """How a split is predicted: on which device, in which precision, in batches of how many examples, padded
+    with which token id."""
+
+    device: torch.device
+    precision: str = "fp32"
+    batch_size: int = 128
+    pad_token_id: int = 0
+
+
 @torch.inference_mode()
-def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, *, device: torch.device,
-                    precision: str = "fp32", batch_size: int = 128, pad_token_id: int = 0,
+def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, how: Predicting, *,
                     show_progress: bool = False, dist: DistInfo | None = None) -> torch.Tensor:
     """Outputs of `task`'s head on every example of `split` (eval mode: no dropout).
 
@@ -38,14 +49,14 @@ def predict_outputs(model: MultiTaskModel, split: EncodedSplit, task: GlueTask, 
     model.eval()
     shape = (len(split),) if task.is_regression else (len(split), task.num_labels)
     outputs = torch.empty(shape, dtype=torch.float32)
-    batches = eval_batch_indices(split.lengths, batch_size)  # sorted by length: least padding
+    batches = eval_batch_indices(split.lengths, how.batch_size)  # sorted by length: least padding
     sharded = dist is not None and dist.enabled  # (one rank in a forced group: the gather still runs)
     if sharded:  # round robin over the sorted batches: every rank gets short and long ones
         batches = batches[dist.rank::dist.world_size]
     mine: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for batch in progress(iterate_batches(split, batches, pad_token_id, device), total=len(batches),
+    for batch in progress(iterate_batches(split, batches, how.pad_token_id, how.device), total=len(batches),
                           desc=f"predict {task.name}", enabled=show_progress):
-        with autocast(device, precision):
+        with autocast(how.device, how.precision):
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task.name)
         mine.append((batch["index"].cpu(), out.float().cpu()))
     for part in all_gather_objects(mine) if sharded else [mine]:
@@ -62,14 +73,12 @@ def split_metrics(task: GlueTask, split_name: str, outputs: torch.Tensor,
     return compute_metrics(task, pred, labels.numpy(), suffix=task.metric_suffix(split_name))
 
 
-def evaluate_dev(model: MultiTaskModel, dev_splits: dict[str, EncodedSplit], task: GlueTask, *,
-                 device: torch.device, precision: str = "fp32", batch_size: int = 128,
-                 pad_token_id: int = 0, dist: DistInfo | None = None) -> dict[str, float]:
+def evaluate_dev(model: MultiTaskModel, dev_splits: dict[str, EncodedSplit], task: GlueTask, how: Predicting, *,
+                 dist: DistInfo | None = None) -> dict[str, float]:
     """All dev metrics of a task plus its GLUE `score` (mean of its metrics); ``dist``: see predict_outputs."""
     metrics: dict[str, float] = {}
     for name, split in dev_splits.items():
-        outputs = predict_outputs(model, split, task, device=device, precision=precision,
-                                  batch_size=batch_size, pad_token_id=pad_token_id, dist=dist)
+        outputs = predict_outputs(model, split, task, how, dist=dist)
         metrics.update(split_metrics(task, name, outputs, split.labels))
     metrics["score"] = task_score(task, metrics)
     return metrics

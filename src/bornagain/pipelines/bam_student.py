@@ -40,7 +40,7 @@ from bornagain.distill.bam_targets import (
 )
 from bornagain.glue.bam_config import BamConfig
 from bornagain.glue.config import OptimConfig
-from bornagain.glue.evaluation import evaluate_dev
+from bornagain.glue.evaluation import Predicting, evaluate_dev
 from bornagain.glue.model import MultiTaskModel
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.sampling import plan_epoch, steps_per_epoch, total_steps
@@ -160,11 +160,8 @@ def evaluate_student(model: MultiTaskModel, dev: dict[str, dict[str, EncodedSpli
                      dist=None) -> dict[str, dict[str, float]]:
     """GLUE dev metrics of every task through its own head: {task: {metric: value, "score": mean}}.
     With ``dist`` every rank calls it and predicts its share (see glue/evaluation.py)."""
-    return {
-        task: evaluate_dev(model, splits, get_task(task), device=device, precision=precision, batch_size=batch_size,
-                           pad_token_id=pad_token_id, dist=dist)
-        for task, splits in dev.items()
-    }
+    how = Predicting(device, precision, batch_size, pad_token_id)
+    return {task: evaluate_dev(model, splits, get_task(task), how, dist=dist) for task, splits in dev.items()}
 
 
 # --- training ----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from bornagain.glue.cache import (
 )
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.data import GlueExample, has_split, load_split, load_train_examples
-from bornagain.glue.evaluation import evaluate_dev, majority_baseline, predict_outputs
+from bornagain.glue.evaluation import Predicting, evaluate_dev, majority_baseline, predict_outputs
 from bornagain.glue.model import build_model
 from bornagain.glue.optim import build_optimizer, build_scheduler
 from bornagain.glue.submission import submission_file_name, write_submission
@@ -154,21 +154,20 @@ class TeacherTask:
             loss = label_loss(self.task, outputs, batch["labels"])
         return StepOutput(loss=loss, count=len(rows))
 
-    def _eval_kwargs(self) -> dict:
-        return dict(device=self.device, precision=self.cfg.train.precision,
-                    batch_size=self.cfg.train.eval_batch_size, pad_token_id=self.pad_id)
+    def _predicting(self) -> Predicting:
+        return Predicting(self.device, self.cfg.train.precision, self.cfg.train.eval_batch_size, self.pad_id)
 
     def evaluate(self, model, epoch: int) -> dict:
-        dev = evaluate_dev(model, self.dev_splits, self.task, dist=current(), **self._eval_kwargs())
+        dev = evaluate_dev(model, self.dev_splits, self.task, self._predicting(), dist=current())
         if epoch + 1 == self.epochs:
             self._final_dev = dev  # the final model's: finish() reports it without predicting dev again
         return {f"dev/{k}": v for k, v in dev.items()}
 
     def finish(self, model, run_dir: Path) -> dict:
         """Dev metrics, own-train-set predictions, submission; this teacher's fields of results.json."""
-        cfg, task, kw = self.cfg, self.task, self._eval_kwargs()
+        cfg, task, how = self.cfg, self.task, self._predicting()
         final = getattr(self, "_final_dev", None)  # None when resumed after the last epoch's evaluation
-        dev = json_safe(final if final is not None else evaluate_dev(model, self.dev_splits, task, **kw))
+        dev = json_safe(final if final is not None else evaluate_dev(model, self.dev_splits, task, how))
         baseline = majority_baseline(task, self.train_examples, self.dev_examples)
         write_json(run_dir / "dev_metrics.json", {"task": task.name, "dev": dev, "majority_baseline": baseline,
                                                   "model": "last epoch (no selection on dev)"})
@@ -176,7 +175,7 @@ class TeacherTask:
                                          tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),
                                          max_seq_length=cfg.max_seq_length)
         fingerprint = prediction_fingerprint(dataset_fp, file_fingerprint(run_dir / WEIGHTS))
-        outputs = predict_outputs(model, self.train_split, task, show_progress=cfg.train.progress, **kw)
+        outputs = predict_outputs(model, self.train_split, task, how, show_progress=cfg.train.progress)
         save_teacher_predictions(run_dir / PREDICTIONS, task=task.name, example_ids=self.train_split.ids,
                                  outputs=outputs, fingerprint=fingerprint)
         submissions = []
@@ -185,7 +184,7 @@ class TeacherTask:
                 continue  # a local GLUE copy without test files: nothing to submit
             test_examples = load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
             test_split = encode_examples(task, test_examples, self.tokenizer, cfg.max_seq_length)
-            test_outputs = predict_outputs(model, test_split, task, **kw).numpy()
+            test_outputs = predict_outputs(model, test_split, task, how).numpy()
             path = run_dir / "submission" / submission_file_name(task, split)
             submissions.append(str(write_submission(path, task, test_examples, test_outputs).relative_to(run_dir)))
         return {"task": task.name, "dev_metrics": dev, "majority_baseline": baseline,
