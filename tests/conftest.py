@@ -9,6 +9,16 @@ import pytest
 import torch
 
 os.environ.setdefault("BORNAGAIN_NO_PROGRESS", "1")  # keep test logs readable
+# train.compile=auto reads and writes a per-machine record of compile measurements (engine/speed.py): the tests
+# keep theirs apart from the user's, in a folder of their own that starts empty.
+if "BORNAGAIN_CACHE_DIR" not in os.environ:
+    import tempfile  # noqa: E402
+
+    os.environ["BORNAGAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="bornagain-test-cache-")
+# No test reaches the Hugging Face hub (set before anything imports huggingface_hub, which reads them once): a hub
+# id fails at once instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # A run with ATEN_CPU_CAPABILITY=avx2 (the suite is run so too, to check no test hinges on this CPU's rounding)
 # compiles into a TorchInductor cache of its own, before any test makes torch ask for one (engine/compile.py).
 from bornagain.engine.compile import separate_kernel_cache  # noqa: E402

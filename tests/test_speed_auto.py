@@ -164,3 +164,28 @@ def test_a_compiled_generation_compiles_its_step_once(tmp_path):
     assert compiled["short"] > compiled["fill"], compiled  # the counter sees a recompile
     r = json.loads((tmp_path / "fill" / "gen1" / "results.json").read_text())
     assert r["compile_seconds"] > 0 and r["speed"]["compile"] == {"value": True, "reason": "set", "how": "set"}
+
+
+def test_a_resumed_channels_last_optimizer_keeps_its_parameters_layout(tmp_path):
+    """The fused SGD step reads momentum buffers in memory order: a contiguous buffer (as a checkpoint holds it)
+    beside a channels_last weight moved it by other elements' momentum. Loading gives each buffer its weight's
+    layout, so the step after a resume is the uninterrupted one."""
+    from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    model, opt = model_and_optimizer()
+    model(x).square().sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=opt, scheduler=None, extra={})
+    resumed, opt2 = model_and_optimizer()
+    load_checkpoint(tmp_path / "c.safetensors", model=resumed, optimizer=opt2, restore_rng=False)
+    for m, o in ((model, opt), (resumed, opt2)):
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    assert torch.equal(model.weight, resumed.weight)

@@ -3,11 +3,13 @@
     bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
     bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
     bornagain report RUN_DIR [RUN_DIR ...] [--format F]                       tables of finished runs (any kind)
+    bornagain export RUN_DIR OUT_DIR                                          a finished vision run as a folder to share
     bornagain models [--match-table]                                          model families, the paper's zoo with parameter counts
     bornagain config [ban|train|glue-teachers|bam] [--markdown]               every config key: default and meaning
     bornagain --version
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
+    bornagain sweep COMMAND --output DIR [--seeds 0,1] [key=[a,b] ...] [--launcher local|slurm]   seeds x grid
 """
 
 from __future__ import annotations
@@ -43,13 +45,24 @@ def cmd_ban(args) -> None:
     if info.is_main:
         epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
         print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
-              f"loss {cfg.ban.loss}, {epochs} each -> {output}", flush=True)
+              f"loss {cfg.ban.loss}, {epochs} each -> {output}; {_speed_summary(cfg, output)}", flush=True)
     results = run_ban(cfg, output, resume=args.resume)
     if info.is_main:
         print((output / "table.md").read_text())
         if results.get("readings"):  # each student (and control) against its reference
             print("\n".join([results["readings_note"] + ":", *results["readings"]]))
         print(f"results: {output / 'results.json'}")
+
+
+def _speed_summary(cfg, output: Path) -> str:
+    """'speed: bf16 (native bf16 on this CPU), channels_last (...), compile decided per run' (engine/speed.py)."""
+    from bornagain.engine.speed import Choice, speed_line
+    from bornagain.pipelines.vision_speed import resolve_vision_speed
+
+    _, choices = resolve_vision_speed(cfg, output)
+    if cfg.train.compile == "auto":
+        choices["compile"] = Choice(None, "decided per run from its length: see each run's line", "auto")
+    return speed_line(choices)
 
 
 def cmd_train(args) -> None:
@@ -67,6 +80,16 @@ def cmd_report(args) -> None:
 
     print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run,
                          effect=args.effect), end="")
+
+
+def cmd_export(args) -> None:
+    from bornagain.pipelines.export import export_run
+
+    settings = export_run(args.run_dir, args.out_dir)
+    files = ", ".join(sorted(p.name for p in Path(args.out_dir).iterdir()))
+    print(f"exported {settings['model']['name']} ({settings['data']['dataset']}) from {args.run_dir} -> "
+          f"{args.out_dir}: {files}\nshare it: hf upload OWNER/NAME {args.out_dir}; reuse it: bornagain ban "
+          f"ban.teacher_run={args.out_dir} (or hf://OWNER/NAME) ... (its README.md gives the keys)")
 
 
 def cmd_models(args) -> None:
@@ -158,6 +181,48 @@ def cmd_bam(args) -> None:
     bam_command(args.config, args.output, args.resume, args.overrides)
 
 
+def cmd_sweep(args) -> None:
+    from bornagain.pipelines.sweep import SlurmOptions, sweep
+
+    seeds = _seed_list(args.seeds)
+    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_task=args.gpus_per_task, time_min=args.time,
+                         cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, max_parallel=args.max_parallel)
+    record = sweep(args.command, args.config, args.output, seeds=seeds, overrides=args.overrides,
+                   launcher=args.launcher, slurm=slurm)
+    print(f"bornagain sweep: all {len(record['runs'])} run(s) finished in {args.output} (sweep.json lists them); "
+          f"tables: bornagain report {args.output}{'/<point>' if '/' in record['runs'][0]['name'] else ''}")
+
+
+def _seed_list(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text}: give whole numbers separated by commas, e.g. --seeds 0,1,2") from None
+
+
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="seeds x a grid of key=[a,b] overrides, one run each: here one after another, "
+                                       "or as a SLURM array (submitit); a re-run launches only the unfinished")
+    p.add_argument("command", choices=("ban", "train", "glue-teachers", "bam"), help="the command each run runs")
+    p.add_argument("--config", help="YAML recipe of every run")
+    p.add_argument("--output", required=True, help="the sweep's directory: one run directory per grid point and seed")
+    p.add_argument("--seeds", help="comma-separated seeds (seed=<s> in each run), e.g. 0,1,2")
+    p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: one after another here; slurm: a SLURM array (submitit); submitit-local: the same "
+                        "array as local processes (to try it before the cluster)")
+    p.add_argument("--slurm-partition", help="SLURM partition of the array's tasks")
+    p.add_argument("--gpus-per-task", type=int, default=0, help="GPUs of each task (more than 1: torchrun in it)")
+    p.add_argument("--time", type=int, default=60, metavar="MINUTES", help="time limit of each task (default 60)")
+    p.add_argument("--cpus-per-task", type=int)
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--max-parallel", type=int, help="at most this many tasks of the array at once")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of every run; key=[a,b] is a grid axis (a key that takes a list: key=[[a],[a,b]])")
+    p.set_defaults(func=cmd_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bornagain", description="Born-again knowledge distillation (BAN, BAM).")
     parser.add_argument("--version", action="version", version=f"bornagain {_version()}")
@@ -182,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with runs pooled over seeds: how many seeds would detect a difference of this many test-error "
                         "points with 80%% power (e.g. 0.3)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="a finished `train` run or `ban` generation as a folder to share: "
+                                        "model.safetensors, config.json, README.md model card (reusable as ban.teacher_run)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder (or an earlier export of the same run)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("models", help="list registered model families")
     p.add_argument("--match-table", action="store_true", help="Match-architecture parameter counts beside the paper's")
     p.add_argument("--num-classes", type=int, default=100)
@@ -198,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bam", help="born-again multi-task students with teacher annealing (and ablations)")
     _add_run_args(p)
     p.set_defaults(func=cmd_bam)
+    _add_sweep_parser(sub)
     return parser
 
 

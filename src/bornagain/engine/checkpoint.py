@@ -132,11 +132,22 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer=None,
         raise UserError(f"checkpoint '{path}' does not fit this model ({e}); was the config changed since the run started?") from None
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
+        _match_parameter_layouts(optimizer)
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng and state["rng"] is not None:
         restore_rng_state(state["rng"])
     return state["extra"]
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (momentum, Adam's moments) its parameter's memory layout: a checkpoint
+    holds them contiguous, and a channels_last parameter updated with a contiguous momentum buffer by the fused
+    step trained differently after a resume than without one (measured: not identical)."""
+    for param, slots in optimizer.state.items():
+        for name, value in slots.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                slots[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)  # param's strides
 
 
 def save_weights(model_or_state: torch.nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -38,8 +38,17 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 runs natively here: always on CUDA; on a CPU only with bf16 instructions (AVX512-BF16,
     AMX, Arm BF16), as oneDNN reports them. Without them bf16 convolutions are emulated: measured about 10x
     slower than fp32 on an AVX2-only CPU (benchmarks/bench_precision.py), 2.5x faster on one with them."""
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except (TypeError, RuntimeError, AssertionError):
+            return True
     if device.type != "cpu":
         return True
+    # ATEN_CPU_CAPABILITY=avx2 (or default) keeps PyTorch's own kernels off AVX-512, but oneDNN still sees the
+    # CPU's bf16 instructions and says so: such a setting (used to simulate an AVX2-only CPU) counts as no bf16
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2", "zvector"):
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -148,7 +148,11 @@ class NlpTrainConfig(TrainingConfig):
     eval_batch_size: int = field(default=128, metadata=may_differ("teacher", "student"))
     """Examples per batch when a teacher predicts (dev, test, and the training set it caches)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast, for teachers and students alike (faster on CPUs with bf16 support and on recent GPUs)."""
+    """bf16 autocast, for teachers and students alike (faster on CPUs with bf16 support and on recent GPUs).
+    No auto here (the image runs' default): a GLUE run's teachers and students are recorded apart."""
+    compile: bool = field(default=False, metadata=may_differ(*MECHANICS))
+    """torch.compile the trained model; falls back to eager with one warning line where this machine cannot
+    compile. Off by default: batches of varying sequence length compile again for each new length."""
     device: str = field(default="auto", metadata=may_differ(*MECHANICS))
     """auto | cpu | cuda (or cuda:N)."""
     bucket_by_length: bool = field(default=True, metadata=may_differ("student"))

@@ -14,26 +14,30 @@ The test set is evaluated once, after the last epoch, and selects nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from bornagain.config import save_config
+from bornagain.config import config_to_dict
 from bornagain.engine.checkpoint import save_tensors
 from bornagain.engine.compile import fused_optimizer_kwargs, maybe_compile
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
-from bornagain.engine.trainer import StepOutput, is_finished, reuse_finished, train
+from bornagain.engine.run import is_finished, open_run, reuse_finished
+from bornagain.engine.trainer import StepOutput, train
 from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
+from bornagain.pipelines.vision_speed import decide, remember, resolve_vision_speed, run_compile_key
+from bornagain.engine.speed import speed_line
 from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
 from bornagain.reports.metrics import classification_metrics
 from bornagain.vision.batches import BatchPipeline, predict_logits
-from bornagain.vision.config import TrainConfig, VisionConfig
+from bornagain.vision.config import TrainConfig, VisionConfig, vision_settings
 from bornagain.vision.prepare import PreparedData
 from bornagain.vision.splits import iterate_batches
 
@@ -124,7 +128,7 @@ class ClassifierTask:
         self.order_generator = torch.Generator().manual_seed(derive_seed(self.spec.seed, "epoch", epoch))
         n = self.data.train_labels.shape[0]
         batches = rank_slices(iterate_batches(n, self.cfg.train.batch_size, shuffle=True,
-                                              generator=self.order_generator), dist)
+                                              generator=self.order_generator, last=self.cfg.train.last_batch), dist)
         # rank 0 keeps drawing from the order generator (the single-process stream); other ranks their own
         self.aug_generator = self.order_generator if dist.rank == 0 else torch.Generator().manual_seed(
             derive_seed(self.spec.seed, "epoch", epoch, "rank", dist.rank))
@@ -193,17 +197,38 @@ class ClassifierTask:
 
 
 def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpec,
-        make_model: Callable[[], torch.nn.Module], *, resume: bool) -> dict:
+        make_model: Callable[[], torch.nn.Module], *, resume: bool, speed: dict | None = None) -> dict:
     """Train ``make_model()`` under ``cfg.train`` with ``spec.loss_fn`` in ``run_dir``; return results.json.
 
-    A finished run (results.json present) is not retrained when ``resume`` is set.
+    A finished run (results.json present) is never retrained; an interrupted one continues with ``resume``
+    (engine/run.py: ``open_run``). ``auto`` speed settings are resolved here (``speed``: the choices the sequence
+    made, with their reasons), train.compile per run from its number of steps; results.json["speed"] and a line
+    at the start say what was chosen and why.
     """
     run_dir = Path(run_dir)
-    if resume and is_finished(run_dir):
-        return reuse_finished(run_dir)
+    cfg, own = resolve_vision_speed(cfg, run_dir)
     device, dist = start_process(cfg.train)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    steps = cfg.train.epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
+    key = run_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
+    compiling = decide(cfg, key, steps, device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiling.value))
+    state = open_run(run_dir, vision_settings(cfg), resume=resume, main=dist.is_main, config=config_to_dict(cfg))
+    if state == "finished":
+        return reuse_finished(run_dir, main=dist.is_main)
+    choices = {**(speed or own), "compile": compiling}
+    spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "speed": {k: c.as_dict() for k, c in choices.items()}})
+    if dist.is_main and cfg.train.progress:
+        print(f"[{spec.name}] {speed_line(choices)}", flush=True)
     task = ClassifierTask(cfg, data, spec, make_model, device)
-    return train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=resume, epoch_check=spec.epoch_check)
+    results = train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=state == "resume",
+                    epoch_check=spec.epoch_check)
+    if dist.is_main:
+        remember(key, steps, results)
+    return results
+
+
+def steps_per_epoch(n: int, batch_size: int, last_batch: str) -> int:
+    """Optimiser steps of an epoch of ``n`` examples (splits.iterate_batches)."""
+    if n <= batch_size:
+        return 1
+    return n // batch_size if last_batch == "drop" else -(-n // batch_size)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bornagain.config import MECHANICS, TrainingConfig, may_differ
+from bornagain.config import MECHANICS, TrainingConfig, config_to_dict, keys_that_may_differ, may_differ
 from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, ResolvedLoss, resolve_loss
+from bornagain.engine.run import RunSettings
 from bornagain.errors import UserError
 
 # Whether a key may differ when a run continues (--resume), when runs are pooled over seeds, or when a finished
@@ -21,12 +22,13 @@ from bornagain.errors import UserError
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors", "hf"] = "digits"
     """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder |
-    tensors (one .safetensors / .npz file of uint8 images and int labels: vision/tensors.py)."""
+    tensors (one .safetensors / .npz file of uint8 images and int labels: vision/tensors.py) |
+    hf (a Hugging Face dataset: a hub id, or a save_to_disk / parquet / image folder; pip install "bornagain[hf]")."""
     root: str | None = field(default=None, metadata=may_differ("teacher"))  # where the data are, not which
-    """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/), or the
-    file of a tensors dataset."""
+    """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/), the
+    file of a tensors dataset, or (hf) a hub id such as uoft-cs/cifar100 or a local datasets folder."""
     download: bool = field(default=True, metadata=may_differ("teacher"))
     """Download the official CIFAR archive (MD5-checked) when `root` lacks it."""
     val_size: int | float = 0.1
@@ -42,12 +44,23 @@ class DataConfig:
     """tensors only: where the channels of the image arrays are (auto: the axis of size 1, 3 or 4)."""
     train_subset: int | None = None
     """Train on a seeded stratified subset of this many training images (quick experiments)."""
+    train_split: str = "train"
+    """hf only: the split trained on (the validation split is held out from it, data.val_size)."""
+    test_split: str = "test"
+    """hf only: the split tested on once at the end (`validation` where a dataset's test labels are hidden)."""
+    image_column: str | None = None
+    """hf only: the column holding the images; null: the one Image feature, else `img` or `image`."""
+    label_column: str | None = None
+    """hf only: the column holding the labels; null: the one ClassLabel feature, else `label` or `fine_label`."""
 
     def __post_init__(self):
         if self.val_size < 0:
             raise UserError(f"data.val_size={self.val_size} must be >= 0 (a fraction below 1 or a count)")
         if self.name in ("imagefolder",) and not self.root:
             raise UserError("data.name=imagefolder needs data.root=DIR (a folder with train/<class>/ and test/<class>/)")
+        if self.name == "hf" and not self.root:
+            raise UserError("data.name=hf needs data.root=DATASET (a hub id such as uoft-cs/cifar100, or a folder "
+                            "written by save_to_disk, of parquet files or of images)")
         if self.name == "tensors" and not self.root:
             raise UserError("data.name=tensors needs data.root=FILE (a .safetensors or .npz file with train_images, "
                             "train_labels, test_images, test_labels)")
@@ -98,8 +111,14 @@ class TrainConfig(TrainingConfig):
     """Step schedule: the lr is multiplied by this at each milestone."""
     warmup_epochs: int = 0
     """Linear lr warm-up from 0 over this many epochs (every run; students may add ban.student_warmup_epochs)."""
-    channels_last: bool = field(default=False, metadata=may_differ("teacher"))
-    """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU)."""
+    channels_last: bool | Literal["auto"] = field(default="auto", metadata=may_differ("teacher"))
+    """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU). auto: on
+    (every image model here is convolutional); the run records the value chosen."""
+    last_batch: Literal["auto", "fill", "drop", "short"] = "auto"
+    """The last batch of an epoch when the batch size does not divide the training set: fill (topped up with the
+    first images of the epoch's order, which are then seen twice: every batch has one shape, so a compiled model
+    never compiles again), drop (left out; other images each epoch), short (a smaller last batch, as runs made
+    before this key had). auto: fill for a new run, the recorded value for a run continued or reused."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -145,8 +164,9 @@ class BanConfig:
     On by default: with a confident teacher the KL term is about as large as the label term, and the
     paper's summed loss doubles the gradient at the recipe's lr (students that start far behind their
     teacher; see docs/ban.md). false gives the paper's Eq. 2 exactly."""
-    teacher_precision: Literal["fp32", "bf16"] | None = None
-    """Precision of the frozen teacher's forward pass; null: the students' train.precision."""
+    teacher_precision: Literal["auto", "fp32", "bf16"] | None = None
+    """Precision of the frozen teacher's forward pass; null: the students' train.precision; auto: bf16 where this
+    hardware runs it natively, even for fp32 students (recorded, kept on --resume)."""
     prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
@@ -155,7 +175,8 @@ class BanConfig:
     and dropout must still match."""
     teacher_run: str | None = None
     """Use a finished run directory (a `gen0/` or `train` run of model.name on the same data) as generation 0
-    instead of training the teacher again: several Table 2 students can share one DenseNet teacher. `{seed}` in
+    instead of training the teacher again: several Table 2 students can share one DenseNet teacher. A folder
+    `bornagain export` wrote serves too, local or from the Hugging Face hub as hf://OWNER/NAME[@REVISION]. `{seed}` in
     the path is replaced by the run's seed, which lets `ban.seeds` reuse one teacher per seed
     (ban.teacher_run=runs/x/seed-{seed}/gen0: another loss over the same teachers)."""
     controls: tuple[Literal["independent", "label_smoothing"], ...] = field(default=(), metadata=may_differ("resume"))
@@ -269,6 +290,11 @@ class VisionConfig:
         "ban.student_kwargs": None,
         "ban.controls": [],
         "ban.label_smoothing": [0.1],
+        "data.train_split": "train",  # hf only: no run read a Hugging Face dataset before these keys
+        "data.test_split": "test",
+        "data.image_column": None,
+        "data.label_column": None,
+        "train.last_batch": "short",  # an epoch's last batch was smaller before this key
     }
 
     seed: int = field(default=0, metadata=may_differ("pool"))
@@ -285,3 +311,11 @@ class VisionConfig:
         if "label_smoothing" in self.ban.controls and len(self.ban.label_smoothing) > 1 and not self.data.val_size:
             raise UserError(f"ban.label_smoothing={list(self.ban.label_smoothing)} is chosen on the validation "
                             "split, but data.val_size=0 holds none out: give one value, or a data.val_size")
+
+
+def vision_settings(cfg: "VisionConfig") -> RunSettings:
+    """What defines a vision run (a `ban` sequence, a seed of a sweep, a generation, a `train` run) for its
+    settings record (engine/run.py): the whole config, with the keys declared may_differ("resume") free to
+    change when it continues."""
+    return RunSettings("vision", config_to_dict(cfg), ignore=keys_that_may_differ(VisionConfig, "resume"),
+                       added=VisionConfig.ADDED_KEYS)

@@ -87,13 +87,17 @@ def iterate_batches(
     shuffle: bool,
     generator: torch.Generator | None,
     drop_last: bool = False,
+    last: str = "short",
 ) -> Iterator[torch.Tensor]:
     """Yield int64 index tensors of at most `batch_size` that cover range(n) once.
 
     With `shuffle`, the order is one `torch.randperm(n, generator=generator)`,
-    so the generator alone fixes the epoch's order. With `drop_last`, a final
-    batch smaller than `batch_size` is skipped (e.g. to keep BatchNorm away
-    from a batch of one).
+    so the generator alone fixes the epoch's order. The final batch, when
+    `batch_size` does not divide `n`: `last="short"` keeps it smaller,
+    `"drop"` (or `drop_last`) skips it (e.g. to keep BatchNorm away from a batch
+    of one), `"fill"` tops it up with the first indices of the order (seen twice),
+    so that every batch has `batch_size` indices. With `n < batch_size` the one
+    batch holds all `n` under every setting (a single shape already).
     """
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1")
@@ -103,6 +107,15 @@ def iterate_batches(
         order = torch.randperm(n, generator=generator, device=generator.device).cpu()
     else:
         order = torch.arange(n)
-    stop = n - n % batch_size if drop_last else n
+    if last not in ("short", "drop", "fill"):
+        raise ValueError(f"last={last!r} is not one of short, drop, fill")
+    if n < batch_size:
+        yield order
+        return
+    rest = n % batch_size
+    stop = n - rest if drop_last or last == "drop" else n
     for start in range(0, stop, batch_size):
-        yield order[start : start + batch_size]
+        batch = order[start : start + batch_size]
+        if last == "fill" and batch.shape[0] < batch_size:
+            batch = torch.cat([batch, order[: batch_size - batch.shape[0]]])  # (batch_size,)
+        yield batch

@@ -1,0 +1,73 @@
+"""`auto` speed settings of an image run resolved (engine/speed.py holds the rules): the config a run records, and
+the reasons it prints and keeps in results.json["speed"]."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from bornagain.engine.compile import compile_unavailable
+from bornagain.engine.device import resolve_device
+from bornagain.engine.run import recorded_settings
+from bornagain.engine.settings import recorded as with_added_keys
+from bornagain.engine.speed import (AUTO, Choice, add_measurement, compile_key, decide_compile, read_record,
+                                    record_path, resolve_channels_last, resolve_precision, resolve_teacher_precision)
+from bornagain.errors import UserError
+from bornagain.vision.config import VisionConfig
+
+
+def recorded_keys(run_dir: Path) -> dict:
+    """The dotted keys a run directory recorded (engine/run.py), keys added since with their values of then
+    (VisionConfig.ADDED_KEYS); {} for none or an unreadable record (the settings check reports that)."""
+    try:
+        tree = recorded_settings(run_dir)
+    except UserError:
+        return {}
+    return with_added_keys(tree, VisionConfig.ADDED_KEYS) if isinstance(tree, dict) else {}
+
+
+def resolve_vision_speed(cfg: VisionConfig, run_dir: Path) -> tuple[VisionConfig, dict[str, Choice]]:
+    """``cfg`` with ``auto`` precision, channels_last and teacher precision resolved (the values ``run_dir``
+    recorded, where it has a config.yaml: a run keeps what it started with on any machine), and each choice with
+    its reason. ``train.compile`` stays as given: it is decided per run, from the run's length (``decide``)."""
+    recorded = recorded_keys(run_dir)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device, recorded.get("train.precision"))
+    # every image model here is convolutional (an imported model without convolutions is unaffected: only
+    # 4-d tensors change layout)
+    layout = resolve_channels_last(cfg.train.channels_last, convolutional=True,
+                                   recorded=recorded.get("train.channels_last"))
+    teacher = resolve_teacher_precision(cfg.ban.teacher_precision, device, recorded.get("ban.teacher_precision"))
+    last_batch = cfg.train.last_batch
+    if last_batch == AUTO:  # fill: one batch shape (a compiled step never compiles again); a record keeps its own
+        last_batch = recorded.get("train.last_batch", "fill") if recorded else "fill"
+    train = dataclasses.replace(cfg.train, precision=precision.value, channels_last=layout.value, last_batch=last_batch)
+    ban = dataclasses.replace(cfg.ban, teacher_precision=teacher.value)
+    choices = {"precision": precision, "channels_last": layout}
+    if cfg.ban.teacher_precision is not None:
+        choices["teacher_precision"] = teacher
+    return dataclasses.replace(cfg, train=train, ban=ban), choices
+
+
+def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module | None,
+                    device: torch.device) -> str:
+    """The record's key of one image run: model, teacher, input batch (b, c, h, w), precision, layout, device."""
+    return compile_key(cfg.model.name, teacher=None if teacher is None else type(teacher).__name__,
+                       shape=(min(cfg.train.batch_size, shape[0]), *shape[1:]), precision=cfg.train.precision,
+                       channels_last=bool(cfg.train.channels_last), device=device)
+
+
+def decide(cfg: VisionConfig, key: str, steps: int, device: torch.device) -> Choice:
+    """train.compile of one run of ``steps`` steps (the record at engine.speed.record_path)."""
+    choice = decide_compile(cfg.train.compile, steps=steps, entry=read_record(record_path(), key), device=device)
+    if choice.how == AUTO and choice.value and compile_unavailable() is not None:
+        return Choice(False, f"torch.compile cannot run here ({compile_unavailable()})", AUTO)
+    return choice
+
+
+def remember(key: str, steps: int, results: dict) -> None:
+    """This run's step time (and compile seconds, where it compiled) into the machine's record."""
+    add_measurement(record_path(), key, steps=steps, train_seconds=results.get("train_seconds", 0.0),
+                    compile_seconds=results.get("compile_seconds"))
