@@ -211,9 +211,21 @@ def _mlflow_experiment(client, root: Path, uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    # the default store: artifacts beside the database, not in ./mlruns of whatever folder the command ran in
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").resolve().as_uri()
+    # a SQLite store keeps its artifacts beside its database, not in ./mlruns of whatever folder the command ran in
+    location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
     return client.create_experiment(name, artifact_location=location)
+
+
+def prepare_mlflow_store(root: str | Path) -> str:
+    """Create the default SQLite store of ``root`` and its experiment now (runs that start concurrently, as the
+    tasks of a sweep do, would race to create them); return its URI."""
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+    _mlflow_experiment(MlflowClient(uri), Path(root), uri)
+    return uri
 
 
 def _mlflow_run_exists(client, run_id: str) -> bool:

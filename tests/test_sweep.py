@@ -1,0 +1,62 @@
+"""`bornagain sweep`: seeds x a grid of overrides, run as an array by submitit's local executor (the SLURM path
+as local processes); a failing grid point is reported, a re-run launches only the unfinished runs, and
+`bornagain report` pools each point's seeds."""
+
+import json
+
+import pytest
+import yaml
+
+from bornagain.cli import main
+from bornagain.errors import UserError
+from bornagain.pipelines.sweep import expand, split_grid
+
+TINY = ["train.epochs=1", "ban.generations=1", "train.batch_size=64", "train.progress=false", "train.trackers=[]",
+        "train.num_threads=1", "data.train_subset=200", "data.val_size=50"]
+
+
+def test_brackets_make_a_grid_axis_unless_the_key_takes_a_list(tmp_path):
+    fixed, axes = split_grid("ban", ["train.lr=[0.05,0.1]", "ban.ensembles=[2,3]", "model.name=resnet-8",
+                                     "ban.controls=[[],[independent]]"])
+    assert fixed == ["ban.ensembles=[2,3]", "model.name=resnet-8"]
+    assert axes == [("train.lr", ["0.05", "0.1"]), ("ban.controls", ["[]", '["independent"]'])]
+    runs = expand("ban", tmp_path, [0, 1], ["train.lr=[0.05,0.1]", "train.epochs=2"])
+    assert [r.name for r in runs] == ["train.lr=0.05/seed-0", "train.lr=0.05/seed-1", "train.lr=0.1/seed-0",
+                                      "train.lr=0.1/seed-1"]
+    assert runs[3].overrides == ("train.epochs=2", "train.lr=0.1", "seed=1")
+    assert [r.run_dir for r in expand("train", tmp_path, [3], [])] == [tmp_path / "seed-3"]  # seeds alone
+    with pytest.raises(UserError, match="nothing to sweep"):
+        expand("ban", tmp_path, [], ["train.lr=0.1"])
+
+
+def test_a_bad_key_refuses_the_whole_sweep_before_anything_runs(tmp_path, capsys):
+    assert main(["sweep", "ban", "--output", str(tmp_path / "s"), "--seeds", "0,1", "train.lr=[0.1,0.2]",
+                 "train.epocs=2"]) == 2
+    assert "train.epocs" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_as_an_array_reports_failures_reruns_only_the_unfinished_and_pools(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "sweep"
+    args = ["sweep", "ban", "--output", str(out), "--seeds", "0,1", "--launcher", "submitit-local",
+            "model.name=[resnet-8,resnet-nope]", *TINY]
+    assert main(args) == 2  # the two runs of the model that does not exist fail; the others finish
+    err = capsys.readouterr().err
+    assert "2 of 4 sweep run(s) failed" in err and "model.name=resnet-nope/seed-0" in err and "log:" in err
+    good = out / "model.name=resnet-8"
+    finished = {d: (d / "results.json").stat().st_mtime_ns for d in (good / "seed-0", good / "seed-1")}
+    record = json.loads((out / "sweep.json").read_text())
+    assert {r["name"]: r["state"] for r in record["runs"]} == {
+        "model.name=resnet-8/seed-0": "finished", "model.name=resnet-8/seed-1": "finished",
+        "model.name=resnet-nope/seed-0": "failed", "model.name=resnet-nope/seed-1": "failed"}
+    config = yaml.safe_load((good / "seed-1" / "config.yaml").read_text())
+    assert (config["seed"], config["model"]["name"], config["train"]["epochs"]) == (1, "resnet-8", 1)
+    assert main(args) == 2  # the same command again: only the unfinished runs are launched
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["launched"] == ["model.name=resnet-nope/seed-0", "model.name=resnet-nope/seed-1"]
+    assert {d: (d / "results.json").stat().st_mtime_ns for d in finished} == finished
+    capsys.readouterr()
+    assert main(["report", str(good)]) == 0  # the point's seeds pooled, as a ban.seeds output
+    assert "n = 2 seeds (0, 1)" in capsys.readouterr().out
+    assert json.loads((good / "results.json").read_text())["runs"] == ["seed-0", "seed-1"]
