@@ -21,7 +21,7 @@ from bornagain.vision.cifar import load_cifar
 from bornagain.vision.imagefolder import load_image_folder
 from bornagain.vision.tensors import load_tensor_file
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "tensors")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "tensors", "hf")
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,17 @@ def _to_dataset(split: tuple[np.ndarray, np.ndarray]) -> ImageDataset:
 
 
 def load_vision_data(name: str, root: str | os.PathLike | None, *, download: bool = True,
-                     layout: str = "auto") -> VisionData:
+                     layout: str = "auto", splits: tuple[str, str] = ("train", "test"),
+                     columns: tuple[str | None, str | None] = (None, None)) -> VisionData:
     """Load a whole vision dataset into memory.
 
     name: "digits" (scikit-learn's bundled 8x8 digits; `root` is ignored),
     "cifar10" / "cifar100" (python-pickle folders under `root`, downloaded and
     MD5-checked when absent and `download` is set), "imagefolder"
     (`root`/{train,test}/<class>/*.png|jpg, decoded once and cached), or "tensors"
-    (`root` is a .safetensors / .npz file of arrays, `layout` where its channels are; vision/tensors.py).
+    (`root` is a .safetensors / .npz file of arrays, `layout` where its channels are; vision/tensors.py), or "hf"
+    (a Hugging Face dataset: a hub id or a local folder, its (train, test) `splits` and (image, label) `columns`,
+    None to detect; vision/hf_datasets.py).
     """
     if name not in DATASET_NAMES:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -134,12 +137,17 @@ def load_vision_data(name: str, root: str | os.PathLike | None, *, download: boo
     else:
         if root is None:
             what = {"imagefolder": "the folder holding train/ and test/",
-                    "tensors": "the .safetensors or .npz file"}.get(name, "where to find or download it")
+                    "tensors": "the .safetensors or .npz file",
+                    "hf": "a hub id or a datasets folder"}.get(name, "where to find or download it")
             raise UserError(f"dataset {name!r} needs a data root: pass root (--data-root) = {what}")
         if name in ("cifar10", "cifar100"):
             train, test, classes = load_cifar(name, root, download=download)
         elif name == "tensors":
             train, test, classes = load_tensor_file(root, layout)
+        elif name == "hf":
+            from bornagain.vision.hf_datasets import load_hf_dataset  # noqa: PLC0415  (the optional `datasets`)
+
+            train, test, classes = load_hf_dataset(str(root), splits=splits, columns=columns)
         else:
             train, test, classes = load_image_folder(root)
         hflip = True  # natural images: a mirrored scene keeps its label (data.hflip=false says otherwise)

@@ -173,7 +173,7 @@ def _cache_file(root: Path, cache_dir: Path) -> Path:
     return cache_dir / f"imagefolder-{key}.npz"
 
 
-def _read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, ...]] | None:
+def read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, ...]] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
@@ -186,7 +186,7 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, 
     return train, test, classes
 
 
-def _write_cache(path: Path, fingerprint: str, train: Split, test: Split, classes: tuple[str, ...]) -> None:
+def write_cache(path: Path, fingerprint: str, train: Split, test: Split, classes: tuple[str, ...]) -> None:
     """Write atomically (temporary file + rename) so readers never see half a cache."""
 
     def write(tmp: str) -> None:
@@ -215,7 +215,7 @@ def load_image_folder(
     classes, files = scan_image_folder(root)
     fingerprint = folder_fingerprint(classes, files)
     cache_path = _cache_file(root, Path(cache_dir) if cache_dir is not None else default_cache_dir(root))
-    cached = _read_cache(cache_path, fingerprint)
+    cached = read_cache(cache_path, fingerprint)
     if cached is not None:
         return cached
     n_train = len(files["train"])
@@ -224,5 +224,5 @@ def load_image_folder(
     labels = np.array([label for _, label, *_ in entries], dtype=np.int64)
     train = (images[:n_train], labels[:n_train])
     test = (images[n_train:], labels[n_train:])
-    _write_cache(cache_path, fingerprint, train, test, classes)
+    write_cache(cache_path, fingerprint, train, test, classes)
     return train, test, classes

@@ -40,13 +40,23 @@ class PreparedData:
         return int(self.train_images.shape[1])
 
 
+def dataset_label(data: DataConfig, name: str) -> str:
+    """The dataset's name in results and tables: the folder or file for a local source ("cifar-jpegs
+    (imagefolder)"), the hub id for a Hugging Face dataset from the hub ("uoft-cs/cifar100 (hf)")."""
+    if data.name not in ("imagefolder", "tensors", "hf"):
+        return name
+    local = Path(data.root).expanduser()
+    return f"{local.resolve().name if local.exists() else data.root} ({data.name})"
+
+
 def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     """Load the dataset, hold out a stratified validation split (seeded), optionally subsample training.
 
     The split depends only on ``seed`` and the data, so every generation of a
     BAN sequence sees the same train/validation partition.
     """
-    vd = load_vision_data(data.name, data.root, download=data.download, layout=data.layout)
+    vd = load_vision_data(data.name, data.root, download=data.download, layout=data.layout,
+                          splits=(data.train_split, data.test_split), columns=(data.image_column, data.label_column))
     images, labels = vd.train.images, vd.train.labels
     if data.train_subset is not None and data.train_subset < labels.shape[0]:
         classes = int(labels.unique().numel())
@@ -64,7 +74,7 @@ def prepare_data(data: DataConfig, seed: int) -> PreparedData:
     # normalisation statistics from the training part only: validation and test images shape nothing
     mean, std = channel_stats(images[train_idx])
     return PreparedData(
-        name=f"{Path(data.root).resolve().name} ({data.name})" if data.name in ("imagefolder", "tensors") else vd.name,
+        name=dataset_label(data, vd.name),
         classes=tuple(vd.classes),
         train_images=images[train_idx], train_labels=labels[train_idx],
         val_images=images[val_idx], val_labels=labels[val_idx],

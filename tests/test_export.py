@@ -1,0 +1,137 @@
+"""`bornagain export`: a finished run as a shareable folder, and that folder (local, or hf:// from the hub's cache)
+as ban.teacher_run, teaching exactly as the run directory does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bornagain.cli import main
+from bornagain.config import load_config, save_config
+from bornagain.errors import UserError
+from bornagain.pipelines.export import export_run, load_exported
+
+FAST = ["model.name=resnet-8", "train.epochs=1", "train.batch_size=64", "data.train_subset=200", "data.val_size=50",
+        "train.progress=false", "train.num_threads=1"]
+STUDENT = [*FAST, "ban.generations=1", "ban.ensembles=[]"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny `bornagain train` run (digits) and its export."""
+    root = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--output", str(root / "run"), *FAST]) == 0
+    assert main(["export", str(root / "run"), str(root / "export")]) == 0
+    return root / "run", root / "export"
+
+
+def _error(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bornagain: error: ") and "\n" not in err
+    return err
+
+
+def test_the_folder_rebuilds_the_model_and_its_card_parses(teacher):
+    run, export = teacher
+    assert {p.name for p in export.iterdir()} == {"model.safetensors", "config.json", "README.md", "results.json",
+                                                  "metrics.jsonl", "test_probs.safetensors"}
+    model, settings = load_exported(export)  # from config.json alone
+    theirs = load_file(run / "model.safetensors")
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items()) and len(theirs) == len(
+        model.state_dict())
+    assert settings["model"]["num_classes"] == 10 and settings["input"]["channels"] == 1
+    assert settings["classes"] == [str(c) for c in range(10)] and len(settings["input"]["mean"]) == 1
+    results = json.loads((run / "results.json").read_text())
+    hub = pytest.importorskip("huggingface_hub")
+    card = hub.ModelCard.load(export / "README.md")  # the hub's own parser of the front matter
+    assert card.data.library_name == "bornagain" and "bornagain" in card.data.tags
+    assert card.data.eval_results[0].metric_value == pytest.approx(results["test_accuracy"])
+    assert "ban.teacher_run=hf://OWNER/NAME" in card.text and "data.train_subset=200" in card.text
+
+
+def test_students_of_the_export_equal_students_of_the_run(teacher, tmp_path):
+    run, export = teacher
+    assert main(["ban", "--output", str(tmp_path / "from-run"), *STUDENT, f"ban.teacher_run={run}"]) == 0
+    assert main(["ban", "--output", str(tmp_path / "from-export"), *STUDENT, f"ban.teacher_run={export}"]) == 0
+    a, b = (load_file(tmp_path / d / "gen1" / "model.safetensors") for d in ("from-run", "from-export"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("from-run", "from-export"))
+    for row in ra["generations"] + rb["generations"]:
+        row.pop("teacher_run", None), row.pop("train_seconds", None)
+    assert ra["generations"] == rb["generations"] and ra["readings"] == rb["readings"]
+    assert (tmp_path / "from-run" / "table.md").read_text() == (tmp_path / "from-export" / "table.md").read_text()
+
+
+def test_an_exported_teacher_is_checked_like_its_run(teacher, tmp_path, capsys):
+    export = teacher[1]
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT, "seed=1", f"ban.teacher_run={export}"])
+    assert "changed: seed" in err
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT, "model.name=resnet-14",
+                          f"ban.teacher_run={export}"])
+    assert "holds a resnet-8" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_teacher_comes_from_the_hub_cache_and_offline_without_it_is_a_user_error(teacher, tmp_path, capsys,
+                                                                                        monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"  # the hub cache's layout for a model someone/teacher at one commit
+    commit = "0" * 40
+    shutil.copytree(teacher[1], cache / "models--someone--teacher" / "snapshots" / commit)
+    (cache / "models--someone--teacher" / "refs").mkdir()
+    (cache / "models--someone--teacher" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["ban", "--output", str(tmp_path / "hub-student"), *STUDENT, "ban.teacher_run=hf://someone/teacher",
+                 "ban.generations=0"]) == 0
+    result = json.loads((tmp_path / "hub-student" / "results.json").read_text())
+    assert result["generations"][0]["teacher_run"].endswith(commit)
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT, "ban.teacher_run=hf://someone/missing"])
+    assert "hf://someone/missing" in err and "online" in err
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT, "ban.teacher_run=hf://no-owner"])
+    assert "hf://OWNER/NAME" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_cannot_be_exported_and_where_it_cannot_be_written(teacher, tmp_path, capsys):
+    run, export = teacher
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "results.json").unlink()
+    assert "is not finished" in _error(capsys, ["export", str(unfinished), str(tmp_path / "a")])
+    sequence = tmp_path / "sequence"
+    shutil.copytree(run, sequence / "gen0")
+    assert "export one of its runs" in _error(capsys, ["export", str(sequence), str(tmp_path / "a")])
+    glue = tmp_path / "glue-teacher"
+    glue.mkdir()
+    from bornagain.glue.config import GlueExperimentConfig
+
+    save_config(load_config(GlueExperimentConfig, None, []), glue / "config.yaml")
+    (glue / "results.json").write_text("{}")
+    assert "not a vision run" in _error(capsys, ["export", str(glue), str(tmp_path / "a")])
+    assert "already an exported folder" in _error(capsys, ["export", str(export), str(tmp_path / "a")])
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert "not empty" in _error(capsys, ["export", str(run), str(busy)])
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "a").exists()
+    # over an earlier export of the same run: written again; of another run: refused, the earlier one kept
+    again = export_run(run, export)
+    assert again["source"]["weights_sha256"] == json.loads((export / "config.json").read_text())["source"][
+        "weights_sha256"]
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    state = load_file(other / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, str(other / "model.safetensors"))
+    with pytest.raises(UserError, match="an export of another run"):
+        export_run(other, export)
+    assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
