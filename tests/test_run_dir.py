@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from bornagain.engine.run import (
@@ -84,3 +85,20 @@ def test_the_command_directory_rules_and_a_refused_command_leaves_nothing(tmp_pa
     check_command_dir(out, _settings(threads=4), resume=True)
     with pytest.raises(UserError, match=r"train\.lr"):
         check_command_dir(out, _settings(lr=0.5), resume=True)
+
+
+def test_the_process_is_set_up_once_per_command(monkeypatch):
+    """Every run of a command (generations, teachers, students) asks for the process; it is set up once (threads,
+    device, process group), and again only after a command's end left the process group."""
+    import bornagain.pipelines.common as common
+    from bornagain.config import TrainingConfig
+
+    monkeypatch.setattr(common, "_STARTED", {})
+    calls = []
+    real = common._start_process
+    monkeypatch.setattr(common, "_start_process", lambda train: calls.append(train) or real(train))
+    first = common.start_process(TrainingConfig(device="cpu"))
+    again = common.start_process(TrainingConfig(device="cpu", epochs=3))  # another run of the same command
+    assert again == first and len(calls) == 1
+    common.start_process(TrainingConfig(device="cpu", num_threads=torch.get_num_threads()))  # other settings
+    assert len(calls) == 2

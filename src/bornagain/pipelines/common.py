@@ -11,7 +11,7 @@ import torch
 from bornagain.config import TrainingConfig, config_to_dict
 from bornagain.engine.compile import separate_kernel_cache
 from bornagain.engine.device import native_bf16, resolve_device
-from bornagain.engine.distributed import DistInfo, init_distributed
+from bornagain.engine.distributed import DistInfo, current, init_distributed
 from bornagain.engine.trackers import command_run
 from bornagain.engine.trainer import EngineSettings
 
@@ -19,7 +19,22 @@ from bornagain.engine.trainer import EngineSettings
 def start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
     """Threads, device and (under torchrun) the process group, in that order, from `train.*`; first, the kernel
     cache of this CPU kernel setting (engine/compile.py: set before anything asks torch for it, which building
-    the fused optimizer already does)."""
+    the fused optimizer already does). Once per command: every run of a command (generations, teachers,
+    students) shares its device and thread settings, so a later call with the same ones returns the first's."""
+    key = (train.device, train.num_threads)
+    if key not in _STARTED or _STARTED[key][1] != current():  # (a command's end left the process group)
+        _STARTED[key] = _start_process(train)
+    device, dist = _STARTED[key]
+    if train.precision == "bf16" and not native_bf16(device) and dist.is_main:
+        _warn_once("train.precision=bf16, but this CPU has no bf16 instructions (AVX512-BF16, AMX): bf16 is "
+                   "emulated and much slower than fp32 here (about 10x for convolutions); set train.precision=fp32")
+    return device, dist
+
+
+_STARTED: dict[tuple, tuple[torch.device, DistInfo]] = {}
+
+
+def _start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
     separate_kernel_cache(os.environ)
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
@@ -29,9 +44,6 @@ def start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
         # CIFAR batches have one shape: cuDNN times its convolution algorithms once per shape and keeps the
         # fastest (benchmarks/bench_flops.py --cudnn-benchmark off on measures what it saves)
         torch.backends.cudnn.benchmark = True
-    if train.precision == "bf16" and not native_bf16(device) and dist.is_main:
-        _warn_once("train.precision=bf16, but this CPU has no bf16 instructions (AVX512-BF16, AMX): bf16 is "
-                   "emulated and much slower than fp32 here (about 10x for convolutions); set train.precision=fp32")
     return device, dist
 
 
