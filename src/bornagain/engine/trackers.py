@@ -80,11 +80,15 @@ _STACK: list[_Group] = []
 
 
 def _name(path: Path, root: Path) -> str:
+    """A run's name: its path under the outermost command's output; that output itself by the path the command
+    was given (``runs/lr/train.lr=0.1/seed-0``: a sweep's runs stay apart)."""
     try:
         rel = path.resolve().relative_to(root.resolve())
     except ValueError:
         rel = Path(path.name)
-    return str(rel) if str(rel) != "." else path.resolve().name
+    if str(rel) != ".":
+        return str(rel)
+    return str(path) if not path.is_absolute() else "/".join(path.parts[-2:])
 
 
 @contextlib.contextmanager
