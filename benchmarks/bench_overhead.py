@@ -26,23 +26,27 @@ from bornagain.engine.run_log import read_metrics
 from bornagain.models import create_model
 from bornagain.pipelines.ban import prepare_teacher
 from bornagain.pipelines.classifier import RunSpec, fit
+from bornagain.pipelines.vision_speed import resolve_vision_speed
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import prepare_data
 
 SETTINGS = {
-    "fp32": ["train.precision=fp32"],
-    "fp32+CL": ["train.precision=fp32", "train.channels_last=true"],
-    "bf16+CL": ["train.precision=bf16", "train.channels_last=true"],
+    "auto": [],  # the defaults: what `auto` picks on this machine for this run
+    "fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
+    "fp32+CL": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
+    "bf16+CL": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "bf16+CL+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
 }
 
 
-def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> float:
-    """images/s of the last epoch of one run: plain training when ``teacher`` is None, else a BAN+L generation."""
+def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> tuple[float, bool]:
+    """(images/s of the last epoch, compiled or not) of one run: plain training when ``teacher`` is None, else a
+    BAN+L generation."""
     loss = resolve_loss("ce") if teacher is None else resolve_loss("ban+l", normalize=True)
     spec = RunSpec(name="gen", model_name=cfg.model.name, seed=1, loss_fn=loss, teacher=teacher)
-    fit(out, cfg, data, spec, lambda: create_model(cfg.model.name, data.num_classes), resume=False)
-    return [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]["images_per_second"]
+    result = fit(out, cfg, data, spec, lambda: create_model(cfg.model.name, data.num_classes), resume=False)
+    ips = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]["images_per_second"]
+    return ips, result["speed"]["compile"]["value"]
 
 
 def main() -> None:
@@ -51,36 +55,39 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run; the last one is timed")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
-                   help="default: fp32 and fp32+CL, or fp32 and bf16+CL where bf16 is native")
+                   help="default: auto (the defaults) and fp32")
     args = p.parse_args()
     base = [*one_epoch_overrides(args), f"train.device={args.device}", f"train.epochs={args.epochs}"]
-    names = args.settings or (["fp32", "bf16+CL"] if native_bf16(torch.device(args.device)) else ["fp32", "fp32+CL"])
+    names = args.settings or ["auto", "fp32"]
+    print(f"native bf16 here: {native_bf16(torch.device(args.device))}")
     settings = {name: SETTINGS[name] for name in names}
     data = prepare_data(load_config(VisionConfig, None, base).data, 0)
     torch.manual_seed(0)
     raw_teacher = create_model(args.model, data.num_classes).to(args.device).eval().requires_grad_(False)
     speeds: dict[str, list[float]] = {}
+    compiled: dict[str, bool] = {}  # the last round's decision (train.compile=auto decides per run)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for setting, overrides in settings.items():
-                cfg = load_config(VisionConfig, None, [*base, *overrides])
+                cfg, _ = resolve_vision_speed(load_config(VisionConfig, None, [*base, *overrides]), Path(tmp) / "none")
                 teacher = raw_teacher.to(memory_format=torch.channels_last) if cfg.train.channels_last else raw_teacher
                 prepared, _ = prepare_teacher(raw_teacher, cfg)
                 for way, t in (("plain training", None), ("born-again, prepared teacher", prepared),
                                ("born-again, unprepared teacher", teacher)):
                     key = f"{setting} | {way}"
-                    speeds.setdefault(key, []).append(epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{len(speeds)}-{way}"))
+                    ips, compiled[key] = epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{len(speeds)}-{way}")
+                    speeds.setdefault(key, []).append(ips)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
     print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, device {args.device}, "
           f"{torch.get_num_threads()} threads, epoch {args.epochs} of {args.epochs}, median of {args.rounds} rounds\n")
-    print("| precision | way | images/s | overhead (plain / this) |")
-    print("|---|---|---|---|")
+    print("| settings | way | images/s | overhead (plain / this) | compiled |")
+    print("|---|---|---|---|---|")
     for setting in settings:
         plain = statistics.median(speeds[f"{setting} | plain training"])
         for key, values in speeds.items():
             if key.startswith(setting + " |"):
                 m = statistics.median(values)
-                print(f"| {key} | {m:.0f} | {plain / m:.2f} |")
+                print(f"| {key} | {m:.0f} | {plain / m:.2f} | {compiled[key]} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ each variant's training loss of its last round (one epoch from the same initial 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -30,16 +31,20 @@ from bornagain.engine.device import native_bf16
 from bornagain.engine.run_log import read_metrics
 from bornagain.models import create_model
 from bornagain.pipelines.ban import prepare_teacher
-from bornagain.pipelines.classifier import RunSpec, fit
+from bornagain.pipelines.classifier import RunSpec, fit, steps_per_epoch
+from bornagain.pipelines.vision_speed import decide, resolve_vision_speed, run_compile_key
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import prepare_data
 
 OURS = {  # name: overrides of the shared training section
-    "bornagain fp32": ["train.precision=fp32"],
-    "bornagain fp32+CL": ["train.precision=fp32", "train.channels_last=true"],
+    "bornagain fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=false"],
+    "bornagain fp32+CL": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
     "bornagain fp32+CL+compile": ["train.precision=fp32", "train.channels_last=true", "train.compile=true"],
-    "bornagain bf16+CL": ["train.precision=bf16", "train.channels_last=true"],
+    "bornagain bf16+CL": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "bornagain bf16+CL+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    # no speed flags: what `auto` picks here (printed below). Last in a round, so that even round 1 decides on
+    # compiling from the measurements the explicit variants just added to this machine's record.
+    "bornagain defaults (auto)": [],
 }
 
 
@@ -83,30 +88,51 @@ def plain_epoch(files, mean, std, student, teacher, batch: int) -> tuple[float, 
     return n / (time.perf_counter() - t0), total / n
 
 
-def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path) -> tuple[float, float, float]:
-    """(images/s, mean training loss, compile seconds) of one generation epoch through the pipeline."""
+def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path, planned_epochs: int
+               ) -> tuple[float, float, float, dict]:
+    """(images/s, mean training loss, compile seconds, the speed choices) of one generation epoch through the
+    pipeline; ``auto`` settings resolved as `bornagain ban` resolves them, train.compile=auto for a generation of
+    ``planned_epochs`` epochs (a real generation is longer than the one epoch timed here)."""
+    cfg, choices = resolve_vision_speed(cfg, out)
     prepared, _ = prepare_teacher(teacher, cfg)
     spec = RunSpec(name="gen1", model_name=cfg.model.name, seed=1, loss_fn=resolve_loss("ban+l", normalize=True),
                    teacher=prepared)
+    if cfg.train.compile == "auto":
+        steps = planned_epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
+        choices["compile"] = decide(cfg, run_compile_key(cfg, tuple(data.train_images.shape), prepared,
+                                                         torch.device("cpu")), steps, torch.device("cpu"))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=choices["compile"].value))
 
     def student() -> torch.nn.Module:  # the plain way's initial weights
         model = create_model(cfg.model.name, data.num_classes)
         model.load_state_dict(init)
         return model
 
-    result = fit(out, cfg, data, spec, student, resume=False)
+    result = fit(out, cfg, data, spec, student, resume=False, speed=choices)
     record = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]
-    return record["images_per_second"], record["train_loss"], result.get("compile_seconds", 0.0)
+    shown = {"compile": result["speed"]["compile"]} | {k: c.as_dict() for k, c in choices.items()}
+    return record["images_per_second"], record["train_loss"], result.get("compile_seconds", 0.0), shown
+
+
+def _short(name: str) -> str:
+    """'bornagain defaults (auto)' -> 'defaults', 'bornagain bf16+CL' -> 'bf16+CL' (--variants)."""
+    return name.removeprefix("bornagain ").split(" ")[0]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(p, images=5000)
+    p.add_argument("--variants", nargs="+", choices=[_short(k) for k in OURS], default=None,
+                   help="the bornagain variants to run (default: all)")
+    p.add_argument("--planned-epochs", type=int, default=30,
+                   help="the generation length `auto` decides train.compile for (default 30)")
     args = p.parse_args()
 
     base = one_epoch_overrides(args)
-    ours = OURS if native_bf16(torch.device("cpu")) else {k: v for k, v in OURS.items() if "bf16" not in k}
-    if len(ours) < len(OURS):
+    ours = {k: v for k, v in OURS.items() if args.variants is None or _short(k) in args.variants}
+    ours = ours if native_bf16(torch.device("cpu")) else {k: v for k, v in ours.items() if "bf16" not in k}
+    print(cpu_summary())
+    if any("bf16" in k for k in OURS) and not any("bf16" in k for k in ours) and args.variants is None:
         print("this CPU has no native bf16: the bf16 variants are left out (emulated bf16 is ~10x slower)")
     cfg0 = load_config(VisionConfig, None, base)
     data = prepare_data(cfg0.data, cfg0.seed)  # decoded once (and cached on disk), as every run of the tool does
@@ -120,7 +146,7 @@ def main() -> None:
     teacher = create_model(args.model, data.num_classes).eval().requires_grad_(False)
     init = create_model(args.model, data.num_classes).state_dict()
     speeds = {name: [] for name in ["plain PyTorch", *ours]}
-    losses, compile_seconds = {}, {}
+    losses, compile_seconds, speed = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             student = create_model(args.model, data.num_classes)
@@ -129,7 +155,8 @@ def main() -> None:
             speeds["plain PyTorch"].append(ips)
             for name, overrides in ours.items():
                 cfg = load_config(VisionConfig, None, [*base, *overrides])
-                ips, losses[name], compile_seconds[name] = ours_epoch(cfg, data, teacher, init, Path(tmp) / f"{r}-{len(speeds)}-{name}")
+                ips, losses[name], compile_seconds[name], speed[name] = ours_epoch(
+                    cfg, data, teacher, init, Path(tmp) / f"{r}-{len(speeds)}-{name}", args.planned_epochs)
                 speeds[name].append(ips)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
 
@@ -141,6 +168,25 @@ def main() -> None:
     for name, values in speeds.items():
         m = statistics.median(values)
         print(f"| {name} | {m:.0f} | {m / plain:.2f} | {losses[name]:.4f} | {compile_seconds.get(name, 0.0):.1f} |")
+    auto = speed.get("bornagain defaults (auto)")
+    if auto:  # the last round's choices
+        print(f"\nbornagain defaults chose (compile for a {args.planned_epochs}-epoch generation): " + "; ".join(f"{k} {v['value']} ({v['reason']})" for k, v in auto.items()))
+
+
+def cpu_summary() -> str:
+    """torch, threads, the CPU kernel setting and the CPU's vector/bf16 flags (what the speed choices depend on)."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "avx512_vnni")))
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, ATen CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {native_bf16(torch.device('cpu'))}, "
+            f"CPU flags: {' '.join(shown) or 'unknown'}")
 
 
 if __name__ == "__main__":

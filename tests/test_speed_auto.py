@@ -92,8 +92,9 @@ def test_measurements_are_recorded_per_key(tmp_path, monkeypatch):
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path))
     add_measurement(record_path(), "a", steps=10, train_seconds=2.0, compile_seconds=None)
     add_measurement(record_path(), "a", steps=10, train_seconds=1.0, compile_seconds=7.0)
+    add_measurement(record_path(), "a", steps=10, train_seconds=3.0, compile_seconds=2.0)  # a busier machine
     assert read_record(record_path(), "a") == {"eager_step_seconds": 0.2, "compiled_step_seconds": 0.1,
-                                               "compile_seconds": 7.0}
+                                               "compile_seconds": 2.0}  # the fastest steps, the latest compile
     assert read_record(record_path(), "b") == {}
 
 

@@ -115,8 +115,9 @@ def read_record(path: Path, key: str) -> dict:
 
 def add_measurement(path: Path, key: str, *, steps: int, train_seconds: float,
                     compile_seconds: float | None) -> None:
-    """Keep the latest measurement of one finished run (compiled where ``compile_seconds`` is given): the latest,
-    because PyTorch's own on-disk kernel cache makes a repeated compilation of the same key much cheaper."""
+    """Keep one finished run's measurement (compiled where ``compile_seconds`` is given): the fastest step time
+    seen (a machine busy with other work only ever slows a step), the latest compile seconds (PyTorch's own
+    on-disk kernel cache makes a repeated compilation of the same key much cheaper)."""
     if steps < 1 or train_seconds <= 0:
         return
     try:
@@ -124,10 +125,9 @@ def add_measurement(path: Path, key: str, *, steps: int, train_seconds: float,
     except (OSError, ValueError):
         record = {}
     entry = dict(record.get(key, {}))
-    if compile_seconds is None:
-        entry["eager_step_seconds"] = train_seconds / steps
-    else:
-        entry["compiled_step_seconds"] = train_seconds / steps
+    field = "eager_step_seconds" if compile_seconds is None else "compiled_step_seconds"
+    entry[field] = min(train_seconds / steps, entry.get(field, float("inf")))
+    if compile_seconds is not None:
         entry["compile_seconds"] = compile_seconds
     record[key] = entry
     try:
