@@ -9,7 +9,7 @@
     bornagain --version
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
-    bornagain sweep COMMAND --output DIR [--seeds 0,1] [key=[a,b] ...] [--launcher local|slurm]   seeds x grid
+    bornagain sweep COMMAND --output DIR [--seeds 0,1] [key=[a,b] ...]        seeds x a grid: here, or a SLURM array
 """
 
 from __future__ import annotations

@@ -297,7 +297,10 @@ def _run_params(run_dir: Path) -> dict:
 
 def _results(where: Path) -> dict[str, float]:
     path = where / "results.json"
-    return _numbers(_flatten(read_json(path), "/")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    results = {k: v for k, v in read_json(path).items() if k != "config"}  # (bam's: already the parameters)
+    return _numbers(_flatten(results, "/"))
 
 
 def _artifacts(where: Path, patterns: Sequence[str]) -> list[Path]:

@@ -162,15 +162,21 @@ def _launch_local(argvs: list[list[str]], env: dict) -> list[str | None]:
     return errors
 
 
-def _launch_submitit(argvs: list[list[str]], env: dict, output: Path, slurm: SlurmOptions, *,
-                     cluster: str) -> list[str | None]:
-    """One SLURM array (or submitit's local processes, cluster="local"), waited for; each task's error with
-    where its log is (None: finished)."""
+def submitit_executor(output: Path, *, cluster: str):
+    """submitit's executor of the sweep (cluster "slurm", or "local": its processes here), or a UserError."""
     try:
         import submitit  # noqa: PLC0415
     except ImportError:
         raise UserError('--launcher slurm needs submitit: pip install "bornagain[slurm]"') from None
-    executor = submitit.AutoExecutor(folder=output / "slurm" / "%j", cluster=cluster)
+    try:
+        return submitit.AutoExecutor(folder=output / "slurm" / "%j", cluster=cluster)
+    except RuntimeError as e:  # no srun here
+        raise UserError(f"--launcher slurm: {e} (--launcher local runs the sweep here)") from None
+
+
+def _launch_submitit(argvs: list[list[str]], env: dict, executor, slurm: SlurmOptions) -> list[str | None]:
+    """One SLURM array (or submitit's local processes), waited for; each task's error with where its log is
+    (None: finished)."""
     params = {"name": "bornagain-sweep", "timeout_min": slurm.time_min, "tasks_per_node": 1, "nodes": 1,
               "gpus_per_node": slurm.gpus_per_task}
     params.update({k: v for k, v in (("cpus_per_task", slurm.cpus_per_task), ("mem_gb", slurm.mem_gb),
@@ -222,6 +228,8 @@ def sweep(command: str, config: str | None, output: str | Path, *, seeds: Sequen
     cls = _config_class(command)
     configs = [load_config(cls, config, run.overrides) for run in runs]  # every config checked before launching
     todo = [run for run in runs if not is_done(command, run.run_dir)]
+    executor = submitit_executor(output, cluster="local" if launcher == "submitit-local" else "slurm") \
+        if launcher != "local" and todo else None
     print(f"bornagain sweep: {len(runs)} run(s) in {output}, {len(runs) - len(todo)} finished, "
           f"launching {len(todo)} ({launcher})", flush=True)
     output.mkdir(parents=True, exist_ok=True)
@@ -229,10 +237,10 @@ def sweep(command: str, config: str | None, output: str | Path, *, seeds: Sequen
     argvs = [command_line(command, config, run) for run in todo]
     if not todo:
         errors = []
-    elif launcher == "local":
+    elif executor is None:
         errors = _launch_local(argvs, env)
     else:
-        errors = _launch_submitit(argvs, env, output, slurm, cluster="local" if launcher == "submitit-local" else "slurm")
+        errors = _launch_submitit(argvs, env, executor, slurm)
     failed = {run.name: error for run, error in zip(todo, errors) if error is not None}
     record = {"command": command, "config": config, "seeds": list(seeds), "overrides": list(overrides),
               "launched": [run.name for run in todo],
