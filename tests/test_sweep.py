@@ -3,6 +3,7 @@ as local processes); a failing grid point is reported, a re-run launches only th
 `bornagain report` pools each point's seeds."""
 
 import json
+import sys
 
 import pytest
 import yaml
@@ -60,3 +61,46 @@ def test_a_sweep_as_an_array_reports_failures_reruns_only_the_unfinished_and_poo
     assert main(["report", str(good)]) == 0  # the point's seeds pooled, as a ban.seeds output
     assert "n = 2 seeds (0, 1)" in capsys.readouterr().out
     assert json.loads((good / "results.json").read_text())["runs"] == ["seed-0", "seed-1"]
+
+
+def test_an_optional_list_key_is_a_grid_axis_only_as_a_list_of_lists():
+    fixed, axes = split_grid("ban", ["ban.seeds=[0,1,2]", "train.lr=[0.05,0.1]"])
+    assert fixed == ["ban.seeds=[0,1,2]"] and axes == [("train.lr", ["0.05", "0.1"])]
+    assert split_grid("ban", ["ban.seeds=[[0],[1,2]]"])[1] == [("ban.seeds", ["[0]", "[1, 2]"])]
+
+
+def _finish_as_the_engine_records(run_dir, overrides):
+    """A finished `train` run's record as the command writes it (settings.json of its resolved config, then
+    results.json last), without training one."""
+    from bornagain.config import config_to_dict, load_config
+    from bornagain.engine.run import record_command
+    from bornagain.pipelines.vision_speed import resolve_vision_speed
+    from bornagain.vision.config import VisionConfig, vision_settings
+
+    cfg = resolve_vision_speed(load_config(VisionConfig, None, overrides), run_dir)[0]
+    run_dir.mkdir(parents=True)
+    record_command(run_dir, vision_settings(cfg), config_to_dict(cfg), main=True)
+    (run_dir / "results.json").write_text("{}")
+
+
+def test_a_finished_run_made_with_other_settings_refuses_the_sweep_before_launching(tmp_path, capsys):
+    out = tmp_path / "s"
+    for seed in (0, 1):
+        _finish_as_the_engine_records(out / f"seed-{seed}", [*TINY, f"seed={seed}"])
+    same = ["sweep", "train", "--output", str(out), "--seeds", "0,1", *TINY]
+    assert main(same) == 0  # the same settings: both runs finished, nothing launched
+    assert json.loads((out / "sweep.json").read_text())["launched"] == []
+    (out / "sweep.json").unlink()
+    assert main([*same, "train.lr=0.3", "train.num_threads=2"]) == 2  # a fixed override changed (threads may)
+    err = capsys.readouterr().err
+    assert "seed-0: changed: train.lr" in err and "seed-1: changed: train.lr" in err
+    assert "num_threads" not in err and not (out / "sweep.json").exists()
+
+
+def test_a_missing_tracker_library_refuses_the_sweep_before_its_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed: import fails
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "s"
+    assert main(["sweep", "train", "--output", str(out), "--seeds", "0", *TINY[:-4],
+                 "train.trackers=[mlflow]"]) == 2
+    assert 'pip install "bornagain[mlflow]"' in capsys.readouterr().err and not out.exists()

@@ -16,7 +16,9 @@ resume), in
 
 A run is finished when its results.json exists (the engine's marker; a `glue-teachers` output: its
 teachers/summary.json); running the same command again launches only the unfinished runs, each continuing from
-its checkpoint (--resume) where it had started. Every config is built before anything is launched, so an unknown
+its checkpoint (--resume) where it had started. A finished run is reused only with the settings it was made
+with (its command's --resume check): a changed fixed override or --config refuses the sweep, naming the runs and
+keys, before anything is launched. Every config is built before anything is launched, so an unknown
 key or a badly typed value refuses the whole sweep; a run that fails (a model that does not exist, a crash) is
 reported with its log and leaves the others running.
 """
@@ -30,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,8 +40,11 @@ from typing import Any, Sequence
 import yaml
 
 from bornagain.config import config_keys, load_config
+from bornagain.engine.run import RunSettings, recorded_settings
+from bornagain.engine.settings import changed_keys, describe_changes
+from bornagain.engine.trackers import check_available
 from bornagain.errors import UserError
-from bornagain.files import write_json
+from bornagain.files import read_json, write_json
 
 COMMANDS = ("ban", "train", "glue-teachers", "bam")
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -81,9 +87,16 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _unwrap(tp: Any) -> Any:
+    """``X | None`` -> ``X`` (`ban.seeds: tuple[int, ...] | None` takes a list as much as a plain tuple key)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return args[0] if is_union and len(args) == 1 else tp
+
+
 def split_grid(command: str, overrides: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """(overrides every run shares, grid axes [(key, [value text, ...])]) from ``key=value`` strings."""
-    list_keys = {key for key, _, tp, _ in config_keys(_config_class(command)) if typing.get_origin(tp) is tuple}
+    list_keys = {key for key, _, tp, _ in config_keys(_config_class(command)) if typing.get_origin(_unwrap(tp)) is tuple}
     fixed, axes = [], []
     for text in overrides:
         key, sep, raw = text.partition("=")
@@ -129,6 +142,50 @@ def is_done(command: str, run_dir: Path) -> bool:
     """Finished as the engine marks it: results.json (a glue-teachers output: teachers/summary.json)."""
     marker = Path("teachers", "summary.json") if command == "glue-teachers" else Path("results.json")
     return (run_dir / marker).is_file()
+
+
+def changed_settings(command: str, cfg, run_dir: Path) -> str | None:
+    """What the finished run in ``run_dir`` would refuse on --resume with ``cfg`` (the keys that changed, with
+    both values), or None: the check its command makes (engine/run.py), so a finished run is reused only for the
+    settings it was made with."""
+    if command in ("ban", "train"):
+        from bornagain.pipelines.vision_speed import resolve_vision_speed  # noqa: PLC0415
+        from bornagain.vision.config import vision_settings  # noqa: PLC0415
+
+        checks = [(run_dir, recorded_settings(run_dir), vision_settings(resolve_vision_speed(cfg, run_dir)[0]))]
+    elif command == "glue-teachers":
+        from bornagain.pipelines.glue_teachers import teacher_run_settings  # noqa: PLC0415
+
+        # each task's teacher as `glue-teachers --resume` checks it (a task not trained yet: no record)
+        checks = [(run_dir / "teachers" / task, recorded_settings(run_dir / "teachers" / task),
+                   teacher_run_settings(cfg, task)) for task in cfg.glue.tasks]
+    else:  # bam: the config its results were made with (results.json) against this one, but for mechanics
+        from bornagain.config import config_to_dict, keys_that_may_differ  # noqa: PLC0415
+
+        checks = [(run_dir, read_json(run_dir / "results.json").get("config"),
+                   RunSettings("bam", config_to_dict(cfg), ignore=keys_that_may_differ(type(cfg), "resume"),
+                               added=cfg.ADDED_KEYS, renamed=cfg.RENAMED_KEYS))]
+    found = []
+    for where, saved, now in checks:
+        keys = changed_keys(saved, now.tree, now.ignore, dict(now.renamed), dict(now.added)) if saved else []
+        if keys:
+            found.append(describe_changes(saved, now.tree, keys, dict(now.renamed), dict(now.added))
+                         + ("" if where == run_dir else f" in {where.relative_to(run_dir)}"))
+        elif saved is None and command == "glue-teachers":
+            found.append(f"glue.tasks: no teacher of {where.name} in this finished output")
+    return "; ".join(found) or None
+
+
+def check_finished_runs(command: str, runs: Sequence[SweepRun], configs: Sequence) -> None:
+    """Refuse the sweep, before anything is launched, when a finished run was made with other settings than its
+    config now (a fixed override or --config changed, the grid and seeds not): it would be skipped and sweep.json
+    would record the new overrides against the old results."""
+    changed = [(run.name, what) for run, cfg in zip(runs, configs)
+               if is_done(command, run.run_dir) and (what := changed_settings(command, cfg, run.run_dir))]
+    if changed:
+        names = "; ".join(f"{name}: {what}" for name, what in changed)
+        raise UserError(f"{len(changed)} finished sweep run(s) were made with other settings ({names}); give the "
+                        "sweep its recorded settings (--config and overrides), or another --output for the new ones")
 
 
 def command_line(command: str, config: str | None, run: SweepRun) -> list[str]:
@@ -227,6 +284,8 @@ def sweep(command: str, config: str | None, output: str | Path, *, seeds: Sequen
     runs = expand(command, output, seeds, overrides)
     cls = _config_class(command)
     configs = [load_config(cls, config, run.overrides) for run in runs]  # every config checked before launching
+    check_available(sorted({t for cfg in configs for t in cfg.train.trackers}))  # before DIR is made
+    check_finished_runs(command, runs, configs)
     todo = [run for run in runs if not is_done(command, run.run_dir)]
     executor = submitit_executor(output, cluster="local" if launcher == "submitit-local" else "slurm") \
         if launcher != "local" and todo else None
