@@ -155,3 +155,37 @@ def test_the_old_tensorboard_key_maps_to_trackers_and_old_runs_still_read(tmp_pa
     assert recorded_config(VisionConfig, old).train.trackers == ("tensorboard",)
     check_output_dir(tmp_path, cfg, resume=True)
     check_output_dir(tmp_path, load_config(VisionConfig, None, [*fixed, "train.trackers=[mlflow]"]), resume=True)
+
+
+@pytest.mark.parametrize("bad", [["ban.teacher_run=NOWHERE"], ["ban.teacher_run=NOWHERE/seed-{seed}", "ban.seeds=[0]"],
+                                 ["data.name=imagefolder", "data.root=NOWHERE"]])
+def test_a_command_refused_by_its_own_checks_leaves_nothing_with_trackers_on(tmp_path, monkeypatch, capsys, bad):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "seq"
+    args = ["ban", "--output", str(out), *TINY, "train.trackers=[tensorboard,mlflow]",
+            *[b.replace("NOWHERE", str(tmp_path / "nowhere")) for b in bad]]
+    assert main(args) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not out.exists()  # no mlflow.db, no trackers.json: the same command, fixed, starts afresh
+
+
+def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log_batch = mlflow.MlflowClient.log_batch
+
+    def store_gone(self, run_id, metrics=(), **kwargs):  # the parameters reach the store, then it goes away
+        if metrics:
+            raise mlflow.exceptions.MlflowException("database is locked")
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", store_gone)
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), *TINY, "train.trackers=[mlflow]"]) == 0
+    assert (out / "results.json").is_file()
+    warnings_ = [line for line in capsys.readouterr().err.splitlines() if "mlflow failed" in line]
+    assert len(warnings_) == 1 and "MlflowException: database is locked" in warnings_[0]
+    run = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name("bornagain").experiment_id])[0]
+    assert run.info.status == "FINISHED"  # still closed at the end

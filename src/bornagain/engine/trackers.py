@@ -16,7 +16,9 @@ longer starts runs in the old ``mlruns/`` file store); experiment $MLFLOW_EXPERI
 W&B follows its own environment (WANDB_MODE=offline needs no login, WANDB_PROJECT, WANDB_RUN_GROUP, WANDB_DIR;
 default directory ``<command output>/wandb``). A run directory keeps the ids of its tracker runs in
 ``trackers.json``, so a resumed run continues the same tracker run. Only rank 0 logs (``enabled``); the
-libraries are imported when a run asks for them.
+libraries are imported when a run asks for them. A command's tracker run opens with its first training run (or
+at its end): a command refused by its own checks writes nothing. A tracker's error (its store or service gone)
+warns once on stderr and the training carries on; a tracker never fails a run.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import logging
 import math
 import os
 import re
+import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -72,8 +75,50 @@ class _Group:
     output: Path
     trackers: tuple[str, ...]
     wandb_group: str
-    mlflow: Any = None  # _MlflowRun of this command
-    children: list = field(default_factory=list)
+    params: dict
+    parent: "_Group | None" = None
+    mlflow: Any = None  # _MlflowRun of this command, once opened
+    opened: bool = False
+
+
+def _open_group(group: _Group) -> None:
+    """Open the command's tracker run (its parents' first) when its first training run opens or it finishes:
+    a command refused by its own checks before that writes nothing (no mlflow.db, no trackers.json)."""
+    if group.opened:
+        return
+    group.opened = True
+    if group.parent is not None:
+        _open_group(group.parent)
+    if "mlflow" in group.trackers:
+        parent = group.parent.mlflow if group.parent else None
+        group.mlflow = _guarded("mlflow", _MlflowRun.open, group.output, group.root,
+                                name=_name(group.output, group.root), params=group.params, kind="command",
+                                parent=parent)
+    _save_ids(group.output, {"wandb_group": group.wandb_group})
+
+
+def _guarded(tracker: str, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, or None when the tracker's library raises: a tracker's failure (a store that
+    went away, a network error) warns once and the training carries on, on every rank alike (rank 0 raising
+    in a close would leave the other ranks waiting at the next barrier). A UserError (W&B not logged in) is
+    the user's to fix and still refuses."""
+    try:
+        return call(*args, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any error of the tracker's library)
+        _warn_once(tracker, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        return None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(tracker: str, error: str) -> None:
+    if tracker not in _WARNED:
+        _WARNED.add(tracker)
+        print(f"bornagain: warning: {tracker} failed ({error}); training carries on, without {tracker} logging "
+              "where it failed (metrics.jsonl and results.json are complete)", file=sys.stderr, flush=True)
 
 
 _STACK: list[_Group] = []
@@ -108,11 +153,9 @@ def command_run(output: str | Path, trackers: Sequence[str], *, params: dict, en
     ids = _read_ids(output)
     group = parent.wandb_group if parent else (os.environ.get("WANDB_RUN_GROUP") or ids.get("wandb_group")
                                                or f"{output.resolve().name}-{uuid.uuid4().hex[:6]}")
-    me = _Group(root, output, wanted, group)
-    if "mlflow" in wanted:
-        me.mlflow = _MlflowRun.open(output, root, name=_name(output, root), params=params, kind="command",
-                                    parent=parent.mlflow if parent else None)
-    _save_ids(output, {"wandb_group": group})
+    me = _Group(root, output, wanted, group, params, parent)
+    if parent is None:
+        _WARNED.clear()  # once per command
     _STACK.append(me)
     status = "FAILED"
     try:
@@ -120,13 +163,17 @@ def command_run(output: str | Path, trackers: Sequence[str], *, params: dict, en
         status = "FINISHED"
     finally:
         _STACK.pop()
+        if status == "FINISHED":
+            _open_group(me)  # a command that trained nothing here (all reused) still logs its results
         files = _artifacts(output, artifacts)
         results = _results(output) if status == "FINISHED" else {}
         if me.mlflow is not None:
-            me.mlflow.close(results, files, status)
+            _guarded("mlflow", me.mlflow.close, results, files, status)
         if "wandb" in wanted and status == "FINISHED":
-            run = _WandbRun.open(output, root, name=_name(output, root), params=params, group=group, kind="command")
-            run.close(results, files, status)
+            run = _guarded("wandb", _WandbRun.open, output, root, name=_name(output, root), params=params,
+                           group=group, kind="command")
+            if run is not None:
+                _guarded("wandb", run.close, results, files, status)
 
 
 class RunTrackers:
@@ -136,27 +183,36 @@ class RunTrackers:
         self.run_dir = Path(run_dir)
         self.wanted = tuple(t for t in trackers if t in EXTRAS) if enabled else ()
         self.runs: list = []
+        self.failed: list = []
+        self.opened = False
+        if self.wanted and not _STACK:
+            _WARNED.clear()  # a run of its own (`train`): its own warnings
         if self.wanted:
             check_available(self.wanted)
 
     def _open(self) -> list:
-        if not self.runs and self.wanted:
+        if not self.opened and self.wanted:
+            self.opened = True  # once: a tracker that failed to open stays off for this run
             group = _STACK[-1] if _STACK else None
+            if group is not None:
+                _open_group(group)
             root = group.root if group else self.run_dir
             name, params = _name(self.run_dir, root), _run_params(self.run_dir)
             if "mlflow" in self.wanted:
-                self.runs.append(_MlflowRun.open(self.run_dir, root, name=name, params=params, kind="train",
-                                                 parent=group.mlflow if group else None))
+                self.runs.append(_guarded("mlflow", _MlflowRun.open, self.run_dir, root, name=name, params=params,
+                                          kind="train", parent=group.mlflow if group else None))
             if "wandb" in self.wanted:
                 wandb_group = group.wandb_group if group else os.environ.get("WANDB_RUN_GROUP")
-                self.runs.append(_WandbRun.open(self.run_dir, root, name=name, params=params, group=wandb_group,
-                                                kind="train"))
+                self.runs.append(_guarded("wandb", _WandbRun.open, self.run_dir, root, name=name, params=params,
+                                          group=wandb_group, kind="train"))
+            self.runs = [run for run in self.runs if run is not None]
         return self.runs
 
     def log(self, metrics: dict, step: int) -> None:
         numbers = _numbers(metrics)
         for run in self._open():
-            run.log(numbers, step)
+            if run not in self.failed and _guarded(run.NAME, run.log, numbers, step) is None:
+                self.failed.append(run)  # not asked again (one warning, not one per record); closed at the end
 
     def close(self, status: str = "FINISHED") -> None:
         """End the tracker runs: FINISHED (results.json and the run's files logged), FAILED or KILLED."""
@@ -165,12 +221,15 @@ class RunTrackers:
         files = _artifacts(self.run_dir, ("*",)) if status == "FINISHED" else []
         results = _results(self.run_dir) if status == "FINISHED" else {}
         for run in self.runs:
-            run.close(results, files, status)
-        self.runs = []
+            _guarded(run.NAME, run.close, results, files, status)
+        self.runs, self.failed = [], []
+        self.opened = False
 
 
 class _MlflowRun:
     """One MLflow run, through MlflowClient (no global active run: parents and children are explicit)."""
+
+    NAME = "mlflow"
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -196,18 +255,21 @@ class _MlflowRun:
         _save_ids(where, {"mlflow": {"run_id": run.info.run_id, "tracking_uri": uri}})
         return cls(client, run.info.run_id)
 
-    def log(self, numbers: dict[str, float], step: int) -> None:
+    def log(self, numbers: dict[str, float], step: int) -> bool:
         from mlflow.entities import Metric  # noqa: PLC0415
 
         now = _millis()
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+        return True
 
     def close(self, results: dict[str, float], files: list[Path], status: str) -> None:
-        if results:
-            self.log({f"results/{k}": v for k, v in results.items()}, 0)
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            if results:
+                self.log({f"results/{k}": v for k, v in results.items()}, 0)
+            for path in files:
+                self.client.log_artifact(self.run_id, str(path))
+        finally:  # ended even when logging failed, so the store does not keep a RUNNING run
+            self.client.set_terminated(self.run_id, status=status)
 
 
 def _mlflow_experiment(client, root: Path, uri: str) -> str:
@@ -245,6 +307,8 @@ def _mlflow_run_exists(client, run_id: str) -> bool:
 class _WandbRun:
     """One W&B run (several may be open in one process: reinit="create_new")."""
 
+    NAME = "wandb"
+
     def __init__(self, run):
         self.run = run
 
@@ -267,8 +331,9 @@ class _WandbRun:
         _save_ids(where, {"wandb": {"id": run_id}})
         return cls(run)
 
-    def log(self, numbers: dict[str, float], step: int) -> None:
+    def log(self, numbers: dict[str, float], step: int) -> bool:
         self.run.log(numbers, step=step)
+        return True
 
     def close(self, results: dict[str, float], files: list[Path], status: str) -> None:
         import wandb  # noqa: PLC0415

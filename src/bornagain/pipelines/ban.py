@@ -210,6 +210,9 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | No
     """Run (or continue) every seed's sequence in order, then write the aggregate at ``output``."""
     main = current().is_main
     with command_dir(output, main=main), tracked(cfg, output, main=main):  # seeds nest under the sweep's tracker run
+        if cfg.ban.teacher_run:  # every seed's teacher checked before the sweep records itself (a typo leaves nothing)
+            for seed in cfg.ban.seeds:
+                check_teacher_run(seed_config(cfg, seed, output))
         record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)
         seed_dirs = []
         for seed in cfg.ban.seeds:
