@@ -189,3 +189,23 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_finishes(tmp_path, 
     run = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
         [mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name("bornagain").experiment_id])[0]
     assert run.info.status == "FINISHED"  # still closed at the end
+
+
+def test_a_run_resumed_without_its_tracking_uri_continues_in_the_store_it_recorded(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from bornagain.engine.trackers import command_run
+
+    store = f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}"
+    (tmp_path / "sweep").mkdir()
+    out = tmp_path / "sweep" / "point" / "seed-0"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # as a sweep runs it
+    with command_run(out, ["mlflow"], params={"seed": 0}, enabled=True):
+        pass
+    first = json.loads((out / "trackers.json").read_text())["mlflow"]["run_id"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # resumed by hand
+    with command_run(out, ["mlflow"], params={"seed": 0}, enabled=True):
+        pass
+    assert json.loads((out / "trackers.json").read_text())["mlflow"]["run_id"] == first
+    assert not (out / "mlflow.db").exists()
+    assert len(mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name(
+        "bornagain").experiment_id])) == 1

@@ -231,8 +231,8 @@ class _MlflowRun:
 
     NAME = "mlflow"
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, uri: str):
+        self.client, self.run_id, self.uri = client, run_id, uri
 
     @classmethod
     def open(cls, where: Path, root: Path, *, name: str, params: dict, kind: str, parent: "_MlflowRun | None"):
@@ -240,12 +240,14 @@ class _MlflowRun:
         from mlflow.entities import Param  # noqa: PLC0415
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database set-up notes on every command
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-        client = parent.client if parent else MlflowClient(uri)
         saved = _read_ids(where).get("mlflow", {})
+        # a run resumed by hand without the environment it was made in (a sweep's shared store) continues there
+        uri = parent.uri if parent else os.environ.get("MLFLOW_TRACKING_URI") or saved.get("tracking_uri") \
+            or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        client = parent.client if parent else MlflowClient(uri)
         if saved.get("tracking_uri") == uri and _mlflow_run_exists(client, saved["run_id"]):
             client.update_run(saved["run_id"], status="RUNNING")  # a resumed run continues its tracker run
-            return cls(client, saved["run_id"])
+            return cls(client, saved["run_id"], uri)
         tags = {"bornagain.kind": kind, "bornagain.dir": str(where.resolve())}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.run_id
@@ -253,7 +255,7 @@ class _MlflowRun:
         flat = [Param(k[:250], _param_text(v)) for k, v in _flatten(params).items()]
         client.log_batch(run.info.run_id, params=flat)
         _save_ids(where, {"mlflow": {"run_id": run.info.run_id, "tracking_uri": uri}})
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, uri)
 
     def log(self, numbers: dict[str, float], step: int) -> bool:
         from mlflow.entities import Metric  # noqa: PLC0415
