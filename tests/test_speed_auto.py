@@ -190,3 +190,16 @@ def test_a_resumed_channels_last_optimizer_keeps_its_parameters_layout(tmp_path)
         m(x).square().sum().backward()
         o.step()
     assert torch.equal(model.weight, resumed.weight)
+
+
+def test_the_first_line_says_what_was_chosen_and_why(tmp_path, bf16_here, capsys):
+    from bornagain.cli import main
+
+    bf16_here(True)
+    assert main(["ban", "--output", str(tmp_path / "run"), *FAST]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("bornagain ban: resnet-8") and first.endswith(
+        "speed: bf16 (native bf16 on this CPU), channels_last (convolutional model), compile or eager (decided per "
+        "run from its length: see each run's line)"), first
+    speed = json.loads((tmp_path / "run" / "results.json").read_text())["speed"]
+    assert speed["precision"]["value"] == "bf16" and speed["channels_last"]["value"] is True
