@@ -80,14 +80,14 @@ def test_an_exported_teacher_is_checked_like_its_run(teacher, tmp_path, capsys):
 
 def test_a_hub_teacher_comes_from_the_hub_cache_and_offline_without_it_is_a_user_error(teacher, tmp_path, capsys,
                                                                                         monkeypatch):
-    hub = pytest.importorskip("huggingface_hub")
+    constants = pytest.importorskip("huggingface_hub.constants")  # (a submodule loaded on import)
     cache = tmp_path / "hub"  # the hub cache's layout for a model someone/teacher at one commit
     commit = "0" * 40
     shutil.copytree(teacher[1], cache / "models--someone--teacher" / "snapshots" / commit)
     (cache / "models--someone--teacher" / "refs").mkdir()
     (cache / "models--someone--teacher" / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert main(["ban", "--output", str(tmp_path / "hub-student"), *STUDENT, "ban.teacher_run=hf://someone/teacher",
                  "ban.generations=0"]) == 0
     result = json.loads((tmp_path / "hub-student" / "results.json").read_text())
@@ -135,3 +135,36 @@ def test_what_cannot_be_exported_and_where_it_cannot_be_written(teacher, tmp_pat
     with pytest.raises(UserError, match="an export of another run"):
         export_run(other, export)
     assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_hub_teacher_stays_at_the_commit_its_sequence_started_with(teacher, tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")  # (a submodule loaded on import)
+    repo = tmp_path / "hub" / "models--someone--teacher"  # the hub cache's layout, two commits of the teacher
+    first, moved = "1" * 40, "2" * 40
+    for commit in (first, moved):
+        shutil.copytree(teacher[1], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = [*STUDENT, "ban.teacher_run=hf://someone/teacher", "ban.generations=0"]
+    assert main(["ban", "--output", str(tmp_path / "seq"), *args]) == 0
+    (repo / "refs" / "main").write_text(moved)  # the branch moved on while the sequence was interrupted
+    assert main(["ban", "--output", str(tmp_path / "seq"), "--resume", *args]) == 0
+    teacher_of = lambda out: json.loads((out / "results.json").read_text())["generations"][0]["teacher_run"]  # noqa: E731
+    assert teacher_of(tmp_path / "seq").endswith(first)
+    assert main(["ban", "--output", str(tmp_path / "new"), *args]) == 0  # a new sequence takes the branch's latest
+    assert teacher_of(tmp_path / "new").endswith(moved)
+
+
+def test_a_teacher_of_another_image_folder_with_the_same_classes_is_refused_before_training(tmp_path, capsys):
+    from recipe_fixtures import write_image_folder
+
+    folders = [write_image_folder(tmp_path / name, seed=i) for i, name in enumerate(("a", "b"))]
+    shutil.copy(next((folders[1] / "test" / "class3").iterdir()), folders[1] / "test" / "class3" / "more.png")
+    data = ["data.name=imagefolder", "data.val_size=10", "data.train_subset=null"]
+    assert main(["train", "--output", str(tmp_path / "teacher"), *FAST[:3], *FAST[5:], *data,
+                 f"data.root={folders[0]}"]) == 0
+    err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT[:3], *STUDENT[5:], *data,
+                          f"data.root={folders[1]}", f"ban.teacher_run={tmp_path / 'teacher'}"])
+    assert "another test set" in err and not (tmp_path / "out").exists()

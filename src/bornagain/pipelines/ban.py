@@ -42,7 +42,7 @@ from bornagain.engine.distributed import barrier, current
 from bornagain.engine.run import check_command_dir, command_dir, is_finished, record_command
 from bornagain.engine.settings import changed_keys, describe_changes, flatten
 from bornagain.pipelines.classifier import RunSpec, fit, load_probs
-from bornagain.pipelines.teacher_source import local_teacher, teacher_config_tree
+from bornagain.pipelines.teacher_source import local_teacher, pin_teacher, teacher_config_tree
 from bornagain.pipelines.common import tracked
 from bornagain.pipelines.vision_speed import resolve_vision_speed
 from bornagain.files import read_json, write_json
@@ -212,7 +212,7 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | No
     with command_dir(output, main=main), tracked(cfg, output, main=main):  # seeds nest under the sweep's tracker run
         if cfg.ban.teacher_run:  # every seed's teacher checked before the sweep records itself (a typo leaves nothing)
             for seed in cfg.ban.seeds:
-                check_teacher_run(seed_config(cfg, seed, output))
+                check_teacher_run(seed_config(cfg, seed, output), output / f"seed-{seed}")
         record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)
         seed_dirs = []
         for seed in cfg.ban.seeds:
@@ -235,9 +235,13 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | No
 def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True, speed: dict | None = None) -> dict:
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
-    teacher_dir = check_teacher_run(cfg) if cfg.ban.teacher_run else None  # a local folder (hf:// fetched)
+    teacher_dir = check_teacher_run(cfg, output) if cfg.ban.teacher_run else None  # a local folder (hf:// fetched)
+    if teacher_dir is not None:
+        check_teacher_data(teacher_dir, cfg, data)
     main = current().is_main
     record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)  # its own checks passed
+    if teacher_dir is not None and main:
+        pin_teacher(output, cfg.ban.teacher_run, teacher_dir)  # hf://: --resume keeps this commit
 
     generations = []
     teacher = None
@@ -320,14 +324,14 @@ def teacher_shaping(cfg: VisionConfig, *, schedule: bool) -> dict:
     return flatten(tree)
 
 
-def check_teacher_run(cfg: VisionConfig) -> Path:
+def check_teacher_run(cfg: VisionConfig, output: Path | None = None) -> Path:
     """Refuse a `ban.teacher_run` that is not this sequence's teacher, before anything is written: not finished,
     another model, or trained on other data (another split seed could put this run's validation images in its
     training set), with other model arguments or, unless `ban.teacher_run_other_schedule`, with another
     schedule. The run's recorded config is read as it was made (keys added since take their values of then).
     Names the keys. The run is a run directory or a folder `bornagain export` wrote (hf://OWNER/NAME: fetched from
-    the hub first); returns its local folder."""
-    run_dir, name = local_teacher(teacher_run_dir(cfg)), generation_model_name(cfg, 0)
+    the hub first, at the commit ``output`` pinned where it has one); returns its local folder."""
+    run_dir, name = local_teacher(teacher_run_dir(cfg), output), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
         raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
                         "finish it first, or unset ban.teacher_run to train the teacher here")
@@ -352,6 +356,17 @@ def check_teacher_run(cfg: VisionConfig) -> Path:
         raise UserError(f"ban.teacher_run={run_dir} was trained with other settings than this run "
                         f"({describe_changes(before, now, changed)}): use a teacher of the same data and split{hint}")
     return run_dir
+
+
+def check_teacher_data(run_dir: Path, cfg: VisionConfig, data: PreparedData) -> None:
+    """Refuse a teacher evaluated on another test set than this run's data, before anything is written: the config
+    check leaves data.root free (where the data lie), yet another folder (or data.name=hf, whose root is the
+    dataset) may hold another dataset of the same classes. The teacher's test labels (n,) must be this run's."""
+    _, labels = load_probs(run_dir / "test_probs.safetensors")
+    if labels.shape != data.test_labels.shape or not torch.equal(labels, data.test_labels.to(labels.dtype)):
+        raise UserError(f"ban.teacher_run={cfg.ban.teacher_run} was evaluated on another test set than "
+                        f"data.root={cfg.data.root or cfg.data.name} ({labels.shape[0]} test labels, this data "
+                        f"{data.test_labels.shape[0]}, not the same): use a teacher trained on this dataset")
 
 
 def _reuse_teacher(run_dir: Path) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bornagain.config import load_yaml
 from bornagain.errors import UserError, describe
+from bornagain.files import read_json, write_json
 
 EXPORT_FORMAT = "bornagain-vision-teacher/1"  # config.json's "bornagain_format": a folder `bornagain export` wrote
 HUB_PREFIX = "hf://"
@@ -53,12 +54,21 @@ def split_hub_id(text: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def local_teacher(path: str) -> Path:
+PIN = "teacher_source.json"
+"""In a sequence's output: the hub commit its ``hf://`` teacher resolved to on first use ({"teacher_run", "commit"})."""
+
+
+def local_teacher(path: str, output: Path | None = None) -> Path:
     """The local folder of a teacher: a path as given; an ``hf://`` id downloaded (or found in the hub's cache) by
-    huggingface_hub.snapshot_download. Offline without a cached copy: a UserError saying so."""
+    huggingface_hub.snapshot_download, at the commit ``output`` pinned on first use (``pin_teacher``) where it has
+    one: a resumed sequence keeps its teacher when the hub's branch has moved since. Offline without a cached
+    copy: a UserError saying so."""
     if not path.startswith(HUB_PREFIX):
         return Path(path)
     repo, revision = split_hub_id(path)
+    pinned = _read_pin(output)
+    if pinned.get("teacher_run") == path:
+        revision = pinned["commit"]
     try:
         from huggingface_hub import snapshot_download  # noqa: PLC0415  (optional: the hf extra)
     except ImportError:
@@ -66,6 +76,21 @@ def local_teacher(path: str) -> Path:
     try:
         return Path(snapshot_download(repo_id=repo, revision=revision))
     except Exception as e:  # noqa: BLE001 - offline, no such repository, no access: the library's many errors
-        raise UserError(f"ban.teacher_run={path}: cannot fetch {repo} from the Hugging Face hub ({describe(e, 200)}); "
-                        "fetch it once while online (HF_HUB_OFFLINE unset; private repositories need "
-                        "`hf auth login`), or download the folder and give its path") from None
+        at = f" at commit {revision}, which {output} was started with," if pinned.get("teacher_run") == path else ""
+        raise UserError(f"ban.teacher_run={path}: cannot fetch {repo}{at} from the Hugging Face hub "
+                        f"({describe(e, 200)}); fetch it once while online (HF_HUB_OFFLINE unset; private "
+                        "repositories need `hf auth login`), or download the folder and give its path") from None
+
+
+def pin_teacher(output: Path, path: str, folder: Path) -> None:
+    """Record in ``output`` the commit an ``hf://`` teacher resolved to (snapshot_download's folder is
+    .../snapshots/<commit>), once: every --resume then fetches that commit, not the branch's latest."""
+    if path.startswith(HUB_PREFIX) and _read_pin(output).get("teacher_run") != path:
+        write_json(output / PIN, {"teacher_run": path, "commit": folder.name})
+
+
+def _read_pin(output: Path | None) -> dict:
+    if output is None or not (output / PIN).is_file():
+        return {}
+    pinned = read_json(output / PIN)
+    return pinned if isinstance(pinned, dict) and "commit" in pinned else {}
