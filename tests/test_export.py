@@ -4,7 +4,9 @@ as ban.teacher_run, teaching exactly as the run directory does."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +170,29 @@ def test_a_teacher_of_another_image_folder_with_the_same_classes_is_refused_befo
     err = _error(capsys, ["ban", "--output", str(tmp_path / "out"), *STUDENT[:3], *STUDENT[5:], *data,
                           f"data.root={folders[1]}", f"ban.teacher_run={tmp_path / 'teacher'}"])
     assert "another test set" in err and not (tmp_path / "out").exists()
+
+
+def test_the_export_names_no_path_of_this_machine(teacher):
+    run, export = teacher
+    here = str(run.parent)
+    assert here not in (export / "config.json").read_text() and here not in (export / "README.md").read_text()
+    assert "output_dir" not in json.loads((export / "config.json").read_text())["config"]
+
+
+def test_a_failed_publish_puts_the_earlier_export_back(teacher, tmp_path, monkeypatch):
+    run, _ = teacher
+    out = tmp_path / "export"
+    export_run(run, out)
+    before = (out / "config.json").read_text()
+    replace = os.replace
+
+    def full_disk(src, dst):  # the new folder cannot be moved into place (after the old one was moved aside)
+        if Path(src).name.startswith(".export.new-"):
+            raise OSError(28, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(UserError, match="earlier export there is kept"):
+        export_run(run, out)
+    assert (out / "config.json").read_text() == before and (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # nothing left aside

@@ -4,7 +4,8 @@
       model.safetensors        the weights (a plain state dict, safetensors metadata format=pt)
       config.json              what rebuilds the model: model name and every option (models.model_options),
                                num_classes, in_channels, the input size and normalisation, the classes, the data;
-                               and the run's recorded config ("config"), which ban.teacher_run checks
+                               and the run's recorded config ("config"), which ban.teacher_run checks; no
+                               path of this machine (no output_dir; data.root, ban.teacher_run: folder names)
       README.md                model card: YAML front matter (library_name, tags, datasets, metrics, model-index),
                                data, recipe, metrics, how to reuse it as a teacher
       results.json, metrics.jsonl, test_probs.safetensors
@@ -13,7 +14,8 @@
 
 RUN_DIR is a `train` run or one run of a `ban` sequence (gen0 the teacher, genK, baseline). GLUE teachers and BAM
 students are not exported: their encoders are transformers models, shared with save_pretrained. The folder is
-written beside OUT_DIR under a temporary name and renamed into place: nothing half-written is ever OUT_DIR.
+written beside OUT_DIR under a temporary name and renamed into place: nothing half-written is ever OUT_DIR (an
+earlier export moved aside for it is put back when the rename fails).
 """
 
 from __future__ import annotations
@@ -97,13 +99,35 @@ def export_settings(run_dir: Path, cfg: VisionConfig, results: dict, data: Prepa
         "input": {"channels": int(c), "height": int(h), "width": int(w), "mean": list(data.mean),
                   "std": list(data.std), "normalize": "x = (uint8 pixels / 255 - mean) / std, per channel"},
         "classes": list(data.classes),
-        "data": {"dataset": results.get("dataset", data.name), **config_to_dict(cfg.data),
+        "data": {"dataset": results.get("dataset", data.name), **_shareable_data(config_to_dict(cfg.data)),
                  "split_seed": cfg.seed, "train_images": int(data.train_labels.shape[0]),
                  "val_images": int(data.val_labels.shape[0]), "test_images": int(data.test_labels.shape[0])},
         "source": {"run": results.get("run"), "generation": results.get("generation"),
                    "weights_sha256": _sha256(run_dir / "model.safetensors")},
-        "config": config_to_dict(cfg),
+        "config": _shareable_config(config_to_dict(cfg)),
     }
+
+
+def _local_name(value: str | None) -> str | None:
+    """A local path as its folder's name (this machine's layout is no one else's); a hub id stays."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path.name if path.is_absolute() or path.exists() or value.startswith((".", "~")) else value
+
+
+def _shareable_data(data: dict) -> dict:
+    return {**data, "root": _local_name(data.get("root"))}
+
+
+def _shareable_config(tree: dict) -> dict:
+    """The run's config without this machine's paths: no output_dir, data.root and ban.teacher_run as folder names.
+    A teacher check reads neither (where data lie may differ; the test labels say which data it was)."""
+    tree = {k: v for k, v in tree.items() if k != "output_dir"}
+    tree["data"] = _shareable_data(tree["data"])
+    if tree.get("ban", {}).get("teacher_run"):
+        tree["ban"] = {**tree["ban"], "teacher_run": _local_name(tree["ban"]["teacher_run"])}
+    return tree
 
 
 def _check_out_dir(out_dir: Path, weights_sha256: str) -> None:
@@ -141,7 +165,15 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError as e:
+        if old is not None:  # the earlier export goes back where it was
+            os.replace(old / out_dir.name, out_dir)
+            old.rmdir()
+        raise UserError(f"the export could not be moved into {out_dir} ({e}); "
+                        f"{'the earlier export there is kept' if old else 'nothing was written'}: check the folder's "
+                        "permissions and free space, then export again") from None
     if old is not None:
         shutil.rmtree(old)
 
