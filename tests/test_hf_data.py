@@ -158,3 +158,20 @@ def test_train_and_ban_through_the_cli_on_a_saved_dataset(saved, tmp_path, capsy
     assert not (tmp_path / "bad").exists()
     assert main(["train", "--output", str(tmp_path / "bad"), *hf, "data.test_split=valid"]) == 2
     assert "'train', 'test'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_16_bit_gray_images_are_scaled_to_8_bit_not_clipped(tmp_path, hf_cache):
+    deep = [np.full((8, 8), 4000 * i, dtype=np.uint16) for i in range(9)]  # up to 32000 of 65535
+    labels = [i % 3 for i in range(9)]
+    datasets.DatasetDict(train=_split(deep, labels), test=_split(deep[:3], labels[:3])).save_to_disk(
+        str(tmp_path / "deep"))
+    data = load_vision_data("hf", tmp_path / "deep")
+    expected = torch.from_numpy(((np.stack(deep).astype(np.int64) + 128) // 257).astype(np.uint8))
+    assert tuple(data.train.images.shape) == (9, 1, 8, 8) and torch.equal(data.train.images[:, 0], expected)
+
+
+def test_a_hub_datasets_cache_goes_where_bornagain_cache_dir_says(tmp_path, monkeypatch):
+    from bornagain.vision.hf_datasets import _cache_path
+
+    monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "mine"))
+    assert _cache_path("someone/pictures", "train,test").parent == tmp_path / "mine"

@@ -11,7 +11,7 @@ The splits are ``data.train_split`` / ``data.test_split``; the image column is `
 feature, else "label" or "fine_label"). The classes are the ClassLabel's names, or 0..max label.
 
 Decoding is the slow part (Pillow, one image at a time), so the decoded arrays go to the image folders' .npz cache
-(vision/imagefolder.py): ROOT/.bornagain-cache/ for a local folder, ~/.cache/bornagain/ for a hub id, keyed by the
+(vision/imagefolder.py): ROOT/.bornagain-cache/ for a local folder, the user cache ($BORNAGAIN_CACHE_DIR, else ~/.cache/bornagain/) for a hub id, keyed by the
 root, splits and columns asked for. Its fingerprint: the local folder's files (path, size, mtime), checked before
 `datasets` opens anything; for a hub id, the arrow files `datasets` keeps in its cache. The next load reads the
 .npz unless those files changed. `datasets` is imported only here, and only when used.
@@ -28,7 +28,7 @@ import numpy as np
 
 from bornagain.engine.run_log import bars_shown
 from bornagain.errors import UserError, describe
-from bornagain.vision.imagefolder import default_cache_dir, read_cache, write_cache
+from bornagain.vision.imagefolder import default_cache_dir, eight_bit, read_cache, user_cache_dir, write_cache
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
 Split = tuple[np.ndarray, np.ndarray]
@@ -137,6 +137,7 @@ def _pixels(image, row: int, what: str) -> np.ndarray:
     """(h, w) uint8 for a gray image, (h, w, 3) for every other mode (P, RGBA, CMYK, ... converted to RGB)."""
     if image is None:
         raise UserError(f"{what}: row {row} has no image: drop the empty rows (ds.filter) and save the dataset again")
+    image = eight_bit(image, f"{what}: row {row}")  # 16-bit gray scaled, not clipped
     if image.mode != "L":
         image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
     return np.asarray(image, dtype=np.uint8)
@@ -218,11 +219,10 @@ def _arrow_fingerprint(request: str, parts: list) -> str | None:
 
 
 def _cache_path(root: str, request: str) -> Path:
-    """ROOT/.bornagain-cache/hf-<key>.npz for a local folder (as image folders), ~/.cache/bornagain/ for a hub id;
+    """ROOT/.bornagain-cache/hf-<key>.npz for a local folder (as image folders), the user cache for a hub id;
     the key: what was asked, so other splits or columns of one dataset are cached apart."""
     folder = Path(root).expanduser()
-    cache_dir = default_cache_dir(folder) if folder.is_dir() else \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bornagain"
+    cache_dir = default_cache_dir(folder) if folder.is_dir() else user_cache_dir()
     return cache_dir / f"hf-{hashlib.sha256(request.encode()).hexdigest()[:16]}.npz"
 
 

@@ -97,11 +97,23 @@ def folder_fingerprint(classes: tuple[str, ...], files: dict[str, list[tuple[str
     return h.hexdigest()
 
 
+def eight_bit(image: "Image.Image", what: str) -> "Image.Image":
+    """16-bit gray (I;16, I;16B, ...) scaled to 8-bit gray (value / 257, rounded: 65535 -> 255), where Pillow's
+    own convert would clip every value above 255 to white; 32-bit modes (I, F) carry no known range: refused."""
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.uint32)  # (h, w) 0..65535
+        return Image.fromarray(((pixels + 128) // 257).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
+        raise UserError(f"{what} is a 32-bit image (mode {image.mode}), whose range bornagain cannot know: save the "
+                        "images as 8-bit or 16-bit (e.g. Pillow: image.convert('I;16') after scaling)")
+    return image
+
+
 def _decode_one(path: str) -> np.ndarray:
-    """(h, w, 3) uint8; every mode (L, P, RGBA, CMYK, ...) is converted to RGB."""
+    """(h, w, 3) uint8; every mode (L, P, RGBA, CMYK, 16-bit gray ...) is converted to RGB."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(eight_bit(im, path).convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot decode image {path} ({err}): replace or delete the file") from None
 
@@ -153,8 +165,14 @@ def decode_images(paths: list[str], workers: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts).transpose(0, 3, 1, 2))  # (n, h, w, 3) -> (n, 3, h, w)
 
 
+def user_cache_dir() -> Path:
+    """$BORNAGAIN_CACHE_DIR, else $XDG_CACHE_HOME/bornagain, else ~/.cache/bornagain (as the compile record)."""
+    base = os.environ.get("BORNAGAIN_CACHE_DIR")
+    return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bornagain"
+
+
 def default_cache_dir(root: Path) -> Path:
-    """root/.bornagain-cache/ if it can be written, else $XDG_CACHE_HOME (~/.cache)/bornagain/."""
+    """root/.bornagain-cache/ if it can be written, else the user's cache (``user_cache_dir``)."""
     in_root = root / ".bornagain-cache"
     try:
         in_root.mkdir(exist_ok=True)
@@ -162,7 +180,7 @@ def default_cache_dir(root: Path) -> Path:
             return in_root
     except OSError:
         pass
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bornagain"
+    return user_cache_dir()
 
 
 def _cache_file(root: Path, cache_dir: Path) -> Path:
