@@ -34,14 +34,34 @@ def autocast(device: torch.device, precision: str):
     raise UserError(f"train.precision={precision!r} is not one of fp32, bf16")
 
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""/proc/cpuinfo flags of bf16 instructions: x86 AVX512-BF16 and AMX-BF16, Arm's BF16 ("Features: ... bf16")."""
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's instruction-set flags as Linux lists them in /proc/cpuinfo ("flags" on x86, "Features" on Arm);
+    None where there is no such file (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs natively here: always on CUDA; on a CPU only with bf16 instructions (AVX512-BF16,
-    AMX, Arm BF16), as oneDNN reports them. Without them bf16 convolutions are emulated: measured about 10x
+    """Whether bf16 runs natively here: on CUDA from compute capability 8.0 (Ampere); on a CPU only with bf16
+    instructions (AVX512-BF16, AMX, Arm BF16). Without them bf16 convolutions are emulated: measured about 10x
     slower than fp32 on an AVX2-only CPU (benchmarks/bench_precision.py), 2.5x faster on one with them."""
     if device.type == "cuda":
         try:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        except (TypeError, RuntimeError, AssertionError):
+        except TypeError:  # torch < 2.3 has no including_emulation (and its plain answer counts emulation)
+            return torch.cuda.get_device_capability(device) >= (8, 0)
+        except (RuntimeError, AssertionError):
             return True
     if device.type != "cpu":
         return True
@@ -49,6 +69,11 @@ def native_bf16(device: torch.device) -> bool:
     # CPU's bf16 instructions and says so: such a setting (used to simulate an AVX2-only CPU) counts as no bf16
     if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2", "zvector"):
         return False
+    # the CPU's own flags, not oneDNN's answer: oneDNN says bf16 for every AVX-512 CPU (Skylake-SP, Cascade Lake,
+    # Ice Lake), where it emulates bf16 with AVX-512 instructions
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & BF16_CPU_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

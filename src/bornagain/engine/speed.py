@@ -2,7 +2,7 @@
 
 Each lever is decided by one rule, and every decision carries its reason, so a run can say what it chose:
 
-    precision       bf16 where it is native (a CUDA GPU with bf16; a CPU whose oneDNN reports bf16 instructions,
+    precision       bf16 where it is native (a CUDA GPU with bf16; a CPU whose flags list bf16 instructions,
                     engine.device.native_bf16), fp32 elsewhere. It changes what a run learns, so the resolved value
                     is what the run records, and a run that recorded one keeps it (resumed on another machine too).
     channels_last   on for convolutional image models (NHWC convolutions are faster in oneDNN and cuDNN).
