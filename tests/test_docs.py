@@ -56,6 +56,10 @@ def test_the_readme_test_command_is_what_ci_runs():
     ci = [b for b in blocks(REPO / "README.md") if "ci" in b.tags]
     command = next(line.split("#")[0].strip() for b in ci for line in b.text.splitlines() if "pytest" in line)
     assert command in (REPO / ".ci" / "run").read_text().splitlines()
+    # and the README installs the extras CI installs before it: what the tests use
+    extras = lambda text: re.findall(r'-e "\.\[([^\]]*)\]"', text)  # noqa: E731
+    readme = [e for b in ci for e in extras(b.text)]
+    assert readme and readme == extras((REPO / ".ci" / "run").read_text())
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
