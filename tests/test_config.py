@@ -277,4 +277,5 @@ def test_which_keys_may_differ_is_declared_on_the_key():
     assert vision["resume"] == mechanics | {"output_dir", "ban.controls", "ban.label_smoothing"}
     assert vision["pool"] == mechanics | {"seed", "output_dir", "ban.seeds", "train.device"}
     assert vision["teacher"] == mechanics | {"train.device", "train.eval_batch_size", "train.precision",
-                                             "train.channels_last", "data.root", "data.download", "data.layout"}
+                                             "train.channels_last", "train.last_batch", "data.root", "data.download",
+                                             "data.layout"}

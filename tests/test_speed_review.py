@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bornagain.engine.device as device_module
+from bornagain.errors import UserError
 
 CPU = torch.device("cpu")
 
@@ -34,3 +35,28 @@ def test_cuda_bf16_on_a_torch_without_including_emulation(monkeypatch, capabilit
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_is_bf16_supported)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert device_module.native_bf16(torch.device("cuda", 0)) is native
+
+
+def test_a_teacher_trained_before_last_batch_is_still_this_sequences_teacher(tmp_path):
+    """A teacher recorded before train.last_batch (its value of then: short) under today's default (auto: fill
+    for the students): which images fill the last batch does not make it another teacher."""
+    import yaml
+
+    from bornagain.config import config_to_dict, load_config
+    from bornagain.files import write_json
+    from bornagain.pipelines.ban import check_teacher_run
+    from bornagain.vision.config import VisionConfig
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    old = config_to_dict(load_config(VisionConfig, None, []))
+    del old["ban"]["normalize_loss_weights"], old["ban"]["prepare_teacher"], old["train"]["compile"]
+    del old["train"]["last_batch"]
+    old["train"] |= {"precision": "fp32", "channels_last": False}  # a record holds values, never `auto`
+    (teacher / "config.yaml").write_text(yaml.safe_dump(old))
+    write_json(teacher / "results.json", {"model": old["model"]["name"], "test_accuracy": 0.5})
+    cfg = load_config(VisionConfig, None, [f"ban.teacher_run={teacher}", f"output_dir={tmp_path / 'out'}"])
+    assert check_teacher_run(cfg) == teacher
+    other = load_config(VisionConfig, None, [f"ban.teacher_run={teacher}", "train.lr=0.05"])
+    with pytest.raises(UserError, match="train.lr"):  # a real schedule change is still refused
+        check_teacher_run(other)

@@ -114,11 +114,12 @@ class TrainConfig(TrainingConfig):
     channels_last: bool | Literal["auto"] = field(default="auto", metadata=may_differ("teacher"))
     """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU). auto: on
     (every image model here is convolutional); the run records the value chosen."""
-    last_batch: Literal["auto", "fill", "drop", "short"] = "auto"
+    last_batch: Literal["auto", "fill", "drop", "short"] = field(default="auto", metadata=may_differ("teacher"))
     """The last batch of an epoch when the batch size does not divide the training set: fill (topped up with the
     first images of the epoch's order, which are then seen twice: every batch has one shape, so a compiled model
     never compiles again), drop (left out; other images each epoch), short (a smaller last batch, as runs made
-    before this key had). auto: fill for a new run, the recorded value for a run continued or reused."""
+    before this key had). auto: fill for a new run, the recorded value for a run continued or reused. A
+    ban.teacher_run may differ (it only shapes which images fill an epoch's last batch)."""
 
     def __post_init__(self):
         super().__post_init__()
