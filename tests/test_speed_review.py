@@ -60,3 +60,47 @@ def test_a_teacher_trained_before_last_batch_is_still_this_sequences_teacher(tmp
     other = load_config(VisionConfig, None, [f"ban.teacher_run={teacher}", "train.lr=0.05"])
     with pytest.raises(UserError, match="train.lr"):  # a real schedule change is still refused
         check_teacher_run(other)
+
+
+def _paying_record(monkeypatch, tmp_path, key: str) -> None:
+    """This machine's record says compiling pays back within a long run (1 s compile, steps 10x faster)."""
+    from bornagain.engine.speed import add_measurement, record_path
+
+    monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
+    add_measurement(record_path(), key, steps=10, train_seconds=10.0, compile_seconds=None)
+    add_measurement(record_path(), key, steps=10, train_seconds=1.0, compile_seconds=1.0)
+
+
+def test_a_resumed_run_keeps_the_compile_choice_it_started_with(tmp_path, monkeypatch):
+    """A run started eager (its record had no step time) is resumed after the record grew: still eager."""
+    import dataclasses
+
+    from bornagain.config import config_to_dict, load_config
+    from bornagain.engine.run import open_run
+    from bornagain.pipelines.vision_speed import decide, recorded_keys, resolve_vision_speed
+    from bornagain.vision.config import VisionConfig, vision_settings
+
+    _paying_record(monkeypatch, tmp_path, "k")
+    cfg, _ = resolve_vision_speed(load_config(VisionConfig, None, ["train.device=cpu"]), tmp_path / "run")
+    assert decide(cfg, "k", 1000, CPU).value is True  # a new run would compile now
+    started = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
+    open_run(tmp_path / "run", vision_settings(started), resume=False, main=True, config=config_to_dict(started))
+    choice = decide(cfg, "k", 1000, CPU, recorded=recorded_keys(tmp_path / "run").get("train.compile"))
+    assert (choice.value, choice.how) == (False, "recorded")
+    forced = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True))
+    assert decide(forced, "k", 1000, CPU, recorded=False).value is True  # an explicit value still wins
+
+
+def test_every_rank_takes_rank_zeros_compile_decision(tmp_path, monkeypatch):
+    """Rank 1's machine has measured compiling paying back, rank 0's has not: rank 1 follows rank 0 (the share
+    stands in for all_gather_objects across two ranks; without a process group it is [own choice])."""
+    from bornagain.config import load_config
+    from bornagain.engine.speed import Choice
+    from bornagain.pipelines.vision_speed import decide, resolve_vision_speed
+    from bornagain.vision.config import VisionConfig
+
+    rank0 = Choice(False, "no step time measured for this model here yet", "auto")
+    _paying_record(monkeypatch, tmp_path, "k")
+    cfg, _ = resolve_vision_speed(load_config(VisionConfig, None, ["train.device=cpu"]), tmp_path / "run")
+    assert decide(cfg, "k", 1000, CPU).value is True  # this process alone (no process group): its own record
+    assert decide(cfg, "k", 1000, CPU, share=lambda mine: [rank0, mine]) == rank0

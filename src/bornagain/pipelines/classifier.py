@@ -32,7 +32,7 @@ from bornagain.engine.trainer import StepOutput, train
 from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
-from bornagain.pipelines.vision_speed import decide, remember, resolve_vision_speed, run_compile_key
+from bornagain.pipelines.vision_speed import decide, recorded_keys, remember, resolve_vision_speed, run_compile_key
 from bornagain.engine.speed import speed_line
 from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
 from bornagain.reports.metrics import classification_metrics
@@ -210,7 +210,9 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     device, dist = start_process(cfg.train)
     steps = cfg.train.epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
     key = run_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
-    compiling = decide(cfg, key, steps, device)
+    # a resumed run keeps the compile choice it started with (the record has grown since); rank 0's for every rank
+    recorded = recorded_keys(run_dir).get("train.compile") if resume else None
+    compiling = decide(cfg, key, steps, device, recorded=recorded)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiling.value))
     state = open_run(run_dir, vision_settings(cfg), resume=resume, main=dist.is_main, config=config_to_dict(cfg))
     if state == "finished":

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from bornagain.engine.compile import compile_unavailable
 from bornagain.engine.device import resolve_device
+from bornagain.engine.distributed import all_gather_objects
 from bornagain.engine.run import recorded_settings
 from bornagain.engine.settings import recorded as with_added_keys
 from bornagain.engine.speed import (AUTO, Choice, add_measurement, compile_key, decide_compile, read_record,
@@ -59,8 +61,18 @@ def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn
                        channels_last=bool(cfg.train.channels_last), device=device)
 
 
-def decide(cfg: VisionConfig, key: str, steps: int, device: torch.device) -> Choice:
-    """train.compile of one run of ``steps`` steps (the record at engine.speed.record_path)."""
+def decide(cfg: VisionConfig, key: str, steps: int, device: torch.device, *, recorded=None,
+           share: Callable[[Choice], list] = all_gather_objects) -> Choice:
+    """train.compile of one run of ``steps`` steps: ``auto`` takes the value the run ``recorded`` when it started
+    (a resumed run keeps eager or compiled, so it stays the uninterrupted run), else decides from the record at
+    engine.speed.record_path. Rank 0's decision is every rank's (``share``: every rank's choice in rank order;
+    ranks on other nodes read other records, and rank 0 updates its record after the other ranks read theirs)."""
+    return share(_decide_here(cfg, key, steps, device, recorded))[0]
+
+
+def _decide_here(cfg: VisionConfig, key: str, steps: int, device: torch.device, recorded) -> Choice:
+    if cfg.train.compile == AUTO and isinstance(recorded, bool):
+        return Choice(recorded, "recorded when the run started", "recorded")
     choice = decide_compile(cfg.train.compile, steps=steps, entry=read_record(record_path(), key), device=device)
     if choice.how == AUTO and choice.value and compile_unavailable() is not None:
         return Choice(False, f"torch.compile cannot run here ({compile_unavailable()})", AUTO)
