@@ -197,9 +197,14 @@ def test_the_first_line_says_what_was_chosen_and_why(tmp_path, bf16_here, capsys
 
     bf16_here(True)
     assert main(["ban", "--output", str(tmp_path / "run"), *FAST]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
+    out = capsys.readouterr().out.splitlines()
+    first = out[0]
     assert first.startswith("bornagain ban: resnet-8") and first.endswith(
-        "speed: bf16 (native bf16 on this CPU), channels_last (convolutional model), compile or eager (decided per "
-        "run from its length: see each run's line)"), first
+        "speed: bf16 (native bf16 on this CPU), channels_last (convolutional model), last batch fill (one batch "
+        "shape: a compiled step compiles once), compile or eager (decided per run from its length: see each run's "
+        "line)"), first
+    assert any(line.startswith("[gen0] speed: bf16") for line in out)  # each run's line, without progress bars too
     speed = json.loads((tmp_path / "run" / "results.json").read_text())["speed"]
     assert speed["precision"]["value"] == "bf16" and speed["channels_last"]["value"] is True
+    assert speed["last_batch"] == {"value": "fill", "reason": "one batch shape: a compiled step compiles once",
+                                   "how": "auto"}

@@ -104,3 +104,23 @@ def test_every_rank_takes_rank_zeros_compile_decision(tmp_path, monkeypatch):
     cfg, _ = resolve_vision_speed(load_config(VisionConfig, None, ["train.device=cpu"]), tmp_path / "run")
     assert decide(cfg, "k", 1000, CPU).value is True  # this process alone (no process group): its own record
     assert decide(cfg, "k", 1000, CPU, share=lambda mine: [rank0, mine]) == rank0
+
+
+def test_bornagain_train_says_what_auto_chose_without_progress_bars(tmp_path, monkeypatch, capsys):
+    from bornagain.cli import main
+
+    monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
+    fast = ["train.epochs=1", "data.train_subset=100", "data.val_size=20", "train.progress=false", "train.trackers=[]",
+            "train.num_threads=1", "model.name=resnet-8", "train.batch_size=64"]
+    assert main(["train", "--output", str(tmp_path / "run"), *fast]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[train] speed: ")]
+    assert "last batch fill (one batch shape" in line and "eager (no step time measured" in line
+
+
+def test_last_batch_auto_takes_a_real_recorded_value_only():
+    from bornagain.pipelines.vision_speed import resolve_last_batch
+
+    assert resolve_last_batch("auto", "short").value == "short"  # a run made before the key continues as it was
+    assert resolve_last_batch("auto", None).value == "fill"
+    assert resolve_last_batch("auto", "auto").value == "fill"  # a record written unresolved: not a choice
+    assert resolve_last_batch("drop", "short").value == "drop"

@@ -172,6 +172,8 @@ def speed_line(choices: dict[str, Choice]) -> str:
             if c.value is None:
                 continue
             shown = f"teacher {c.value}"
+        elif name == "last_batch":
+            shown = f"last batch {c.value}"
         elif name == "compile":
             shown = {True: "compile", False: "eager", None: "compile or eager"}[c.value]
         else:

@@ -219,7 +219,7 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         return reuse_finished(run_dir, main=dist.is_main)
     choices = {**(speed or own), "compile": compiling}
     spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "speed": {k: c.as_dict() for k, c in choices.items()}})
-    if dist.is_main and cfg.train.progress:
+    if dist.is_main:  # one line, with or without progress bars: what auto chose for this run and why
         print(f"[{spec.name}] {speed_line(choices)}", flush=True)
     task = ClassifierTask(cfg, data, spec, make_model, device)
     results = train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=state == "resume",

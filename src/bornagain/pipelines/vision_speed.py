@@ -42,15 +42,25 @@ def resolve_vision_speed(cfg: VisionConfig, run_dir: Path) -> tuple[VisionConfig
     layout = resolve_channels_last(cfg.train.channels_last, convolutional=True,
                                    recorded=recorded.get("train.channels_last"))
     teacher = resolve_teacher_precision(cfg.ban.teacher_precision, device, recorded.get("ban.teacher_precision"))
-    last_batch = cfg.train.last_batch
-    if last_batch == AUTO:  # fill: one batch shape (a compiled step never compiles again); a record keeps its own
-        last_batch = recorded.get("train.last_batch", "fill") if recorded else "fill"
-    train = dataclasses.replace(cfg.train, precision=precision.value, channels_last=layout.value, last_batch=last_batch)
+    last_batch = resolve_last_batch(cfg.train.last_batch, recorded.get("train.last_batch"))
+    train = dataclasses.replace(cfg.train, precision=precision.value, channels_last=layout.value,
+                                last_batch=last_batch.value)
     ban = dataclasses.replace(cfg.ban, teacher_precision=teacher.value)
-    choices = {"precision": precision, "channels_last": layout}
+    choices = {"precision": precision, "channels_last": layout, "last_batch": last_batch}
     if cfg.ban.teacher_precision is not None:
         choices["teacher_precision"] = teacher
     return dataclasses.replace(cfg, train=train, ban=ban), choices
+
+
+def resolve_last_batch(value: str, recorded: str | None) -> Choice:
+    """train.last_batch: an explicit value wins; ``auto`` takes the value the run recorded (a run made before the
+    key: short), else fill: every batch one shape, so a compiled step compiles once. A recorded ``auto`` (written
+    by a tool that did not resolve it) counts as not recorded."""
+    if value != AUTO:
+        return Choice(value, "set", "set")
+    if recorded in ("fill", "drop", "short"):
+        return Choice(recorded, "recorded when the run started", "recorded")
+    return Choice("fill", "one batch shape: a compiled step compiles once", AUTO)
 
 
 def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module | None,
