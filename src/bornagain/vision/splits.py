@@ -96,8 +96,10 @@ def iterate_batches(
     `batch_size` does not divide `n`: `last="short"` keeps it smaller,
     `"drop"` (or `drop_last`) skips it (e.g. to keep BatchNorm away from a batch
     of one), `"fill"` tops it up with the first indices of the order (seen twice),
-    so that every batch has `batch_size` indices. With `n < batch_size` the one
-    batch holds all `n` under every setting (a single shape already).
+    so that every batch has `batch_size` indices. With `0 < n < batch_size` the
+    one batch holds all `n` under every setting, `"drop"` and `drop_last` too: a
+    training set smaller than one batch still trains, one step an epoch (dropping
+    it would train nothing). `n == 0` yields no batch.
     """
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1")
@@ -110,7 +112,8 @@ def iterate_batches(
     if last not in ("short", "drop", "fill"):
         raise ValueError(f"last={last!r} is not one of short, drop, fill")
     if n < batch_size:
-        yield order
+        if n:
+            yield order
         return
     rest = n % batch_size
     stop = n - rest if drop_last or last == "drop" else n
