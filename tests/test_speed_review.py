@@ -124,3 +124,42 @@ def test_last_batch_auto_takes_a_real_recorded_value_only():
     assert resolve_last_batch("auto", None).value == "fill"
     assert resolve_last_batch("auto", "auto").value == "fill"  # a record written unresolved: not a choice
     assert resolve_last_batch("drop", "short").value == "drop"
+
+
+def test_a_measurement_waits_for_another_writer_and_keeps_its_entry(tmp_path):
+    """Another task holds the record's lock while it writes its own key: this task's update waits, then merges."""
+    import threading
+    import time
+
+    from bornagain.engine.speed import add_measurement, read_record, record_lock
+
+    path = tmp_path / "compile_record.json"
+    with record_lock(path):
+        writer = threading.Thread(target=add_measurement, args=(path, "mine"),
+                                  kwargs={"steps": 10, "train_seconds": 1.0, "compile_seconds": None})
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive()  # waiting for the other task's lock, not writing over it
+        path.write_text('{"theirs": {"eager_step_seconds": 0.5}}')  # the other task's write, under its lock
+    writer.join(timeout=30)
+    assert read_record(path, "theirs") == {"eager_step_seconds": 0.5}
+    assert read_record(path, "mine") == {"eager_step_seconds": 0.1}
+
+
+def test_the_compile_mode_is_part_of_the_record_key():
+    from bornagain.engine.speed import compile_key
+
+    keys = {compile_key("resnet-8", teacher=None, shape=(64, 3, 32, 32), precision="bf16", channels_last=True,
+                        device=CPU, mode=mode) for mode in ("default", "max-autotune")}
+    assert len(keys) == 2
+
+
+def test_a_training_set_smaller_than_a_batch_still_trains_and_an_empty_one_yields_nothing():
+    from bornagain.vision.splits import iterate_batches
+
+    for last in ("short", "drop", "fill"):
+        (batch,) = iterate_batches(5, 8, shuffle=False, generator=None, last=last)
+        assert batch.tolist() == [0, 1, 2, 3, 4]
+    (batch,) = iterate_batches(5, 8, shuffle=False, generator=None, drop_last=True)
+    assert batch.shape == (5,)
+    assert list(iterate_batches(0, 8, shuffle=False, generator=None)) == []

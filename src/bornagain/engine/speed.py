@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from bornagain.engine import device as device_info
 from bornagain.files import read_json, write_json
@@ -94,15 +95,22 @@ def record_path() -> Path:
 
 
 def compile_key(model: str, *, teacher: str | None, shape: tuple[int, ...], precision: str, channels_last: bool,
-                device: torch.device) -> str:
+                device: torch.device, mode: str = "default") -> str:
     """What a compile measurement depends on: the model (and a frozen teacher compiled beside it), the input batch
-    (b, c, h, w), precision, layout, this device (and CPU kernel setting) and this torch."""
+    (b, c, h, w), precision, layout, the compile mode (train.compile_mode: max-autotune compiles far longer), this
+    device (and CPU kernel setting) and this torch."""
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
         where = f"cpu {torch.backends.cpu.get_cpu_capability()} x{torch.get_num_threads()}"
     return (f"{model} | teacher {teacher or '-'} | {'x'.join(map(str, shape))} | {precision} | "
-            f"{'channels_last' if channels_last else 'nchw'} | {where} | torch {torch.__version__}")
+            f"{'channels_last' if channels_last else 'nchw'} | mode {mode} | {where} | torch {torch.__version__}")
+
+
+def record_lock(path: Path) -> FileLock:
+    """The lock every update of the record at ``path`` holds (``path``.lock): tasks of a SLURM job share $HOME,
+    and an unlocked read-modify-write loses the measurements of whichever task wrote first."""
+    return FileLock(f"{path}.lock", timeout=60)
 
 
 def read_record(path: Path, key: str) -> dict:
@@ -121,20 +129,25 @@ def add_measurement(path: Path, key: str, *, steps: int, train_seconds: float,
     if steps < 1 or train_seconds <= 0:
         return
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with record_lock(path):  # read, merge and write (atomically: a reader never sees half a file) as one
+            _merge_measurement(path, key, train_seconds / steps, compile_seconds)
+    except (OSError, Timeout):
+        pass  # a read-only home or a stuck lock: decisions stay conservative
+
+
+def _merge_measurement(path: Path, key: str, step_seconds: float, compile_seconds: float | None) -> None:
+    try:
         record = read_json(path) if path.is_file() else {}
     except (OSError, ValueError):
         record = {}
     entry = dict(record.get(key, {}))
     field = "eager_step_seconds" if compile_seconds is None else "compiled_step_seconds"
-    entry[field] = min(train_seconds / steps, entry.get(field, float("inf")))
+    entry[field] = min(step_seconds, entry.get(field, float("inf")))
     if compile_seconds is not None:
         entry["compile_seconds"] = compile_seconds
     record[key] = entry
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, record)
-    except OSError:
-        pass  # a read-only home: decisions stay conservative
+    write_json(path, record)
 
 
 def decide_compile(value, *, steps: int, entry: dict, device: torch.device, available: bool = True) -> Choice:

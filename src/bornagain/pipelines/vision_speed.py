@@ -65,10 +65,11 @@ def resolve_last_batch(value: str, recorded: str | None) -> Choice:
 
 def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module | None,
                     device: torch.device) -> str:
-    """The record's key of one image run: model, teacher, input batch (b, c, h, w), precision, layout, device."""
+    """The record's key of one image run: model, teacher, input batch (b, c, h, w), precision, layout, compile
+    mode, device."""
     return compile_key(cfg.model.name, teacher=None if teacher is None else type(teacher).__name__,
                        shape=(min(cfg.train.batch_size, shape[0]), *shape[1:]), precision=cfg.train.precision,
-                       channels_last=bool(cfg.train.channels_last), device=device)
+                       channels_last=bool(cfg.train.channels_last), device=device, mode=cfg.train.compile_mode)
 
 
 def decide(cfg: VisionConfig, key: str, steps: int, device: torch.device, *, recorded=None,
