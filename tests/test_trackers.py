@@ -147,7 +147,8 @@ def test_the_old_tensorboard_key_maps_to_trackers_and_old_runs_still_read(tmp_pa
     # a config.yaml recorded before the rename is read back, and its run still continues with either value
     from bornagain.pipelines.ban import check_output_dir
 
-    fixed = ["train.precision=fp32", "train.channels_last=false", "train.compile=false"]  # nothing left to resolve
+    fixed = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",  # nothing left to resolve
+             "train.last_batch=fill"]  # (a record holds values: a recorded `auto` now counts as none, i.e. fill)
     cfg = load_config(VisionConfig, None, [f"output_dir={tmp_path}", *fixed])
     old = config_to_dict(cfg)
     old["train"]["tensorboard"] = old["train"].pop("trackers") == ["tensorboard"]
