@@ -30,8 +30,9 @@ def test_a_new_run_records_its_settings_and_config_then_is_checked_when_reopened
     with pytest.raises(UserError, match="unfinished run: pass --resume"):
         open_run(run, _settings(), resume=False, main=True)
     assert open_run(run, _settings(threads=2), resume=True, main=True) == "resume"  # a mechanic may differ
-    with pytest.raises(UserError, match=r"train\.lr \(recorded 0\.1, now 0\.2\)"):
+    with pytest.raises(UserError, match=r"train\.lr \(recorded 0\.1, now 0\.2\)") as refused:
         open_run(run, _settings(lr=0.2), resume=True, main=True)
+    assert "(add train.lr=0.1)" in str(refused.value)  # the overrides that continue it, as typed
     (run / RESULTS).write_text("{}")
     assert open_run(run, _settings(), resume=False, main=True) == "finished"  # never retrained
     with pytest.raises(UserError, match="other settings"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from bornagain.errors import UserError
 
 
@@ -72,4 +74,19 @@ def refuse_changed(saved: dict, now: dict, where: Path, *, ignore: tuple[str, ..
     changed = changed_keys(saved, now, ignore, renamed, added)
     if changed:
         raise UserError(f"'{where}' was made with other settings ({describe_changes(saved, now, changed, renamed, added)}); "
-                        "continue it with the recorded settings (as key=value overrides), or choose another --output")
+                        f"continue it with the recorded settings (add {recorded_overrides(saved, changed, renamed, added)}),"
+                        " or choose another --output")
+
+
+def recorded_overrides(saved: dict, keys: list[str], renamed: dict[str, str] | None = None,
+                       added: dict[str, object] | None = None) -> str:
+    """The ``key=value`` overrides that give ``keys`` their recorded values, as typed on a command line (a key the
+    record lacks is left out: it has no value to give)."""
+    values = recorded(saved, added, renamed)
+    shown = []
+    for key in keys:
+        if key in values:
+            text = yaml.safe_dump(values[key], default_flow_style=True, width=10**6).strip()
+            text = text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+            shown.append(f"{key}={text}" if " " not in text and "[" not in text else f'"{key}={text}"')
+    return " ".join(shown) or "the recorded values"
