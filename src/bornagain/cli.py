@@ -189,8 +189,11 @@ def cmd_sweep(args) -> None:
                          cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, max_parallel=args.max_parallel)
     record = sweep(args.command, args.config, args.output, seeds=seeds, overrides=args.overrides,
                    launcher=args.launcher, slurm=slurm)
+    point = "/<point>" if "/" in record["runs"][0]["name"] else ""
+    # a `ban` point holds its seeds' aggregate (as ban.seeds writes it); other commands' runs are reported as runs
+    where = f"{args.output}{point}" if args.command == "ban" else f"{args.output}{point}/seed-*"
     print(f"bornagain sweep: all {len(record['runs'])} run(s) finished in {args.output} (sweep.json lists them); "
-          f"tables: bornagain report {args.output}{'/<point>' if '/' in record['runs'][0]['name'] else ''}")
+          f"tables: bornagain report {where}")
 
 
 def _seed_list(text: str | None) -> list[int]:
@@ -332,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bornagain: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bornagain models | head`: the reader left; nothing to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 0
     finally:
         shutdown()
     return 0

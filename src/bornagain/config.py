@@ -123,6 +123,11 @@ class TrainingConfig:
             raise UserError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
 
 
+def _article(name: str) -> str:
+    """'an int', 'a float', "a 'fill' | 'drop'" ."""
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -158,7 +163,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+        raise UserError(f"config key '{key}': {value!r} is not {_article(_type_name(tp))}")
     if origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
@@ -189,7 +194,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, prefix=key + ".")
-    raise UserError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
+    raise UserError(f"config key '{key}': {value!r} is not {_article(_type_name(tp))}")
 
 
 def _build(cls: type[T], values: dict, prefix: str = "") -> T:
