@@ -75,7 +75,7 @@ def main() -> None:
                 for way, t in (("plain training", None), ("born-again, prepared teacher", prepared),
                                ("born-again, unprepared teacher", teacher)):
                     key = f"{setting} | {way}"
-                    ips, compiled[key] = epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{len(speeds)}-{way}")
+                    ips, compiled[key] = epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{setting}-{way}")  # a run dir each
                     speeds.setdefault(key, []).append(ips)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
     print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, device {args.device}, "
