@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bornagain.config import load_config
-from cifar_args import add_data_args, one_epoch_overrides
+from cifar_args import add_data_args, decide_for_generation, one_epoch_overrides
 from bornagain.distill.ban_losses import resolve_loss
 from bornagain.engine.device import native_bf16
 from bornagain.engine.run_log import read_metrics
@@ -39,14 +39,18 @@ SETTINGS = {
 }
 
 
-def epoch_speed(cfg: VisionConfig, data, teacher, out: Path) -> tuple[float, bool]:
-    """(images/s of the last epoch, compiled or not) of one run: plain training when ``teacher`` is None, else a
-    BAN+L generation."""
+def epoch_speed(cfg: VisionConfig, data, teacher, out: Path, planned_epochs: int) -> tuple[float, str]:
+    """(images/s of the last epoch, what was compiled) of one run: plain training when ``teacher`` is None, else a
+    BAN+L generation; train.compile and ban.teacher_compile decided for a generation of ``planned_epochs``."""
+    cfg, _ = decide_for_generation(cfg, tuple(data.train_images.shape), teacher, planned_epochs,
+                                   torch.device(cfg.train.device))
     loss = resolve_loss("ce") if teacher is None else resolve_loss("ban+l", normalize=True)
     spec = RunSpec(name="gen", model_name=cfg.model.name, seed=1, loss_fn=loss, teacher=teacher)
     result = fit(out, cfg, data, spec, lambda: create_model(cfg.model.name, data.num_classes), resume=False)
     ips = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]["images_per_second"]
-    return ips, result["speed"]["compile"]["value"]
+    parts = [name for name, key in (("student", "compile"), ("teacher", "teacher_compile"))
+             if result["speed"].get(key, {}).get("value")]
+    return ips, " + ".join(parts) or "nothing"
 
 
 def main() -> None:
@@ -65,7 +69,7 @@ def main() -> None:
     torch.manual_seed(0)
     raw_teacher = create_model(args.model, data.num_classes).to(args.device).eval().requires_grad_(False)
     speeds: dict[str, list[float]] = {}
-    compiled: dict[str, bool] = {}  # the last round's decision (train.compile=auto decides per run)
+    compiled: dict[str, str] = {}  # the last round's decisions (auto decides per run)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for setting, overrides in settings.items():
@@ -75,11 +79,13 @@ def main() -> None:
                 for way, t in (("plain training", None), ("born-again, prepared teacher", prepared),
                                ("born-again, unprepared teacher", teacher)):
                     key = f"{setting} | {way}"
-                    ips, compiled[key] = epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{setting}-{way}")  # a run dir each
+                    ips, compiled[key] = epoch_speed(cfg, data, t, Path(tmp) / f"{r}-{setting}-{way}",
+                                                     args.planned_epochs)  # a run dir each
                     speeds.setdefault(key, []).append(ips)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in speeds.items()), flush=True)
     print(f"\n{args.model}, batch {args.batch_size}, {args.images} images, device {args.device}, "
-          f"{torch.get_num_threads()} threads, epoch {args.epochs} of {args.epochs}, median of {args.rounds} rounds\n")
+          f"{torch.get_num_threads()} threads, epoch {args.epochs} of {args.epochs}, median of {args.rounds} rounds; compile decided for a "
+          f"{args.planned_epochs}-epoch generation\n")
     print("| settings | way | images/s | overhead (plain / this) | compiled |")
     print("|---|---|---|---|---|")
     for setting in settings:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bornagain.config import load_config
-from cifar_args import add_data_args, one_epoch_overrides
+from cifar_args import add_data_args, decide_for_generation, one_epoch_overrides
 from bornagain.distill.ban_losses import resolve_loss
 from bornagain.engine.device import native_bf16
 from bornagain.engine.run_log import read_metrics
 from bornagain.models import create_model
 from bornagain.pipelines.ban import prepare_teacher
-from bornagain.pipelines.classifier import RunSpec, fit, steps_per_epoch
-from bornagain.pipelines.vision_speed import decide, resolve_vision_speed, run_compile_key
+from bornagain.pipelines.classifier import RunSpec, fit
+from bornagain.pipelines.vision_speed import resolve_vision_speed
 from bornagain.vision.config import VisionConfig
 from bornagain.vision.prepare import prepare_data
 
@@ -97,11 +97,9 @@ def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path, planned_
     prepared, _ = prepare_teacher(teacher, cfg)
     spec = RunSpec(name="gen1", model_name=cfg.model.name, seed=1, loss_fn=resolve_loss("ban+l", normalize=True),
                    teacher=prepared)
-    if cfg.train.compile == "auto":
-        steps = planned_epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
-        choices["compile"] = decide(cfg, run_compile_key(cfg, tuple(data.train_images.shape), prepared,
-                                                         torch.device("cpu")), steps, torch.device("cpu"))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=choices["compile"].value))
+    cfg, decided = decide_for_generation(cfg, tuple(data.train_images.shape), prepared, planned_epochs,
+                                         torch.device("cpu"))
+    choices |= decided
 
     def student() -> torch.nn.Module:  # the plain way's initial weights
         model = create_model(cfg.model.name, data.num_classes)
@@ -110,7 +108,7 @@ def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path, planned_
 
     result = fit(out, cfg, data, spec, student, resume=False, speed=choices)
     record = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]
-    shown = {"compile": result["speed"]["compile"]} | {k: c.as_dict() for k, c in choices.items()}
+    shown = {k: c.as_dict() for k, c in choices.items()}  # fit sees the decisions as set: show their reasons
     return record["images_per_second"], record["train_loss"], result.get("compile_seconds", 0.0), shown
 
 
@@ -124,8 +122,6 @@ def main() -> None:
     add_data_args(p, images=5000)
     p.add_argument("--variants", nargs="+", choices=[_short(k) for k in OURS], default=None,
                    help="the bornagain variants to run (default: all)")
-    p.add_argument("--planned-epochs", type=int, default=30,
-                   help="the generation length `auto` decides train.compile for (default 30)")
     args = p.parse_args()
 
     base = one_epoch_overrides(args)

@@ -47,7 +47,7 @@ def separate_kernel_cache(environ) -> str | None:
 
 
 def maybe_compile(module: torch.nn.Module, *, enabled: bool, mode: str = "default",
-                  announce: bool = True) -> tuple[torch.nn.Module, bool]:
+                  announce: bool = True, dynamic: bool | None = None) -> tuple[torch.nn.Module, bool]:
     """(module compiled with ``mode``, True), or (module, False) when disabled or impossible here.
     A graph that fails to compile later falls back to eager for that graph (dynamo's suppress_errors)."""
     if not enabled:
@@ -61,7 +61,38 @@ def maybe_compile(module: torch.nn.Module, *, enabled: bool, mode: str = "defaul
     import torch._dynamo  # noqa: PLC0415
 
     torch._dynamo.config.suppress_errors = True
-    return torch.compile(module, mode=None if mode == "default" else mode), True
+    return torch.compile(module, mode=None if mode == "default" else mode, dynamic=dynamic), True
+
+
+class FrozenCompiled(torch.nn.Module):
+    """A frozen module (a BAN teacher) compiled with TorchInductor's freezing: its weights are treated as constants,
+    so convolution weights are prepacked once into oneDNN's layout and convolution + bias + ReLU fused (measured on
+    2 CPU cores, bf16, batch 128: ResNet-20's forward 49 -> 31 ms, WRN-16-4 322 -> 258 ms, DenseNet-BC-40-12 156 ->
+    123 ms). Valid only because nothing ever updates it, and effective only where it runs without autograd (the
+    teacher always runs under inference_mode); the setting is patched for its own calls, so a student compiled
+    beside it is compiled as before."""
+
+    def __init__(self, compiled: torch.nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args, **kwargs):
+        import torch._inductor.config as inductor_config  # noqa: PLC0415
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+
+def compile_frozen(module: torch.nn.Module, *, enabled: bool, mode: str = "default") -> tuple[torch.nn.Module, bool]:
+    """(``module`` compiled for inference with frozen weights, True), or (``module``, False) when disabled or
+    impossible here (no warning: the caller's student announces once). A module with a parameter that requires
+    grad may still be trained by someone: it is compiled without freezing."""
+    # Static shapes: a new batch shape compiles a graph of its own. Freezing's fused convolutions in channels_last
+    # met a dynamic batch dimension with a wrong output stride (an inductor assertion, torch 2.13, CPU).
+    compiled, done = maybe_compile(module, enabled=enabled, mode=mode, announce=False, dynamic=False)
+    if not done:
+        return module, False
+    return (compiled if any(p.requires_grad for p in module.parameters()) else FrozenCompiled(compiled)), True
 
 
 def compile_events() -> int:

@@ -7,7 +7,9 @@ Each lever is decided by one rule, and every decision carries its reason, so a r
                     is what the run records, and a run that recorded one keeps it (resumed on another machine too).
     channels_last   on for convolutional image models (NHWC convolutions are faster in oneDNN and cuDNN).
     compile         on where the run is long enough to pay the compilation back, decided from this machine's own
-                    record of measured compile seconds and step times (CompileRecord below), else eager.
+                    record of measured compile seconds and step times (record_path below), else eager.
+    teacher compile a frozen BAN teacher's forward pass, compiled with frozen weights: with a compiled student, and
+                    on its own (from its own measurements) where the student stays eager.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ AUTO = "auto"
 PRIOR_COMPILE_SECONDS = {"cpu": 60.0, "cuda": 120.0}
 """Compile seconds assumed before this machine has measured any for a model (cold caches: ResNet-20 on 2 CPU
 cores took 40 s, DenseNet-BC-80-80 on an H100 minutes); high on purpose."""
+PRIOR_TEACHER_COMPILE_SECONDS = {"cpu": 30.0, "cuda": 60.0}
+"""The same for a frozen teacher's forward pass alone (no backward to compile; cold caches on 2 CPU cores:
+ResNet-20 13 s, WRN-16-4 15 s, DenseNet-BC-40-12 30 s)."""
 PRIOR_SAVING = 0.15
 """Share of an eager step assumed saved by compiling before a compiled run was measured (low on purpose: measured
 savings were 0.07-0.45)."""
@@ -150,7 +155,8 @@ def _merge_measurement(path: Path, key: str, step_seconds: float, compile_second
     write_json(path, record)
 
 
-def decide_compile(value, *, steps: int, entry: dict, device: torch.device, available: bool = True) -> Choice:
+def decide_compile(value, *, steps: int, entry: dict, device: torch.device, available: bool = True,
+                   prior_seconds: dict[str, float] = PRIOR_COMPILE_SECONDS) -> Choice:
     """train.compile: an explicit value wins; ``auto`` compiles where ``steps`` steps save ``PAYBACK`` times the
     compile seconds: saving = steps x (eager step - compiled step), from this machine's measurements of this key
     (``entry``), with the priors standing in for what is not measured yet."""
@@ -162,11 +168,34 @@ def decide_compile(value, *, steps: int, entry: dict, device: torch.device, avai
     if eager is None:
         return Choice(False, "no step time measured for this model here yet (this run measures one)", AUTO)
     compiled = entry.get("compiled_step_seconds", eager * (1 - PRIOR_SAVING))
-    cost = entry.get("compile_seconds", PRIOR_COMPILE_SECONDS.get(device.type, 120.0))
+    cost = entry.get("compile_seconds", prior_seconds.get(device.type, 120.0))
     saving = steps * (eager - compiled)
     measured = "measured" if "compile_seconds" in entry else "assumed"
     text = f"~{cost:.0f} s to compile ({measured}), saves ~{_duration(saving)} over {steps} steps"
     return Choice(saving >= PAYBACK * cost, text, AUTO)
+
+
+def decide_teacher_compile(value, *, student: Choice, steps: int, entry: dict, device: torch.device,
+                           recorded=None, available: bool = True) -> Choice:
+    """ban.teacher_compile, the frozen teacher's forward pass compiled (with frozen weights) or eager: an explicit
+    value wins; ``auto`` keeps what the run ``recorded`` when it started, compiles with a compiled student, stays
+    eager where train.compile=false was set, and otherwise decides as decide_compile does from this machine's
+    measurements of the teacher's forward pass (``entry``: its eager and compiled seconds per step): a student too
+    short-lived to pay back its own compilation may still pay back the teacher's, which compiles faster."""
+    if value != AUTO:
+        return Choice(bool(value), "set", "set")
+    if isinstance(recorded, bool):
+        return Choice(recorded, "recorded when the run started", "recorded")
+    if student.value:
+        return Choice(True, "compiled with the student", AUTO)
+    if student.how == "set":
+        return Choice(False, "train.compile=false", AUTO)
+    if student.how == "recorded":  # a run started before the teacher was decided apart: it ran as the student
+        return Choice(False, "as the student, recorded when the run started", "recorded")
+    if entry.get("eager_step_seconds") is None:
+        return Choice(False, "no forward time of this teacher measured here yet (this run measures one)", AUTO)
+    return decide_compile(AUTO, steps=steps, entry=entry, device=device, available=available,
+                          prior_seconds=PRIOR_TEACHER_COMPILE_SECONDS)
 
 
 def _duration(seconds: float) -> str:
@@ -189,6 +218,8 @@ def speed_line(choices: dict[str, Choice]) -> str:
             shown = f"last batch {c.value}"
         elif name == "compile":
             shown = {True: "compile", False: "eager", None: "compile or eager"}[c.value]
+        elif name == "teacher_compile":
+            shown = "teacher compiled" if c.value else "teacher eager"
         else:
             shown = name if c.value else f"no {name}"
         parts.append(f"{shown} ({c.reason})")

@@ -91,7 +91,9 @@ class Task(Protocol):
     Optional members, read where present: ``batch_size`` (the global batch, every rank's examples of a step
     together) with ``batch_key`` (the config key that sets it): the engine refuses a batch the ranks cannot
     share and writes results.json's ``per_rank_batch``; ``evaluate_on_every_rank`` and
-    ``find_unused_parameters`` (False); ``state_dict()`` / ``load_state_dict(state)`` (the task's own random
+    ``find_unused_parameters`` (False); ``compiles`` (False: the task compiles something of its own, a frozen
+    teacher, whose compiling steps are timed apart from training as the model's are);
+    ``state_dict()`` / ``load_state_dict(state)`` (the task's own random
     state, kept in every checkpoint).
     """
 
@@ -150,7 +152,7 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                 loop.run_epoch()
         if dist.is_main:
             _finish(run_dir, task, loop.model, dist,
-                    compile_seconds=loop.state.compile_seconds if loop.compiled else None)
+                    compile_seconds=loop.state.compile_seconds if loop.watch_compiles else None)
     except BaseException:
         loop.logger.close("FAILED")  # a stop on a signal closed it already (KILLED): then a no-op
         raise
@@ -195,7 +197,9 @@ class _Loop:
         done = self.state.step
         self.logger.truncate_after(done, keep=lambda r: r["step"] <= done if "epoch_seconds" in r else r["step"] < done)
         self.train_model, self.compiled = self._wrap()
-        self.first_step = self.compiled  # this process's first step compiles; so does any that meets a new shape
+        # steps that compile (the model's, or what the task compiles itself) are timed apart from training
+        self.watch_compiles = self.compiled or bool(getattr(task, "compiles", False))
+        self.first_step = self.watch_compiles  # this process's first step compiles; so does any that meets a new shape
 
     def _restore(self) -> Sequence:
         """Position, sums, this rank's RNG and task state from the checkpoint; the epoch's batches rebuilt."""
@@ -257,11 +261,11 @@ class _Loop:
         if b == 0:
             state.lr = self.optimizer.param_groups[0]["lr"]  # the epoch record's lr: its first step's
         fault_injection(state.step, task.name)
-        if self.compiled:
+        if self.watch_compiles:
             t_step, events = time.perf_counter(), compile_events()
         out, grad_norm, lr = train_step(self.train_model, task, self.batches[b], state.step, self.optimizer,
                                         self.scheduler, settings, dist=self.dist)
-        if self.compiled and (self.first_step or compile_events() != events):
+        if self.watch_compiles and (self.first_step or compile_events() != events):
             _sync(self.device)
             spent = time.perf_counter() - t_step
             state.compile_seconds += spent  # a step that compiled: compile time, not training time

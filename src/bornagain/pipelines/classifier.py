@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+import time
 from typing import Callable
 
 import torch
 
 from bornagain.config import config_to_dict
 from bornagain.engine.checkpoint import save_tensors
-from bornagain.engine.compile import fused_optimizer_kwargs, maybe_compile
+from bornagain.engine.compile import compile_frozen, fused_optimizer_kwargs
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
@@ -32,7 +33,8 @@ from bornagain.engine.trainer import StepOutput, train
 from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
-from bornagain.pipelines.vision_speed import decide, recorded_keys, remember, resolve_vision_speed, run_compile_key
+from bornagain.pipelines.vision_speed import (decide, decide_teacher, recorded_keys, remember, remember_teacher,
+                                              resolve_vision_speed, run_compile_key, teacher_compile_key)
 from bornagain.engine.speed import speed_line
 from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
 from bornagain.reports.metrics import classification_metrics
@@ -103,10 +105,13 @@ class ClassifierTask:
             if data.train_images.numel() + 8 * data.train_labels.numel() < free // 4:
                 self.train_images, self.train_labels = data.train_images.to(device), data.train_labels.to(device)
         self.teacher_precision = cfg.ban.teacher_precision or train.precision
-        self.teacher = spec.teacher
-        if spec.teacher is not None:
-            self.teacher, _ = maybe_compile(spec.teacher, enabled=train.compile, mode=train.compile_mode,
-                                            announce=False)  # the engine announces once for the student
+        self.teacher, self.compiles = spec.teacher, False
+        if spec.teacher is not None:  # compiled with frozen weights (ban.teacher_compile, resolved by fit)
+            self.teacher, self.compiles = compile_frozen(spec.teacher, enabled=cfg.ban.teacher_compile is True,
+                                                         mode=train.compile_mode)
+        # The teacher's forward seconds, for the machine's record (fit: remember_teacher). Timed on a CPU only,
+        # where an operation has finished when it returns; a GPU would need a host synchronisation per step.
+        self.teacher_timing = {"calls": 0, "seconds": 0.0, "compiled": self.compiles} if device.type == "cpu" else None
 
     def build_model(self) -> torch.nn.Module:
         model = self.make_model()  # fresh initialisation from this run's seed (identical on every rank)
@@ -149,9 +154,12 @@ class ClassifierTask:
             # its own precision (ban.teacher_precision), whatever autocast the student's step runs under
             precision = autocast(self.device, self.teacher_precision) if self.teacher_precision != "fp32" else \
                 torch.autocast(self.device.type, enabled=False)
+            started = time.perf_counter()
             with torch.inference_mode(), precision:
                 teacher_logits = self.teacher(x).float()  # (b, classes)
             teacher_logits = teacher_logits.clone()  # leave inference mode: a plain tensor without grad
+            if self.teacher_timing is not None:
+                self._time_teacher(time.perf_counter() - started)
         logits = model(x)  # (b, classes)
         with torch.autocast(self.device.type, enabled=False):  # the loss in fp32, outside bf16 autocast
             # a loss normalised by a statistic of the whole global batch (CWTM) sums it over the ranks
@@ -163,6 +171,13 @@ class ClassifierTask:
         return StepOutput(loss=parts["loss"], count=b,
                           sums={"label_loss": parts["label_loss"] * b, "kd_loss": parts["kd_loss"] * b,
                                 "accuracy": 100.0 * correct})
+
+    def _time_teacher(self, seconds: float) -> None:
+        timing = self.teacher_timing
+        if timing["calls"] == 0:
+            timing["first_seconds"] = seconds
+        timing["calls"] += 1
+        timing["seconds"] += seconds
 
     def evaluate(self, model, epoch: int) -> dict:
         if not self.data.val_labels.numel():
@@ -211,13 +226,21 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     steps = cfg.train.epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
     key = run_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
     # a resumed run keeps the compile choice it started with (the record has grown since); rank 0's for every rank
-    recorded = recorded_keys(run_dir).get("train.compile") if resume else None
-    compiling = decide(cfg, key, steps, device, recorded=recorded)
+    recorded = recorded_keys(run_dir) if resume else {}
+    compiling = decide(cfg, key, steps, device, recorded=recorded.get("train.compile"))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiling.value))
+    teacher_key, teacher_compiling = None, None
+    if spec.teacher is not None:
+        teacher_key = teacher_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
+        teacher_compiling = decide_teacher(cfg, teacher_key, steps, device, compiling,
+                                           recorded=recorded.get("ban.teacher_compile"))
+        cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=teacher_compiling.value))
     state = open_run(run_dir, vision_settings(cfg), resume=resume, main=dist.is_main, config=config_to_dict(cfg))
     if state == "finished":
         return reuse_finished(run_dir, main=dist.is_main)
     choices = {**(speed or own), "compile": compiling}
+    if teacher_compiling is not None:
+        choices["teacher_compile"] = teacher_compiling
     spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "speed": {k: c.as_dict() for k, c in choices.items()}})
     if dist.is_main:  # one line, with or without progress bars: what auto chose for this run and why
         print(f"[{spec.name}] {speed_line(choices)}", flush=True)
@@ -225,7 +248,9 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     results = train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=state == "resume",
                     epoch_check=spec.epoch_check)
     if dist.is_main:
-        remember(key, steps, results)
+        remember(key, steps, results if compiling.value else {**results, "compile_seconds": None})
+        if task.teacher_timing is not None:
+            remember_teacher(teacher_key, task.teacher_timing)
     return results
 
 

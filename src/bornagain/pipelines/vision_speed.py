@@ -14,8 +14,9 @@ from bornagain.engine.device import resolve_device
 from bornagain.engine.distributed import all_gather_objects
 from bornagain.engine.run import recorded_settings
 from bornagain.engine.settings import recorded as with_added_keys
-from bornagain.engine.speed import (AUTO, Choice, add_measurement, compile_key, decide_compile, read_record,
-                                    record_path, resolve_channels_last, resolve_precision, resolve_teacher_precision)
+from bornagain.engine.speed import (AUTO, Choice, add_measurement, compile_key, decide_compile,
+                                    decide_teacher_compile, read_record, record_path, resolve_channels_last,
+                                    resolve_precision, resolve_teacher_precision)
 from bornagain.errors import UserError
 from bornagain.vision.config import VisionConfig
 
@@ -70,6 +71,38 @@ def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn
     return compile_key(cfg.model.name, teacher=None if teacher is None else type(teacher).__name__,
                        shape=(min(cfg.train.batch_size, shape[0]), *shape[1:]), precision=cfg.train.precision,
                        channels_last=bool(cfg.train.channels_last), device=device, mode=cfg.train.compile_mode)
+
+
+def teacher_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module,
+                        device: torch.device) -> str:
+    """The record's key of a frozen teacher's forward pass: its class and size (a teacher may be of another
+    architecture than the student), the input batch, its precision (ban.teacher_precision, else the students'),
+    layout, compile mode, device."""
+    size = sum(p.numel() for p in teacher.parameters())
+    return compile_key(f"{type(teacher).__name__} ({size} parameters)", teacher="frozen forward",
+                       shape=(min(cfg.train.batch_size, shape[0]), *shape[1:]),
+                       precision=cfg.ban.teacher_precision or cfg.train.precision,
+                       channels_last=bool(cfg.train.channels_last), device=device, mode=cfg.train.compile_mode)
+
+
+def decide_teacher(cfg: VisionConfig, key: str, steps: int, device: torch.device, student: Choice, *,
+                   recorded=None, share: Callable[[Choice], list] = all_gather_objects) -> Choice:
+    """ban.teacher_compile of one run (engine.speed.decide_teacher_compile), rank 0's for every rank."""
+    choice = decide_teacher_compile(cfg.ban.teacher_compile, student=student, steps=steps,
+                                    entry=read_record(record_path(), key), device=device, recorded=recorded,
+                                    available=compile_unavailable() is None)
+    return share(choice)[0]
+
+
+def remember_teacher(key: str, timing: dict) -> None:
+    """The frozen teacher's forward seconds per step (``timing`` from the task: calls, seconds, and the first
+    call's seconds where it compiled) into the machine's record."""
+    calls, seconds = timing.get("calls", 0), timing.get("seconds", 0.0)
+    if timing.get("compiled"):  # the first call compiled: its time is the compile time
+        first = timing.get("first_seconds", 0.0)
+        add_measurement(record_path(), key, steps=calls - 1, train_seconds=seconds - first, compile_seconds=first)
+    else:
+        add_measurement(record_path(), key, steps=calls, train_seconds=seconds, compile_seconds=None)
 
 
 def decide(cfg: VisionConfig, key: str, steps: int, device: torch.device, *, recorded=None,

@@ -168,6 +168,11 @@ class BanConfig:
     teacher_precision: Literal["auto", "fp32", "bf16"] | None = None
     """Precision of the frozen teacher's forward pass; null: the students' train.precision; auto: bf16 where this
     hardware runs it natively, even for fp32 students (recorded, kept on --resume)."""
+    teacher_compile: bool | Literal["auto"] = field(default="auto", metadata=may_differ(*MECHANICS))
+    """torch.compile the frozen teacher's forward pass with frozen weights (prepacked, conv + bias + ReLU fused).
+    auto: with a compiled student; where the student stays eager (a run too short to pay its compilation back),
+    where this machine's measurements of the teacher's forward pass say the run pays the teacher's shorter
+    compilation back; never with train.compile=false. Recorded, kept on --resume."""
     prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
@@ -282,6 +287,7 @@ class VisionConfig:
         "train.compile_mode": "default",
         "ban.teacher_precision": None,  # the students' precision
         "ban.prepare_teacher": False,  # the frozen teacher ran with its batch norms unfolded
+        "ban.teacher_compile": "auto",  # compiled where the student was
         "ban.teacher_run_other_schedule": False,
         "ban.seeds": None,
         "data.crop_padding": None,
