@@ -36,6 +36,9 @@ SETTINGS = {
     "fp32+CL": ["train.precision=fp32", "train.channels_last=true", "train.compile=false"],
     "bf16+CL": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "bf16+CL+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    # a student that must stay fp32 and eager, its frozen teacher in bf16 and compiled with frozen weights
+    "fp32+CL,teacher-bf16-compiled": ["train.precision=fp32", "train.channels_last=true", "train.compile=false",
+                                      "ban.teacher_precision=bf16", "ban.teacher_compile=true"],
 }
 
 
@@ -45,7 +48,8 @@ def epoch_speed(cfg: VisionConfig, data, teacher, out: Path, planned_epochs: int
     cfg, _ = decide_for_generation(cfg, tuple(data.train_images.shape), teacher, planned_epochs,
                                    torch.device(cfg.train.device))
     loss = resolve_loss("ce") if teacher is None else resolve_loss("ban+l", normalize=True)
-    spec = RunSpec(name="gen", model_name=cfg.model.name, seed=1, loss_fn=loss, teacher=teacher)
+    spec = RunSpec(name="gen", model_name=cfg.model.name, seed=1, loss_fn=loss, teacher=teacher,
+                   teacher_name=cfg.model.name)
     result = fit(out, cfg, data, spec, lambda: create_model(cfg.model.name, data.num_classes), resume=False)
     ips = [r for r in read_metrics(out / "metrics.jsonl") if "epoch_seconds" in r][-1]["images_per_second"]
     parts = [name for name, key in (("student", "compile"), ("teacher", "teacher_compile"))

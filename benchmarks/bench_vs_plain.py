@@ -96,7 +96,7 @@ def ours_epoch(cfg: VisionConfig, data, teacher, init: dict, out: Path, planned_
     cfg, choices = resolve_vision_speed(cfg, out)
     prepared, _ = prepare_teacher(teacher, cfg)
     spec = RunSpec(name="gen1", model_name=cfg.model.name, seed=1, loss_fn=resolve_loss("ban+l", normalize=True),
-                   teacher=prepared)
+                   teacher=prepared, teacher_name=cfg.model.name)
     cfg, decided = decide_for_generation(cfg, tuple(data.train_images.shape), prepared, planned_epochs,
                                          torch.device("cpu"))
     choices |= decided

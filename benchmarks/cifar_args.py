@@ -40,7 +40,7 @@ def decide_for_generation(cfg: VisionConfig, shape: tuple[int, ...], teacher: to
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=student.value))
     choices = {"compile": student}
     if teacher is not None:
-        choices["teacher_compile"] = decide_teacher(cfg, teacher_compile_key(cfg, shape, teacher, device), steps,
-                                                    device, student)
+        key = teacher_compile_key(cfg, shape, teacher, device, name=cfg.model.name)  # same-architecture teachers
+        choices["teacher_compile"] = decide_teacher(cfg, key, steps, device, student)
         cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=choices["teacher_compile"].value))
     return cfg, choices

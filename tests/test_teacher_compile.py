@@ -2,6 +2,7 @@
 student (engine/speed.decide_teacher_compile), timed on the CPU for the machine's record, and its compile time kept
 out of the training time."""
 
+import gc
 import json
 
 import pytest
@@ -35,6 +36,9 @@ def test_the_teacher_decision_follows_the_student_its_record_and_explicit_values
     assert decide(recorded=False).value is False and decide(recorded=False).how == "recorded"
     assert decide(False).value is False and decide(True, entry={}, steps=1).value is True  # explicit wins
     assert decide(False).how == "set"
+    # on a GPU the teacher's forward is not timed (a host synchronisation per step): eager beside an eager student
+    gpu = decide_teacher_compile("auto", student=EAGER_STUDENT, steps=10**6, entry={}, device=torch.device("cuda"))
+    assert gpu.value is False and "timed on a CPU" in gpu.reason
 
 
 def _frozen_net() -> torch.nn.Module:
@@ -53,8 +57,14 @@ def test_a_frozen_compiled_teacher_predicts_what_the_eager_one_does():
     compiled, done = compile_frozen(net, enabled=True)
     assert done and isinstance(compiled, FrozenCompiled)
     with torch.inference_mode():
-        torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-4)
+        before = compiled(x)
+        torch.testing.assert_close(before, net(x), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(compiled(x[:4]), net(x[:4]), rtol=1e-4, atol=1e-4)  # a new shape: its own graph
+        # the weights are constants of the compiled graph (freezing): a change in place is not seen, as a frozen
+        # teacher's never is; an eager or plainly compiled module would see it
+        net[0].weight.mul_(2.0)
+        torch.testing.assert_close(compiled(x), before)
+        assert not torch.allclose(net(x), before)
     assert compile_frozen(net, enabled=False) == (net, False)
     trainable = _frozen_net().requires_grad_(True)  # may still be trained: compiled, but its weights not frozen
     compiled, done = compile_frozen(trainable, enabled=True)
@@ -82,6 +92,9 @@ def test_an_eager_student_gets_a_compiled_teacher_where_the_record_says_it_pays(
     before = counters["frames"]["ok"]
     run_ban(None, overrides=FAST, output=tmp_path / "run")
     assert counters["frames"]["ok"] - before == 1  # the teacher's forward, once: one batch shape (fill)
+    gc.collect()  # a finished generation's frozen-compiled teacher (folded: a GraphModule) is released, not held
+    assert not [o for o in gc.get_objects()  # by dynamo's guards
+                if isinstance(o, torch.fx.GraphModule) and any(True for _ in o.parameters())]
     r = json.loads((tmp_path / "run" / "gen1" / "results.json").read_text())
     assert r["speed"]["compile"]["value"] is False
     assert r["speed"]["teacher_compile"]["value"] is True and "to compile (measured)" in r["speed"]["teacher_compile"]["reason"]
@@ -90,11 +103,14 @@ def test_an_eager_student_gets_a_compiled_teacher_where_the_record_says_it_pays(
     (teacher,) = [v for k, v in record.items() if "frozen forward" in k]
     assert teacher["compiled_step_seconds"] > 0 and teacher["compile_seconds"] > 0
     (student,) = [v for k, v in record.items() if k.startswith("resnet-8 | teacher GraphModule")]
+    assert any(k.startswith("resnet-8 (GraphModule") and "frozen forward" in k for k in record)  # by model name
     assert set(student) == {"eager_step_seconds"}  # the eager student's record holds no compile time
     gen0 = json.loads((tmp_path / "run" / "gen0" / "results.json").read_text())
     assert "teacher_compile" not in gen0["speed"]  # no teacher, no decision
 
-    # explicit values win over the same record; train.compile=false compiles nothing
+    # explicit values win over the same record; train.compile=false compiles nothing, and does not even probe
+    # whether this machine can compile
+    monkeypatch.setattr(vision_speed, "compile_unavailable", lambda: pytest.fail("probed the compiler"))
     for override, reason in (("ban.teacher_compile=false", "set"), ("train.compile=false", "train.compile=false")):
         out = tmp_path / override.split("=")[0]
         run_ban(None, overrides=[*FAST, override], output=out)

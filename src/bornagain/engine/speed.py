@@ -193,6 +193,9 @@ def decide_teacher_compile(value, *, student: Choice, steps: int, entry: dict, d
     if student.how == "recorded":  # a run started before the teacher was decided apart: it ran as the student
         return Choice(False, "as the student, recorded when the run started", "recorded")
     if entry.get("eager_step_seconds") is None:
+        if device.type != "cpu":  # timing a forward pass on a GPU would cost a host synchronisation per step
+            return Choice(False, "with a compiled student only on a GPU (the teacher's forward is timed on a CPU)",
+                          AUTO)
         return Choice(False, "no forward time of this teacher measured here yet (this run measures one)", AUTO)
     return decide_compile(AUTO, steps=steps, entry=entry, device=device, available=available,
                           prior_seconds=PRIOR_TEACHER_COMPILE_SECONDS)

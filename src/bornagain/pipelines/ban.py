@@ -258,7 +258,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
         taught_by, folded = prepare_teacher(teacher, cfg) if teacher is not None else (None, 0)
         spec = RunSpec(
             name=f"gen{g}", model_name=name, seed=derive_seed(cfg.seed, "generation", g),
-            loss_fn=loss, teacher=taught_by,
+            loss_fn=loss, teacher=taught_by, teacher_name=generation_model_name(cfg, g - 1) if g else None,
             extra={"generation": g, "loss": loss.preset.name, "label_weight": loss.label_weight,
                    "teacher_weight": loss.teacher_weight, "temperature": loss.temperature,
                    "teacher_dir": f"gen{g - 1}" if g else None, "teacher_batch_norms_folded": folded,

@@ -15,6 +15,7 @@ The test set is evaluated once, after the last epoch, and selects nothing.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 import time
@@ -24,7 +25,7 @@ import torch
 
 from bornagain.config import config_to_dict
 from bornagain.engine.checkpoint import save_tensors
-from bornagain.engine.compile import compile_frozen, fused_optimizer_kwargs
+from bornagain.engine.compile import compile_frozen, compile_unavailable, fused_optimizer_kwargs
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
@@ -58,6 +59,7 @@ class RunSpec:
     seed: int
     loss_fn: LossFn
     teacher: torch.nn.Module | None = None
+    teacher_name: str | None = None  # the teacher's model name (its machine record's key), where it has one
     extra: dict | None = None  # copied into results.json (generation number, loss weights, ...)
     warmup_epochs: float = 0.0  # per-step linear lr warm-up of this run (ban.student_warmup_epochs for students)
     epoch_check: Callable[[dict], list[str]] | None = None
@@ -109,6 +111,10 @@ class ClassifierTask:
         if spec.teacher is not None:  # compiled with frozen weights (ban.teacher_compile, resolved by fit)
             self.teacher, self.compiles = compile_frozen(spec.teacher, enabled=cfg.ban.teacher_compile is True,
                                                          mode=train.compile_mode)
+            if cfg.ban.teacher_compile is True and not self.compiles and not train.compile and self.dist.is_main:
+                print(f"bornagain: warning: ban.teacher_compile=true but torch.compile cannot run here "
+                      f"({compile_unavailable()}); the teacher runs eagerly. Install a C++ compiler (gcc) or set "
+                      "ban.teacher_compile=false", file=sys.stderr)
         # The teacher's forward seconds, for the machine's record (fit: remember_teacher). Timed on a CPU only,
         # where an operation has finished when it returns; a GPU would need a host synchronisation per step.
         self.teacher_timing = {"calls": 0, "seconds": 0.0, "compiled": self.compiles} if device.type == "cpu" else None
@@ -231,7 +237,8 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiling.value))
     teacher_key, teacher_compiling = None, None
     if spec.teacher is not None:
-        teacher_key = teacher_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
+        teacher_key = teacher_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device,
+                                          name=spec.teacher_name)
         teacher_compiling = decide_teacher(cfg, teacher_key, steps, device, compiling,
                                            recorded=recorded.get("ban.teacher_compile"))
         cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=teacher_compiling.value))
@@ -251,6 +258,12 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         remember(key, steps, results if compiling.value else {**results, "compile_seconds": None})
         if task.teacher_timing is not None:
             remember_teacher(teacher_key, task.teacher_timing)
+    if task.compiles:
+        # A graph compiled with frozen weights holds its module for the life of the process (dynamo's guards keep
+        # it): without a reset every finished generation's teacher stayed in memory, and teachers sharing one
+        # forward used up its recompile limit. The run is over; the on-disk kernel cache keeps the next compile short.
+        task.teacher = None
+        torch.compiler.reset()
     return results
 
 

@@ -74,12 +74,13 @@ def run_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn
 
 
 def teacher_compile_key(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module,
-                        device: torch.device) -> str:
-    """The record's key of a frozen teacher's forward pass: its class and size (a teacher may be of another
-    architecture than the student), the input batch, its precision (ban.teacher_precision, else the students'),
-    layout, compile mode, device."""
+                        device: torch.device, *, name: str | None = None) -> str:
+    """The record's key of a frozen teacher's forward pass: its model ``name`` (a teacher may be of another
+    architecture than the student), class (folded or not) and size, the input batch, its precision
+    (ban.teacher_precision, else the students'), layout, compile mode, device."""
     size = sum(p.numel() for p in teacher.parameters())
-    return compile_key(f"{type(teacher).__name__} ({size} parameters)", teacher="frozen forward",
+    described = f"{name or 'teacher'} ({type(teacher).__name__}, {size} parameters)"
+    return compile_key(described, teacher="frozen forward",
                        shape=(min(cfg.train.batch_size, shape[0]), *shape[1:]),
                        precision=cfg.ban.teacher_precision or cfg.train.precision,
                        channels_last=bool(cfg.train.channels_last), device=device, mode=cfg.train.compile_mode)
@@ -89,8 +90,9 @@ def decide_teacher(cfg: VisionConfig, key: str, steps: int, device: torch.device
                    recorded=None, share: Callable[[Choice], list] = all_gather_objects) -> Choice:
     """ban.teacher_compile of one run (engine.speed.decide_teacher_compile), rank 0's for every rank."""
     choice = decide_teacher_compile(cfg.ban.teacher_compile, student=student, steps=steps,
-                                    entry=read_record(record_path(), key), device=device, recorded=recorded,
-                                    available=compile_unavailable() is None)
+                                    entry=read_record(record_path(), key), device=device, recorded=recorded)
+    if choice.how == AUTO and choice.value and not student.value and compile_unavailable() is not None:
+        choice = Choice(False, f"torch.compile cannot run here ({compile_unavailable()})", AUTO)
     return share(choice)[0]
 
 
