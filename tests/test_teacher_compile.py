@@ -116,3 +116,22 @@ def test_an_eager_student_gets_a_compiled_teacher_where_the_record_says_it_pays(
         run_ban(None, overrides=[*FAST, override], output=out)
         r = json.loads((out / "gen1" / "results.json").read_text())
         assert r["speed"]["teacher_compile"]["value"] is False and r["speed"]["teacher_compile"]["reason"] == reason
+
+
+def test_a_resumed_sequence_keeps_its_explicit_compile_values_for_generations_not_begun(tmp_path):
+    """`--resume` without the flags a sequence was started with: auto takes the sequence's explicit values, so a
+    generation that begins after the resume compiles (or not) as the first ones did."""
+    from bornagain.api import run_ban
+    from bornagain.config import load_config
+    from bornagain.pipelines.vision_speed import keep_explicit_compile
+    from bornagain.vision.config import VisionConfig
+
+    out = tmp_path / "run"
+    run_ban(None, overrides=[*FAST, "ban.generations=0", "train.compile=false", "ban.teacher_compile=true"],
+            output=out)
+    cfg = keep_explicit_compile(load_config(VisionConfig, None, FAST), out)
+    assert cfg.train.compile is False and cfg.ban.teacher_compile is True
+    cfg = keep_explicit_compile(load_config(VisionConfig, None, [*FAST, "ban.teacher_compile=false"]), out)
+    assert cfg.ban.teacher_compile is False  # an explicit value on the resume wins
+    fresh = keep_explicit_compile(load_config(VisionConfig, None, FAST), tmp_path / "none")
+    assert fresh.train.compile == "auto" and fresh.ban.teacher_compile == "auto"

@@ -100,13 +100,14 @@ class TrainingConfig:
     command; WANDB_MODE=offline needs no login; extra `wandb`); [] for none. Formerly train.tensorboard
     (true: [tensorboard], false: [])."""
     compile: bool | Literal["auto"] = field(default="auto", metadata=may_differ(*MECHANICS))
-    """torch.compile the trained model (and a frozen BAN teacher: ban.teacher_compile); falls back to eager with
-    one warning line where this machine cannot compile. The compile time is reported apart from the training time. auto: compile
+    """true, false or auto: torch.compile the trained model (and a frozen BAN teacher: ban.teacher_compile); auto:
+    where the run pays the compile time back. Falls back to eager with one warning line where this machine cannot
+    compile. The compile time is reported apart from the training time. auto: compile
     where the run is long enough to pay the compile time back, judged from this machine's measurements
     (engine/speed.py; ~/.cache/bornagain or $BORNAGAIN_CACHE_DIR); results.json says what was chosen and why."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(
         default="default", metadata=may_differ(*MECHANICS))
-    """torch.compile's mode, with train.compile=true."""
+    """torch.compile's mode, wherever a model is compiled (train.compile true, or auto deciding to compile)."""
 
     def __post_init__(self):
         if self.epochs < 1:

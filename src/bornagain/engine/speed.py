@@ -166,12 +166,14 @@ def decide_compile(value, *, steps: int, entry: dict, device: torch.device, avai
         return Choice(False, "torch.compile cannot run here", AUTO)
     eager = entry.get("eager_step_seconds")
     if eager is None:
-        return Choice(False, "no step time measured for this model here yet (this run measures one)", AUTO)
+        return Choice(False, "no step time measured here yet for this model with this teacher (this run measures "
+                             "one)", AUTO)
     compiled = entry.get("compiled_step_seconds", eager * (1 - PRIOR_SAVING))
     cost = entry.get("compile_seconds", prior_seconds.get(device.type, 120.0))
     saving = steps * (eager - compiled)
     measured = "measured" if "compile_seconds" in entry else "assumed"
-    text = f"~{cost:.0f} s to compile ({measured}), saves ~{_duration(saving)} over {steps} steps"
+    gain = f"saves ~{_duration(saving)}" if saving > 0 else "compiled steps were not faster here"
+    text = f"~{cost:.0f} s to compile ({measured}), {gain} over {steps} steps"
     return Choice(saving >= PAYBACK * cost, text, AUTO)
 
 

@@ -44,7 +44,7 @@ from bornagain.engine.settings import changed_keys, describe_changes, flatten
 from bornagain.pipelines.classifier import RunSpec, fit, load_probs
 from bornagain.pipelines.teacher_source import local_teacher, pin_teacher, teacher_config_tree
 from bornagain.pipelines.common import tracked
-from bornagain.pipelines.vision_speed import resolve_vision_speed
+from bornagain.pipelines.vision_speed import keep_explicit_compile, resolve_vision_speed
 from bornagain.files import read_json, write_json
 from bornagain.engine.run_log import read_metrics
 from bornagain.engine.rng import derive_seed
@@ -190,6 +190,8 @@ def run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True
     has a record), so the sequence records what it chose; ``speed``: choices already made (a seed of ban.seeds)."""
     resolved, choices = resolve_vision_speed(cfg, output)
     cfg, speed = resolved, speed or choices
+    if resume:
+        cfg = keep_explicit_compile(cfg, output)
     if cfg.ban.seeds is not None:  # one sequence per seed, then their aggregate
         return run_seeds(cfg, output, resume=resume, speed=speed)
     main = current().is_main

@@ -53,6 +53,19 @@ def resolve_vision_speed(cfg: VisionConfig, run_dir: Path) -> tuple[VisionConfig
     return dataclasses.replace(cfg, train=train, ban=ban), choices
 
 
+def keep_explicit_compile(cfg: VisionConfig, output: Path) -> VisionConfig:
+    """``cfg`` for ``--resume`` of a sequence in ``output``: an ``auto`` train.compile or ban.teacher_compile takes
+    the explicit value the sequence was started with, so its runs not begun yet compile as its first ones did (each
+    run that began keeps its own recorded choice in any case)."""
+    recorded = recorded_keys(output)
+    train, ban = cfg.train, cfg.ban
+    if train.compile == AUTO and isinstance(recorded.get("train.compile"), bool):
+        train = dataclasses.replace(train, compile=recorded["train.compile"])
+    if ban.teacher_compile == AUTO and isinstance(recorded.get("ban.teacher_compile"), bool):
+        ban = dataclasses.replace(ban, teacher_compile=recorded["ban.teacher_compile"])
+    return dataclasses.replace(cfg, train=train, ban=ban)
+
+
 def resolve_last_batch(value: str, recorded: str | None) -> Choice:
     """train.last_batch: an explicit value wins; ``auto`` takes the value the run recorded (a run made before the
     key: short), else fill: every batch one shape, so a compiled step compiles once. A recorded ``auto`` (written

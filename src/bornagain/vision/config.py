@@ -169,10 +169,11 @@ class BanConfig:
     """Precision of the frozen teacher's forward pass; null: the students' train.precision; auto: bf16 where this
     hardware runs it natively, even for fp32 students (recorded, kept on --resume)."""
     teacher_compile: bool | Literal["auto"] = field(default="auto", metadata=may_differ(*MECHANICS))
-    """torch.compile the frozen teacher's forward pass with frozen weights (prepacked, conv + bias + ReLU fused).
-    auto: with a compiled student; where the student stays eager (a run too short to pay its compilation back),
-    where this machine's measurements of the teacher's forward pass say the run pays the teacher's shorter
-    compilation back; never with train.compile=false. Recorded, kept on --resume."""
+    """true, false or auto: torch.compile the frozen teacher's forward pass with frozen weights; auto: with a
+    compiled student, beside an eager one where the teacher's own measurements pay its compilation back, never with
+    train.compile=false. Frozen weights: prepacked once, convolution + bias + ReLU fused. Where the student stays
+    eager (a run too short to pay its compilation back), this machine's measurements of the teacher's forward pass
+    decide whether the run pays the teacher's shorter compilation back. Recorded, kept on --resume."""
     prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
