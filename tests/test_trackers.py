@@ -136,6 +136,19 @@ def test_a_missing_tracker_library_is_refused_before_anything_is_written(tmp_pat
     assert not out.exists()
 
 
+def test_wandb_online_without_credentials_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: nobody logged in
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "never"
+    assert main(["ban", "--output", str(out), *TINY, "train.trackers=[wandb]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bornagain: error: train.trackers has wandb, but W&B has no credentials here")
+    assert "WANDB_MODE=offline" in err[-1] and "epoch" not in "".join(err)  # before any training
+    assert not out.exists()
+
+
 def test_the_old_tensorboard_key_maps_to_trackers_and_old_runs_still_read(tmp_path):
     with pytest.warns(RenamedKeyWarning, match="'train.tensorboard' is now 'train.trackers'"):
         assert load_config(VisionConfig, None, ["train.tensorboard=false"]).train.trackers == ()

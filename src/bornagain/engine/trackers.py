@@ -147,8 +147,10 @@ def command_run(output: str | Path, trackers: Sequence[str], *, params: dict, en
         yield
         return
     check_available(wanted)
-    output = Path(output)
     parent = _STACK[-1] if _STACK else None
+    if "wandb" in wanted and parent is None:
+        check_wandb_credentials()
+    output = Path(output)
     root = parent.root if parent else output
     ids = _read_ids(output)
     group = parent.wandb_group if parent else (os.environ.get("WANDB_RUN_GROUP") or ids.get("wandb_group")
@@ -304,6 +306,34 @@ def _mlflow_run_exists(client, run_id: str) -> bool:
         return True
     except MlflowException:
         return False
+
+
+def check_wandb_credentials() -> None:
+    """W&B online needs credentials (an API key, or `wandb login`'s): refused when the command starts, not when
+    the first epoch's record is logged. WANDB_MODE=offline or disabled needs none."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    import inspect  # noqa: PLC0415
+
+    import wandb  # noqa: PLC0415
+
+    kwargs = {"verify": False}
+    if "prompt" in inspect.signature(wandb.login).parameters:
+        kwargs["prompt"] = False  # never wait for a key typed in
+    silent = os.environ.get("WANDB_SILENT")
+    os.environ["WANDB_SILENT"] = "true"  # no "API key is configured" line
+    try:
+        found = wandb.login(**kwargs)
+    except wandb.errors.Error:
+        found = False
+    finally:
+        if silent is None:
+            os.environ.pop("WANDB_SILENT", None)
+        else:
+            os.environ["WANDB_SILENT"] = silent
+    if not found:
+        raise UserError("train.trackers has wandb, but W&B has no credentials here: log in with `wandb login` (or "
+                        "set WANDB_API_KEY), or set WANDB_MODE=offline (sync later with `wandb sync`)")
 
 
 class _WandbRun:
