@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bornagain.config import load_config
+from bornagain.engine import run_log
 from bornagain.errors import UserError
 from bornagain.glue.config import GlueExperimentConfig
 from bornagain.glue.model import build_model
@@ -79,6 +80,7 @@ def test_hugging_face_weight_bars_follow_train_progress(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
     monkeypatch.delenv("BORNAGAIN_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(run_log, "stderr_is_terminal", lambda: True)  # bars are drawn on a terminal only
     hf_logging.enable_progress_bar()
     for progress in ("true", "false"):
         build_model(load_config(GlueExperimentConfig, None, [f"encoder.name_or_path={tmp_path / 'ckpt'}",

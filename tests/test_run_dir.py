@@ -103,3 +103,25 @@ def test_the_process_is_set_up_once_per_command(monkeypatch):
     assert again == first and len(calls) == 1
     common.start_process(TrainingConfig(device="cpu", num_threads=torch.get_num_threads()))  # other settings
     assert len(calls) == 2
+
+
+def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, tmp_path):
+    """A log file (stderr redirected, a SLURM output) gets the epoch lines, not redrawn bars."""
+    import os
+    import subprocess
+    import sys
+
+    from bornagain.engine import run_log
+
+    monkeypatch.delenv("BORNAGAIN_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(run_log, "stderr_is_terminal", lambda: True)
+    assert run_log.bars_shown(True) and not run_log.bars_shown(False)
+    monkeypatch.setattr(run_log, "stderr_is_terminal", lambda: False)
+    assert not run_log.bars_shown(True) and list(run_log.progress(range(3))) == [0, 1, 2]
+    env = {k: v for k, v in os.environ.items() if k != "BORNAGAIN_NO_PROGRESS"}
+    done = subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(tmp_path / "run"),
+                           "ban.generations=0", "train.epochs=2", "train.num_threads=1", "train.trackers=[]"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "it/s" not in done.stderr and "\r" not in done.stderr
+    assert "[gen0] epoch 1 " in done.stdout and "[gen0] epoch 2 " in done.stdout

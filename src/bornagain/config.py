@@ -91,7 +91,7 @@ class TrainingConfig:
     num_threads: int | None = field(default=None, metadata=may_differ(*MECHANICS))
     """torch intra-op threads on CPU; null leaves torch's default."""
     progress: bool = field(default=True, metadata=may_differ(*MECHANICS))
-    """Progress bars on stderr."""
+    """Progress bars on stderr, where it is a terminal (a log file gets the epoch lines only)."""
     trackers: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = field(
         default=("tensorboard",), metadata=may_differ(*MECHANICS))
     """Where every run's metrics, config, results and tables go besides metrics.jsonl (always written):

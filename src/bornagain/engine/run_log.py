@@ -93,14 +93,22 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def bars_shown(enabled: bool) -> bool:
-    """Whether progress bars are drawn: asked for (train.progress) and not turned off by BORNAGAIN_NO_PROGRESS."""
-    return enabled and not os.environ.get("BORNAGAIN_NO_PROGRESS")
+    """Whether progress bars are drawn: asked for (train.progress), not turned off by BORNAGAIN_NO_PROGRESS, and
+    stderr a terminal (a log file or a SLURM output would fill with redrawn bars; the epoch lines still print)."""
+    return enabled and not os.environ.get("BORNAGAIN_NO_PROGRESS") and stderr_is_terminal()
 
 
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True,
              leave: bool = False) -> Iterator[T]:
-    """A tqdm bar on stderr; off when disabled or when BORNAGAIN_NO_PROGRESS is set."""
+    """A tqdm bar on stderr where bars_shown(enabled)."""
     if not bars_shown(enabled):
         return iter(iterable)
     from tqdm.auto import tqdm
