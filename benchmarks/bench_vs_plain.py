@@ -13,7 +13,6 @@ each variant's training loss of its last round (one epoch from the same initial 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time

@@ -4,13 +4,12 @@ decisions made for a generation of realistic length (one epoch is timed; a real 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 import torch
 
 from bornagain.pipelines.classifier import steps_per_epoch
-from bornagain.pipelines.vision_speed import decide, decide_teacher, run_compile_key, teacher_compile_key
+from bornagain.pipelines.vision_speed import decide_compiling
 from bornagain.vision.config import VisionConfig
 
 
@@ -36,11 +35,5 @@ def decide_for_generation(cfg: VisionConfig, shape: tuple[int, ...], teacher: to
     """``cfg`` with train.compile and ban.teacher_compile decided as `bornagain ban` decides them for a generation
     of ``planned_epochs`` epochs of ``shape[0]`` images (explicit values stay), and those choices."""
     steps = planned_epochs * steps_per_epoch(shape[0], cfg.train.batch_size, cfg.train.last_batch)
-    student = decide(cfg, run_compile_key(cfg, shape, teacher, device), steps, device)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=student.value))
-    choices = {"compile": student}
-    if teacher is not None:
-        key = teacher_compile_key(cfg, shape, teacher, device, name=cfg.model.name)  # same-architecture teachers
-        choices["teacher_compile"] = decide_teacher(cfg, key, steps, device, student)
-        cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=choices["teacher_compile"].value))
+    cfg, choices, _ = decide_compiling(cfg, shape, teacher, device, steps, teacher_name=cfg.model.name)
     return cfg, choices

@@ -46,17 +46,19 @@ def separate_kernel_cache(environ) -> str | None:
     return environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-def maybe_compile(module: torch.nn.Module, *, enabled: bool, mode: str = "default",
-                  announce: bool = True, dynamic: bool | None = None) -> tuple[torch.nn.Module, bool]:
-    """(module compiled with ``mode``, True), or (module, False) when disabled or impossible here.
+def maybe_compile(module: torch.nn.Module, *, enabled: bool, mode: str = "default", announce: bool = True,
+                  dynamic: bool | None = None, key: str = "train.compile",
+                  fallback: str = "training eagerly") -> tuple[torch.nn.Module, bool]:
+    """(module compiled with ``mode``, True), or (module, False) when disabled or impossible here (``announce``:
+    one warning line naming the config ``key`` that asked, and what runs instead).
     A graph that fails to compile later falls back to eager for that graph (dynamo's suppress_errors)."""
     if not enabled:
         return module, False
     reason = compile_unavailable()
     if reason is not None:
         if announce:
-            print(f"bornagain: warning: train.compile=true but torch.compile cannot run here ({reason}); "
-                  "training eagerly. Install a C++ compiler (gcc) or set train.compile=false", file=sys.stderr)
+            print(f"bornagain: warning: {key}=true but torch.compile cannot run here ({reason}); "
+                  f"{fallback}. Install a C++ compiler (gcc) or set {key}=false", file=sys.stderr)
         return module, False
     import torch._dynamo  # noqa: PLC0415
 
@@ -83,13 +85,15 @@ class FrozenCompiled(torch.nn.Module):
             return self.compiled(*args, **kwargs)
 
 
-def compile_frozen(module: torch.nn.Module, *, enabled: bool, mode: str = "default") -> tuple[torch.nn.Module, bool]:
+def compile_frozen(module: torch.nn.Module, *, enabled: bool, mode: str = "default",
+                   announce: bool = False) -> tuple[torch.nn.Module, bool]:
     """(``module`` compiled for inference with frozen weights, True), or (``module``, False) when disabled or
-    impossible here (no warning: the caller's student announces once). A module with a parameter that requires
+    impossible here (``announce``: a warning naming ban.teacher_compile). A module with a parameter that requires
     grad may still be trained by someone: it is compiled without freezing."""
     # Static shapes: a new batch shape compiles a graph of its own. Freezing's fused convolutions in channels_last
     # met a dynamic batch dimension with a wrong output stride (an inductor assertion, torch 2.13, CPU).
-    compiled, done = maybe_compile(module, enabled=enabled, mode=mode, announce=False, dynamic=False)
+    compiled, done = maybe_compile(module, enabled=enabled, mode=mode, announce=announce, dynamic=False,
+                                   key="ban.teacher_compile", fallback="the teacher runs eagerly")
     if not done:
         return module, False
     return (compiled if any(p.requires_grad for p in module.parameters()) else FrozenCompiled(compiled)), True

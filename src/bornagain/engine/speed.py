@@ -178,7 +178,7 @@ def decide_compile(value, *, steps: int, entry: dict, device: torch.device, avai
 
 
 def decide_teacher_compile(value, *, student: Choice, steps: int, entry: dict, device: torch.device,
-                           recorded=None, available: bool = True) -> Choice:
+                           recorded=None) -> Choice:
     """ban.teacher_compile, the frozen teacher's forward pass compiled (with frozen weights) or eager: an explicit
     value wins; ``auto`` keeps what the run ``recorded`` when it started, compiles with a compiled student, stays
     eager where train.compile=false was set, and otherwise decides as decide_compile does from this machine's
@@ -199,8 +199,7 @@ def decide_teacher_compile(value, *, student: Choice, steps: int, entry: dict, d
             return Choice(False, "with a compiled student only on a GPU (the teacher's forward is timed on a CPU)",
                           AUTO)
         return Choice(False, "no forward time of this teacher measured here yet (this run measures one)", AUTO)
-    return decide_compile(AUTO, steps=steps, entry=entry, device=device, available=available,
-                          prior_seconds=PRIOR_TEACHER_COMPILE_SECONDS)
+    return decide_compile(AUTO, steps=steps, entry=entry, device=device, prior_seconds=PRIOR_TEACHER_COMPILE_SECONDS)
 
 
 def _duration(seconds: float) -> str:

@@ -15,7 +15,6 @@ The test set is evaluated once, after the last epoch, and selects nothing.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 import time
@@ -25,7 +24,7 @@ import torch
 
 from bornagain.config import config_to_dict
 from bornagain.engine.checkpoint import save_tensors
-from bornagain.engine.compile import compile_frozen, compile_unavailable, fused_optimizer_kwargs
+from bornagain.engine.compile import compile_frozen, fused_optimizer_kwargs
 from bornagain.engine.device import autocast
 from bornagain.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain.engine.rng import derive_seed
@@ -34,8 +33,8 @@ from bornagain.engine.trainer import StepOutput, train
 from bornagain.models.registry import parameter_count
 from bornagain.engine.schedules import lr_factor_at_step
 from bornagain.pipelines.common import engine_settings, start_process
-from bornagain.pipelines.vision_speed import (decide, decide_teacher, recorded_keys, remember, remember_teacher,
-                                              resolve_vision_speed, run_compile_key, teacher_compile_key)
+from bornagain.pipelines.vision_speed import (decide_compiling, recorded_keys, remember, remember_teacher,
+                                              resolve_vision_speed)
 from bornagain.engine.speed import speed_line
 from bornagain.reports.ensembles import load_probs  # noqa: F401  (re-exported: the saved probabilities of a run)
 from bornagain.reports.metrics import classification_metrics
@@ -109,15 +108,14 @@ class ClassifierTask:
         self.teacher_precision = cfg.ban.teacher_precision or train.precision
         self.teacher, self.compiles = spec.teacher, False
         if spec.teacher is not None:  # compiled with frozen weights (ban.teacher_compile, resolved by fit)
+            # a compiled student announces a machine that cannot compile; an eager one leaves it to the teacher
             self.teacher, self.compiles = compile_frozen(spec.teacher, enabled=cfg.ban.teacher_compile is True,
-                                                         mode=train.compile_mode)
-            if cfg.ban.teacher_compile is True and not self.compiles and not train.compile and self.dist.is_main:
-                print(f"bornagain: warning: ban.teacher_compile=true but torch.compile cannot run here "
-                      f"({compile_unavailable()}); the teacher runs eagerly. Install a C++ compiler (gcc) or set "
-                      "ban.teacher_compile=false", file=sys.stderr)
+                                                         mode=train.compile_mode,
+                                                         announce=self.dist.is_main and not train.compile)
         # The teacher's forward seconds, for the machine's record (fit: remember_teacher). Timed on a CPU only,
         # where an operation has finished when it returns; a GPU would need a host synchronisation per step.
-        self.teacher_timing = {"calls": 0, "seconds": 0.0, "compiled": self.compiles} if device.type == "cpu" else None
+        self.teacher_timing = ({"calls": 0, "seconds": 0.0, "compiled": self.compiles}
+                               if spec.teacher is not None and device.type == "cpu" else None)
 
     def build_model(self) -> torch.nn.Module:
         model = self.make_model()  # fresh initialisation from this run's seed (identical on every rank)
@@ -230,24 +228,14 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     cfg, own = resolve_vision_speed(cfg, run_dir)
     device, dist = start_process(cfg.train)
     steps = cfg.train.epochs * steps_per_epoch(data.train_labels.shape[0], cfg.train.batch_size, cfg.train.last_batch)
-    key = run_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device)
-    # a resumed run keeps the compile choice it started with (the record has grown since); rank 0's for every rank
-    recorded = recorded_keys(run_dir) if resume else {}
-    compiling = decide(cfg, key, steps, device, recorded=recorded.get("train.compile"))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiling.value))
-    teacher_key, teacher_compiling = None, None
-    if spec.teacher is not None:
-        teacher_key = teacher_compile_key(cfg, tuple(data.train_images.shape), spec.teacher, device,
-                                          name=spec.teacher_name)
-        teacher_compiling = decide_teacher(cfg, teacher_key, steps, device, compiling,
-                                           recorded=recorded.get("ban.teacher_compile"))
-        cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=teacher_compiling.value))
+    # a resumed run keeps the compile choices it started with (the record has grown since); rank 0's for every rank
+    cfg, compiling, keys = decide_compiling(cfg, tuple(data.train_images.shape), spec.teacher, device, steps,
+                                            teacher_name=spec.teacher_name,
+                                            recorded=recorded_keys(run_dir) if resume else None)
     state = open_run(run_dir, vision_settings(cfg), resume=resume, main=dist.is_main, config=config_to_dict(cfg))
     if state == "finished":
         return reuse_finished(run_dir, main=dist.is_main)
-    choices = {**(speed or own), "compile": compiling}
-    if teacher_compiling is not None:
-        choices["teacher_compile"] = teacher_compiling
+    choices = {**(speed or own), **compiling}
     spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "speed": {k: c.as_dict() for k, c in choices.items()}})
     if dist.is_main:  # one line, with or without progress bars: what auto chose for this run and why
         print(f"[{spec.name}] {speed_line(choices)}", flush=True)
@@ -255,9 +243,9 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     results = train(run_dir, task, engine_settings(cfg.train, device, seed=spec.seed), resume=state == "resume",
                     epoch_check=spec.epoch_check)
     if dist.is_main:
-        remember(key, steps, results if compiling.value else {**results, "compile_seconds": None})
+        remember(keys["compile"], steps, results if compiling["compile"].value else {**results, "compile_seconds": None})
         if task.teacher_timing is not None:
-            remember_teacher(teacher_key, task.teacher_timing)
+            remember_teacher(keys["teacher_compile"], task.teacher_timing)
     if task.compiles:
         # A graph compiled with frozen weights holds its module for the life of the process (dynamo's guards keep
         # it): without a reset every finished generation's teacher stayed in memory, and teachers sharing one

@@ -104,9 +104,7 @@ def decide_teacher(cfg: VisionConfig, key: str, steps: int, device: torch.device
     """ban.teacher_compile of one run (engine.speed.decide_teacher_compile), rank 0's for every rank."""
     choice = decide_teacher_compile(cfg.ban.teacher_compile, student=student, steps=steps,
                                     entry=read_record(record_path(), key), device=device, recorded=recorded)
-    if choice.how == AUTO and choice.value and not student.value and compile_unavailable() is not None:
-        choice = Choice(False, f"torch.compile cannot run here ({compile_unavailable()})", AUTO)
-    return share(choice)[0]
+    return share(choice if student.value else _unless_unavailable(choice))[0]
 
 
 def remember_teacher(key: str, timing: dict) -> None:
@@ -133,9 +131,32 @@ def _decide_here(cfg: VisionConfig, key: str, steps: int, device: torch.device, 
     if cfg.train.compile == AUTO and isinstance(recorded, bool):
         return Choice(recorded, "recorded when the run started", "recorded")
     choice = decide_compile(cfg.train.compile, steps=steps, entry=read_record(record_path(), key), device=device)
+    return _unless_unavailable(choice)
+
+
+def _unless_unavailable(choice: Choice) -> Choice:
+    """An ``auto`` decision to compile, or eager where this machine cannot compile (probed only then)."""
     if choice.how == AUTO and choice.value and compile_unavailable() is not None:
         return Choice(False, f"torch.compile cannot run here ({compile_unavailable()})", AUTO)
     return choice
+
+
+def decide_compiling(cfg: VisionConfig, shape: tuple[int, ...], teacher: torch.nn.Module | None,
+                     device: torch.device, steps: int, *, teacher_name: str | None = None,
+                     recorded: dict | None = None) -> tuple[VisionConfig, dict[str, Choice], dict[str, str]]:
+    """train.compile and, with a frozen ``teacher``, ban.teacher_compile of one run of ``steps`` steps on training
+    images of ``shape`` (``recorded``: the run's recorded keys, on --resume): (``cfg`` with both decided, the
+    choices, and the machine record's key of each)."""
+    recorded = recorded or {}
+    keys = {"compile": run_compile_key(cfg, shape, teacher, device)}
+    choices = {"compile": decide(cfg, keys["compile"], steps, device, recorded=recorded.get("train.compile"))}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=choices["compile"].value))
+    if teacher is not None:
+        keys["teacher_compile"] = teacher_compile_key(cfg, shape, teacher, device, name=teacher_name)
+        choices["teacher_compile"] = decide_teacher(cfg, keys["teacher_compile"], steps, device, choices["compile"],
+                                                    recorded=recorded.get("ban.teacher_compile"))
+        cfg = dataclasses.replace(cfg, ban=dataclasses.replace(cfg.ban, teacher_compile=choices["teacher_compile"].value))
+    return cfg, choices, keys
 
 
 def remember(key: str, steps: int, results: dict) -> None:
