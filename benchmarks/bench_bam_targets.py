@@ -28,15 +28,15 @@ import time
 import numpy as np
 import torch
 
-from bornagain.glue.config import NlpTrainConfig, OptimConfig
-from bornagain.glue.model import MultiTaskModel, TaskHead
-from bornagain.glue.optim import build_optimizer, build_scheduler
-from bornagain.glue.sampling import plan_epoch
-from bornagain.engine.trainer import EngineSettings, train_step
-from bornagain.glue.bam_config import BamConfig
-from bornagain.pipelines.bam_student import StudentData, StudentSetup, StudentTask
-from bornagain.glue.tasks import get_task
-from bornagain.glue.tokenization import EncodedSplit
+from bornagain_kd.glue.config import NlpTrainConfig, OptimConfig
+from bornagain_kd.glue.model import MultiTaskModel, TaskHead
+from bornagain_kd.glue.optim import build_optimizer, build_scheduler
+from bornagain_kd.glue.sampling import plan_epoch
+from bornagain_kd.engine.trainer import EngineSettings, train_step
+from bornagain_kd.glue.bam_config import BamConfig
+from bornagain_kd.pipelines.bam_student import StudentData, StudentSetup, StudentTask
+from bornagain_kd.glue.tasks import get_task
+from bornagain_kd.glue.tokenization import EncodedSplit
 
 TASKS = ("CoLA", "SST-2", "MRPC", "STS-B", "RTE")
 
@@ -70,8 +70,8 @@ def synthetic_data(n_per_task: int, seed: int = 0) -> tuple[StudentData, int]:
 
 def real_data(data_dir: str, tokenizer_dir: str, n_per_task: int) -> tuple[StudentData, int]:
     """Real GLUE training examples, tokenised; teacher outputs random (their values cost nothing)."""
-    from bornagain.glue.data import load_split, subsample_examples
-    from bornagain.glue.tokenization import encode_examples, load_tokenizer
+    from bornagain_kd.glue.data import load_split, subsample_examples
+    from bornagain_kd.glue.tokenization import encode_examples, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     train, teacher = {}, {}

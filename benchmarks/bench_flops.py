@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bornagain.engine.device import autocast, native_bf16
-from bornagain.models import create_model
-from bornagain.models.fold import fold_batch_norms
+from bornagain_kd.engine.device import autocast, native_bf16
+from bornagain_kd.models import create_model
+from bornagain_kd.models.fold import fold_batch_norms
 
 
 def sync(device: torch.device) -> None:

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from bench_flops import matmul_flops
-from bornagain.engine.compile import compile_frozen
-from bornagain.models import create_model
-from bornagain.models.fold import fold_batch_norms
+from bornagain_kd.engine.compile import compile_frozen
+from bornagain_kd.models import create_model
+from bornagain_kd.models.fold import fold_batch_norms
 
 BF16 = torch.bfloat16
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import torch
 
-from bornagain.config import load_config
+from bornagain_kd.config import load_config
 from cifar_args import add_data_args, decide_for_generation, one_epoch_overrides
-from bornagain.distill.ban_losses import resolve_loss
-from bornagain.engine.device import native_bf16
-from bornagain.engine.run_log import read_metrics
-from bornagain.models import create_model
-from bornagain.pipelines.ban import prepare_teacher
-from bornagain.pipelines.classifier import RunSpec, fit
-from bornagain.pipelines.vision_speed import resolve_vision_speed
-from bornagain.vision.config import VisionConfig
-from bornagain.vision.prepare import prepare_data
+from bornagain_kd.distill.ban_losses import resolve_loss
+from bornagain_kd.engine.device import native_bf16
+from bornagain_kd.engine.run_log import read_metrics
+from bornagain_kd.models import create_model
+from bornagain_kd.pipelines.ban import prepare_teacher
+from bornagain_kd.pipelines.classifier import RunSpec, fit
+from bornagain_kd.pipelines.vision_speed import resolve_vision_speed
+from bornagain_kd.vision.config import VisionConfig
+from bornagain_kd.vision.prepare import prepare_data
 
 SETTINGS = {
     "auto": [],  # the defaults: what `auto` picks on this machine for this run

@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bornagain.engine.device import autocast
-from bornagain.models import create_model
+from bornagain_kd.engine.device import autocast
+from bornagain_kd.models import create_model
 
 VARIANTS = [("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)]
 

@@ -8,9 +8,9 @@ import os
 
 import torch
 
-from bornagain.pipelines.classifier import steps_per_epoch
-from bornagain.pipelines.vision_speed import decide_compiling
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.pipelines.classifier import steps_per_epoch
+from bornagain_kd.pipelines.vision_speed import decide_compiling
+from bornagain_kd.vision.config import VisionConfig
 
 
 def add_data_args(p: argparse.ArgumentParser, images: int) -> None:

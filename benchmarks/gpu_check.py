@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --device cpu    # the same script on a CPU (gloo, fp32): checks the script
 
 For each command (`ban`, `glue-teachers`, `bam`) and each process count (1, and 2 where two GPUs exist), it
-launches `torchrun --nproc_per_node=N -m bornagain ...` as a user would, sends SIGTERM in the middle of a run
+launches `torchrun --nproc_per_node=N -m bornagain_kd ...` as a user would, sends SIGTERM in the middle of a run
 (BORNAGAIN_TERM_AT_STEP, after more than STOP_CHECK_EVERY steps, so the ranks' stop agreement runs more than
 twice with NCCL), expects the clean stop (every rank says where it stopped and exits with 128 + 15, a checkpoint is written), then `--resume` and expects a
 finished run. One process also joins an NCCL process group (BORNAGAIN_PROCESS_GROUP=always): with a single GPU
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bam_fixtures import write_tiny_encoder, write_tiny_glue  # noqa: E402
 
-from bornagain.engine.signals import STOP_CHECK_EVERY  # noqa: E402
+from bornagain_kd.engine.signals import STOP_CHECK_EVERY  # noqa: E402
 
 TERM_AT = 2 * STOP_CHECK_EVERY + 3  # SIGTERM here; the ranks agree to stop at the next multiple of 8
 

@@ -137,7 +137,7 @@ _GLUE_HEADERS = {
 def write_glue_tasks(root: Path, tasks, n_train: int = 16, n_dev: int = 8, n_test: int = 0, seed: int = 0) -> Path:
     """Any GLUE tasks in their classic TSV layouts (CoLA headerless, MRPC with a byte-order mark, MNLI with
     matched and mismatched dev and test files); test files (no labels) when ``n_test`` > 0."""
-    from bornagain.glue.tasks import get_task  # noqa: PLC0415
+    from bornagain_kd.glue.tasks import get_task  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     for name in tasks:

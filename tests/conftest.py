@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # A run with ATEN_CPU_CAPABILITY=avx2 (the suite is run so too, to check no test hinges on this CPU's rounding)
 # compiles into a TorchInductor cache of its own, before any test makes torch ask for one (engine/compile.py).
-from bornagain.engine.compile import separate_kernel_cache  # noqa: E402
+from bornagain_kd.engine.compile import separate_kernel_cache  # noqa: E402
 
 separate_kernel_cache(os.environ)
 # One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine

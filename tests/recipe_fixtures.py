@@ -165,7 +165,7 @@ class SmokeData:
         raise ValueError(f"no smoke data for data.name={name!r}: teach recipe_fixtures.SmokeData to write it")
 
     def glue_dir(self) -> Path:
-        from bornagain.glue.tasks import GLUE_TASKS  # noqa: PLC0415
+        from bornagain_kd.glue.tasks import GLUE_TASKS  # noqa: PLC0415
 
         # every task with its test files, so recipes with glue.test_submissions write their submissions
         return self._once("glue", lambda: write_glue_tasks(self.root / "glue", tuple(GLUE_TASKS), n_train=16,
@@ -197,7 +197,7 @@ def cpu_runs_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX512-BF16, AMX): where it lacks them oneDNN emulates bf16."""
     import torch  # noqa: PLC0415
 
-    from bornagain.engine.device import native_bf16  # noqa: PLC0415
+    from bornagain_kd.engine.device import native_bf16  # noqa: PLC0415
 
     return native_bf16(torch.device("cpu"))
 

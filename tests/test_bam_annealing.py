@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bornagain.errors import UserError
-from bornagain.distill.bam_targets import (
+from bornagain_kd.errors import UserError
+from bornagain_kd.distill.bam_targets import (
     annealed_classification_target,
     annealed_regression_target,
     annealing_lambda,

@@ -12,12 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue  # noqa: E402
 
-from bornagain.config import load_config  # noqa: E402
-from bornagain.errors import UserError  # noqa: E402
-from bornagain.pipelines.bam import ensure_seed_teachers, load_student_data, run_bam  # noqa: E402
-from bornagain.glue.cache import load_teacher_predictions, save_teacher_predictions  # noqa: E402
-from bornagain.glue.config import GlueExperimentConfig  # noqa: E402
-from bornagain.glue.tokenization import load_tokenizer  # noqa: E402
+from bornagain_kd.config import load_config  # noqa: E402
+from bornagain_kd.errors import UserError  # noqa: E402
+from bornagain_kd.pipelines.bam import ensure_seed_teachers, load_student_data, run_bam  # noqa: E402
+from bornagain_kd.glue.cache import load_teacher_predictions, save_teacher_predictions  # noqa: E402
+from bornagain_kd.glue.config import GlueExperimentConfig  # noqa: E402
+from bornagain_kd.glue.tokenization import load_tokenizer  # noqa: E402
 
 pytest.importorskip("transformers")
 ARMS = ("annealed", "fixed", "labels", "smoothing-annealed")
@@ -152,7 +152,7 @@ def test_teacher_cache_is_looked_up_by_id_and_misalignment_is_refused(bam_run):
 
 
 def test_bam_command_prints_the_table(bam_run, capsys):
-    from bornagain.cli import bam_command
+    from bornagain_kd.cli import bam_command
 
     _, out, _, overrides = bam_run
     bam_command(None, str(out), True, [*overrides, f"bam.targets=[{','.join(ARMS)}]"])  # all reused
@@ -185,8 +185,8 @@ def test_unfinished_student_needs_resume_and_a_rerun_is_deterministic(bam_run):
 
 
 def test_report_reads_every_kind_of_run_directory(bam_run, tmp_path):
-    from bornagain.errors import UserError
-    from bornagain.reports.runs import report_command
+    from bornagain_kd.errors import UserError
+    from bornagain_kd.reports.runs import report_command
 
     _, out, _, _ = bam_run
     text = report_command([str(out), str(out / "students" / "annealed" / "seed0"), str(out / "teachers" / "MRPC")])
@@ -201,8 +201,8 @@ def test_report_reads_every_kind_of_run_directory(bam_run, tmp_path):
 
 
 def test_python_api_runs_the_glue_commands(bam_run):
-    """bornagain.api.glue_teachers / bam run what the commands run (here: everything is reused on resume)."""
-    from bornagain import api
+    """bornagain_kd.api.glue_teachers / bam run what the commands run (here: everything is reused on resume)."""
+    from bornagain_kd import api
 
     _, out, results, overrides = bam_run
     summary = api.glue_teachers(None, overrides=overrides, output=out, resume=True)

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bornagain.errors import UserError
-from bornagain.glue.sampling import allocate_counts, plan_epoch, steps_per_epoch, task_shares, total_steps
+from bornagain_kd.errors import UserError
+from bornagain_kd.glue.sampling import allocate_counts, plan_epoch, steps_per_epoch, task_shares, total_steps
 
 SIZES = {"CoLA": 855, "SST-2": 6735, "MRPC": 367, "STS-B": 575, "RTE": 249}
 

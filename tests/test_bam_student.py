@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from bornagain.distill.bam_targets import classification_target, soft_cross_entropy, squared_error
-from bornagain.glue.model import MultiTaskModel, TaskHead
-from bornagain.pipelines.bam_student import StudentData, mixed_batch, student_loss
-from bornagain.glue.tokenization import EncodedSplit
+from bornagain_kd.distill.bam_targets import classification_target, soft_cross_entropy, squared_error
+from bornagain_kd.glue.model import MultiTaskModel, TaskHead
+from bornagain_kd.pipelines.bam_student import StudentData, mixed_batch, student_loss
+from bornagain_kd.glue.tokenization import EncodedSplit
 
 transformers = pytest.importorskip("transformers")
 
@@ -120,11 +120,11 @@ def one_thread():
 
 
 def _train(run_dir, *, resume=False):
-    from bornagain.glue.bam_config import BamConfig
-    from bornagain.glue.config import OptimConfig
-    from bornagain.pipelines.bam_student import StudentSetup, train_student
+    from bornagain_kd.glue.bam_config import BamConfig
+    from bornagain_kd.glue.config import OptimConfig
+    from bornagain_kd.pipelines.bam_student import StudentSetup, train_student
 
-    from bornagain.glue.config import NlpTrainConfig
+    from bornagain_kd.glue.config import NlpTrainConfig
 
     bam = BamConfig(batch_size=4, epochs=2.0)
     train_cfg = NlpTrainConfig(checkpoint_every_steps=3, progress=False, trackers=())
@@ -138,7 +138,7 @@ def test_interrupted_student_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     from safetensors.torch import load_file
 
-    import bornagain.pipelines.bam_student as student
+    import bornagain_kd.pipelines.bam_student as student
 
     _train(tmp_path / "straight")
     real_lambda = student.annealing_lambda

@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bornagain.pipelines.ban import label_loss, run_ban
-from bornagain.config import load_config
-from bornagain.pipelines.classifier import RunSpec, fit
-from bornagain.reports.ensembles import average_probabilities, ensemble_windows
-from bornagain.distill.ban_losses import born_again_loss_parts
-from bornagain.models import create_model
-from bornagain.vision.config import VisionConfig
-from bornagain.vision.prepare import prepare_data
+from bornagain_kd.pipelines.ban import label_loss, run_ban
+from bornagain_kd.config import load_config
+from bornagain_kd.pipelines.classifier import RunSpec, fit
+from bornagain_kd.reports.ensembles import average_probabilities, ensemble_windows
+from bornagain_kd.distill.ban_losses import born_again_loss_parts
+from bornagain_kd.models import create_model
+from bornagain_kd.vision.config import VisionConfig
+from bornagain_kd.vision.prepare import prepare_data
 
 FAST = ["train.progress=false", "train.trackers=[]", "model.name=resnet-8", "train.batch_size=128"]
 
@@ -112,7 +112,7 @@ def test_ban_sequence_writes_generations_ensembles_and_tables(tmp_path):
 
 
 def test_ensemble_is_the_mean_of_saved_probabilities(tmp_path):
-    from bornagain.pipelines.classifier import load_probs
+    from bornagain_kd.pipelines.classifier import load_probs
 
     cfg = _cfg("train.epochs=1", "ban.generations=2", "ban.ensembles=[2]")
     results = run_ban(cfg, tmp_path / "run", resume=False)
@@ -145,7 +145,7 @@ def test_resume_does_not_retrain_finished_generations(tmp_path):
 
 
 def test_report_renders_several_runs(tmp_path, capsys):
-    from bornagain.cli import main
+    from bornagain_kd.cli import main
 
     for name, seed in (("a", 0), ("b", 1)):
         run_ban(_cfg("train.epochs=1", "ban.generations=1", f"seed={seed}"), tmp_path / name, resume=False)
@@ -158,7 +158,7 @@ def test_report_renders_several_runs(tmp_path, capsys):
 
 
 def test_teacher_run_is_reused_not_retrained(tmp_path, capsys):
-    from bornagain.errors import UserError
+    from bornagain_kd.errors import UserError
 
     first = run_ban(_cfg("train.epochs=1", "ban.generations=0"), tmp_path / "teacher", resume=False)
     weights = tmp_path / "teacher" / "gen0" / "model.safetensors"
@@ -176,7 +176,7 @@ def test_teacher_run_is_reused_not_retrained(tmp_path, capsys):
 def test_a_teacher_run_of_other_data_or_schedule_is_refused(tmp_path):
     """A reused teacher must come from the same data and split (another split seed could have trained it on
     this run's validation images) and, unless allowed explicitly, the same schedule; nothing is written."""
-    from bornagain.errors import UserError
+    from bornagain_kd.errors import UserError
 
     run_ban(_cfg("train.epochs=1", "ban.generations=0"), tmp_path / "teacher", resume=False)
     teacher = f"ban.teacher_run={tmp_path / 'teacher' / 'gen0'}"
@@ -200,7 +200,7 @@ def test_a_teacher_run_is_compared_on_what_reached_its_model(tmp_path):
     and points ban.teacher_run at a DenseNet teacher trained without it: that teacher is accepted (it never saw
     the dropout). A WRN teacher trained with dropout 0.3 is refused for a run whose WRN would get 0.0, and
     accepted for one that leaves the family's default (0.3)."""
-    from bornagain.errors import UserError
+    from bornagain_kd.errors import UserError
 
     small = ["train.epochs=1", "data.train_subset=200", "data.val_size=50", "train.num_threads=1"]
     run_ban(_cfg(*small, "model.name=densenet-bc-10-4", "ban.generations=0"), tmp_path / "densenet", resume=False)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from scipy import stats as scipy_stats
 
-from bornagain.cli import main
+from bornagain_kd.cli import main
 
 TINY = ["train.epochs=2", "model.name=resnet-8", "train.batch_size=64", "train.progress=false",
         "train.trackers=[]", "train.num_threads=1", "data.train_subset=300", "data.val_size=60",
@@ -110,9 +110,9 @@ def test_three_seeds_killed_and_resumed_aggregate_the_seed_runs(tmp_path, capsys
 
 def _ban(tmp_path, name, *extra, epochs=1):
     """One sequence in this process, without plots (the seed test draws them)."""
-    from bornagain.config import load_config
-    from bornagain.pipelines.ban import run_ban
-    from bornagain.vision.config import VisionConfig
+    from bornagain_kd.config import load_config
+    from bornagain_kd.pipelines.ban import run_ban
+    from bornagain_kd.vision.config import VisionConfig
 
     out = tmp_path / name
     run_ban(load_config(VisionConfig, None, [*TINY, f"train.epochs={epochs}", *extra]), out, resume=False, plots=False)
@@ -183,9 +183,9 @@ def test_seeds_reuse_one_teacher_per_seed_through_the_seed_field(tmp_path):
     assert main(["report", str(other)]) == 0 and main(["report", str(other / "seed-0"), str(other / "seed-1")]) == 0
     # seed 0's teacher is refused as seed 1's: the template is what keeps the seeds apart
     with pytest.raises(Exception, match="changed: seed"):
-        from bornagain.config import load_config
-        from bornagain.pipelines.ban import run_ban
-        from bornagain.vision.config import VisionConfig
+        from bornagain_kd.config import load_config
+        from bornagain_kd.pipelines.ban import run_ban
+        from bornagain_kd.vision.config import VisionConfig
         cfg = load_config(VisionConfig, None, [*TINY, "ban.generations=1", "ban.ensembles=[]", "seed=1",
                                                f"ban.teacher_run={first}/seed-0/gen0"])
         run_ban(cfg, tmp_path / "wrong", resume=False)

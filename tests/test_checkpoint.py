@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bornagain.engine.checkpoint import (load_checkpoint, load_weights, pack_state, read_checkpoint, save_checkpoint,
+from bornagain_kd.engine.checkpoint import (load_checkpoint, load_weights, pack_state, read_checkpoint, save_checkpoint,
                                          save_weights, unpack_state)
-from bornagain.errors import UserError
+from bornagain_kd.errors import UserError
 
 
 def _trained_pair():
@@ -84,7 +84,7 @@ def test_files_get_the_ordinary_umask_mode(tmp_path):
     import os
     import stat
 
-    from bornagain.files import file_mode, write_json
+    from bornagain_kd.files import file_mode, write_json
 
     model, opt, _ = _trained_pair()
     save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=opt)

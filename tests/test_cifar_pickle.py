@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bornagain.errors import UserError
-from bornagain.vision import load_cifar
+from bornagain_kd.errors import UserError
+from bornagain_kd.vision import load_cifar
 
 CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 

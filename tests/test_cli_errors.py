@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 
-from bornagain.cli import main
+from bornagain_kd.cli import main
 
 FAST = ["train.epochs=1", "model.name=resnet-8", "train.progress=false", "train.trackers=[]"]
 
@@ -71,7 +71,7 @@ def test_used_output_needs_resume_and_resume_needs_a_run(tmp_path, capsys):
 def test_corrupt_checkpoint_on_resume(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, BORNAGAIN_NO_PROGRESS="1", BORNAGAIN_KILL_AT_STEP="13")  # digits: 11 steps/epoch at 128
-    args = [sys.executable, "-m", "bornagain.cli", "train", "--output", str(out), "train.epochs=2",
+    args = [sys.executable, "-m", "bornagain_kd.cli", "train", "--output", str(out), "train.epochs=2",
             "model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.trackers=[]",
             "train.num_threads=1"]
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
@@ -97,9 +97,9 @@ def test_warnings_are_printed_by_rank_0_only(monkeypatch, capsys):
     one copy, from rank 0."""
     import sys
 
-    from bornagain import cli
-    from bornagain.cli import _show_warning
-    from bornagain.errors import RenamedKeyWarning
+    from bornagain_kd import cli
+    from bornagain_kd.cli import _show_warning
+    from bornagain_kd.errors import RenamedKeyWarning
 
     # Python's own printer (pytest replaces warnings.showwarning while it runs)
     monkeypatch.setattr(cli, "_default_showwarning", lambda message, *a, **k: print(message, file=sys.stderr))

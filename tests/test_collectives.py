@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import bornagain.engine.distributed as distributed
-from bornagain.engine.distributed import DistInfo
+import bornagain_kd.engine.distributed as distributed
+from bornagain_kd.engine.distributed import DistInfo
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "bornagain"
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list", "reduce",
@@ -77,14 +77,14 @@ def fake_nccl(monkeypatch):
 def test_the_stop_check_reduces_on_the_groups_device(fake_nccl):
     """Every STOP_CHECK_EVERY steps the ranks agree on a stop request (engine/signals.py); the tensor of that
     all-reduce was made on the CPU, which NCCL refuses: every multi-GPU run died at step 8."""
-    from bornagain.engine.signals import STOP_CHECK_EVERY, SignalFlag
+    from bornagain_kd.engine.signals import STOP_CHECK_EVERY, SignalFlag
 
     with pytest.raises(Reached):
         SignalFlag().requested(DistInfo(0, 2, 0), STOP_CHECK_EVERY)
 
 
 def test_the_epoch_record_reduces_on_the_groups_device(fake_nccl):
-    from bornagain.engine.records import EpochProgress, StepOutput
+    from bornagain_kd.engine.records import EpochProgress, StepOutput
 
     state = EpochProgress()
     meta = torch.device("meta")
@@ -95,7 +95,7 @@ def test_the_epoch_record_reduces_on_the_groups_device(fake_nccl):
 
 
 def test_cwtm_sums_its_weights_over_the_ranks_on_the_groups_device(fake_nccl):
-    from bornagain.distill.ban_losses import resolve_loss
+    from bornagain_kd.distill.ban_losses import resolve_loss
 
     logits = torch.zeros(4, 3, device="meta")
     with pytest.raises(Reached):
@@ -155,7 +155,7 @@ def _loss_rank(rank: int, world: int, port: int, loss_name: str, out: str) -> No
     """One rank of a data-parallel step as the engine takes it: a shared linear student, this rank's slice of
     the global batch, the loss weighted by the rank's share (engine/trainer.py), gradients averaged over the
     ranks as DistributedDataParallel does."""
-    from bornagain.distill.ban_losses import resolve_loss
+    from bornagain_kd.distill.ban_losses import resolve_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -190,7 +190,7 @@ def test_a_step_over_two_unequal_ranks_has_the_global_batch_gradient(tmp_path, l
     apart), for CWTM (weights normalised over the batch) and BAN+L (a mean over the batch), with slices of 5 and
     3 examples. Before: CWTM normalised its weights per rank (46% off, relative norm, at equal slices) and every
     loss averaged the ranks' means with equal weights."""
-    from bornagain.distill.ban_losses import resolve_loss
+    from bornagain_kd.distill.ban_losses import resolve_loss
 
     out = tmp_path / "grad.pt"
     mp.spawn(_loss_rank, args=(2, _free_port(), loss_name, str(out)), nprocs=2, join=True)
@@ -203,7 +203,7 @@ def test_cwtm_in_one_process_is_the_papers_weighted_sum():
     """One process: sum_s w_s CE_s with w_s = c_s / sum_u c_u (Furlanello et al., CWTM)."""
     import torch.nn.functional as F
 
-    from bornagain.distill.ban_losses import cwtm_loss_parts
+    from bornagain_kd.distill.ban_losses import cwtm_loss_parts
 
     x, teacher, labels, weight = _batch()
     confidence = F.softmax(teacher, dim=1).max(dim=1).values
@@ -236,7 +236,7 @@ def test_every_rank_gets_an_example_or_the_batch_is_refused():
     """One rule for every pipeline: a global batch is cut into per-rank slices; a last batch with fewer examples
     than ranks is dropped on all of them, and a batch size below the world size is refused up front (every
     batch would be dropped: an epoch of no steps)."""
-    from bornagain.errors import UserError
+    from bornagain_kd.errors import UserError
 
     four = DistInfo(1, 4, 1)
     batches = [list(range(10)), list(range(10, 13))]  # the last holds 3 examples for 4 ranks

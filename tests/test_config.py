@@ -1,8 +1,8 @@
 import pytest
 
-from bornagain.config import config_to_dict, load_config, save_config
-from bornagain.errors import UserError
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.config import config_to_dict, load_config, save_config
+from bornagain_kd.errors import UserError
+from bornagain_kd.vision.config import VisionConfig
 
 
 def test_defaults_and_overrides_are_typed():
@@ -72,8 +72,8 @@ def test_exponent_floats_without_a_dot_are_floats():
 
 
 def test_every_pipeline_trains_from_one_shared_section():
-    from bornagain.config import TrainingConfig
-    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain_kd.config import TrainingConfig
+    from bornagain_kd.glue.config import GlueExperimentConfig
 
     shared = {f.name for f in __import__("dataclasses").fields(TrainingConfig)}
     assert {"epochs", "batch_size", "eval_batch_size", "precision", "device", "checkpoint_every_steps",
@@ -89,8 +89,8 @@ def test_every_pipeline_trains_from_one_shared_section():
 
 
 def test_renamed_glue_keys_still_work_with_a_warning(tmp_path):
-    from bornagain.errors import RenamedKeyWarning
-    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain_kd.errors import RenamedKeyWarning
+    from bornagain_kd.glue.config import GlueExperimentConfig
 
     old = tmp_path / "old.yaml"
     old.write_text("teacher:\n  epochs: 2\n  batch_size: 8\nbam:\n  checkpoint_every_steps: 5\n  lr: 0.001\n")
@@ -111,8 +111,8 @@ def test_renamed_glue_keys_still_work_with_a_warning(tmp_path):
 
 
 def test_runs_recorded_under_old_key_names_still_resume():
-    from bornagain.engine.settings import changed_keys
-    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain_kd.engine.settings import changed_keys
+    from bornagain_kd.glue.config import GlueExperimentConfig
 
     saved = {"teacher": {"epochs": 3, "batch_size": 32}, "precision": "fp32"}
     now = {"train": {"epochs": 3, "batch_size": 32}, "precision": "fp32"}
@@ -122,9 +122,9 @@ def test_runs_recorded_under_old_key_names_still_resume():
 
 
 def test_loss_presets_and_target_arms_are_declared_once():
-    from bornagain.distill.bam_targets import TARGET_ARMS, target_arm
-    from bornagain.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, resolve_loss
-    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain_kd.distill.bam_targets import TARGET_ARMS, target_arm
+    from bornagain_kd.distill.ban_losses import LOSS_PRESETS, STUDENT_LOSSES, resolve_loss
+    from bornagain_kd.glue.config import GlueExperimentConfig
 
     assert set(STUDENT_LOSSES) == {"ban+l", "ban", "cwtm", "dkpp"} and not LOSS_PRESETS["ce"].needs_teacher
     with pytest.raises(UserError, match="ban.loss.*'kd'"):
@@ -180,12 +180,12 @@ def _dotted_fields(cls, prefix=""):
 def test_every_key_added_since_the_first_release_records_its_value_of_then():
     """A key a recorded run lacks takes the value in force before the key existed, so each added key must be
     listed; an unlisted one would count as changed and refuse every older run."""
-    from bornagain.engine.settings import flatten
-    from bornagain.glue.config import GlueExperimentConfig
-    from bornagain.pipelines.bam import student_settings
-    from bornagain.pipelines.glue_teachers import teacher_settings
+    from bornagain_kd.engine.settings import flatten
+    from bornagain_kd.glue.config import GlueExperimentConfig
+    from bornagain_kd.pipelines.bam import student_settings
+    from bornagain_kd.pipelines.glue_teachers import teacher_settings
 
-    from bornagain.engine.settings import SHARED_RENAMED_KEYS  # renamed, not added: read under the new name
+    from bornagain_kd.engine.settings import SHARED_RENAMED_KEYS  # renamed, not added: read under the new name
 
     first = {SHARED_RENAMED_KEYS.get(k, k) for k in FIRST_RECORDED_VISION_KEYS}
     added = [k for k in _dotted_fields(VisionConfig) if k not in first]
@@ -207,7 +207,7 @@ def test_a_run_made_before_a_key_existed_resumes_with_the_value_of_then(tmp_path
     resumes. A key whose value of then is today's default (train.compile) needs nothing."""
     import yaml
 
-    from bornagain.pipelines.ban import check_output_dir
+    from bornagain_kd.pipelines.ban import check_output_dir
 
     cfg = load_config(VisionConfig, None, [f"output_dir={tmp_path}"])
     old = config_to_dict(cfg)
@@ -223,7 +223,7 @@ def test_a_run_made_before_a_key_existed_resumes_with_the_value_of_then(tmp_path
 
 
 def test_recorded_config_fills_added_keys_with_their_value_of_then():
-    from bornagain.config import recorded_config
+    from bornagain_kd.config import recorded_config
 
     old = config_to_dict(load_config(VisionConfig, None, ["model.kwargs.width=8"]))
     del old["ban"]["normalize_loss_weights"], old["data"]["layout"]
@@ -248,7 +248,7 @@ def test_which_keys_may_differ_is_declared_on_the_key():
     a reused teacher (tests of each check exercise them end to end)."""
     from dataclasses import dataclass, field
 
-    from bornagain.config import keys_that_may_differ, may_differ
+    from bornagain_kd.config import keys_that_may_differ, may_differ
 
     @dataclass(frozen=True)
     class Inner:

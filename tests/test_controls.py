@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bornagain.config import load_config
-from bornagain.errors import UserError
-from bornagain.pipelines.ban import run_ban
-from bornagain.reports.ensembles import average_probabilities, load_probs
-from bornagain.reports.metrics import classification_metrics
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.config import load_config
+from bornagain_kd.errors import UserError
+from bornagain_kd.pipelines.ban import run_ban
+from bornagain_kd.reports.ensembles import average_probabilities, load_probs
+from bornagain_kd.reports.metrics import classification_metrics
+from bornagain_kd.vision.config import VisionConfig
 
 SMALL = ["train.epochs=1", "ban.generations=2", "ban.ensembles=[2]", "data.train_subset=300", "data.val_size=100",
          "train.progress=false", "train.trackers=[]", "train.num_threads=1"]
@@ -24,7 +24,7 @@ def _cfg(*overrides):
 
 
 def test_controls_join_a_finished_sequence_without_retraining_it(tmp_path):
-    from bornagain.api import run_ban as api_run_ban
+    from bornagain_kd.api import run_ban as api_run_ban
 
     out = tmp_path / "run"
     api_run_ban(_cfg(), output=out)
@@ -68,7 +68,7 @@ def test_controls_pool_over_seeds_with_their_comparisons(tmp_path):
 
 
 def test_label_smoothing_loss_is_cross_entropy_against_smoothed_targets():
-    from bornagain.distill.ban_losses import label_smoothing_loss
+    from bornagain_kd.distill.ban_losses import label_smoothing_loss
 
     logits, labels = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 4, 0])
     target = 0.9 * F.one_hot(labels, 5) + 0.1 / 5  # (1 - eps) one-hot + eps / C

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bornagain.pipelines.ban import run_ban
-from bornagain.config import load_config
-from bornagain.errors import UserError
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.pipelines.ban import run_ban
+from bornagain_kd.config import load_config
+from bornagain_kd.errors import UserError
+from bornagain_kd.vision.config import VisionConfig
 
 BASE = ["train.progress=false", "train.trackers=[]", "train.epochs=1", "train.batch_size=128",
         "model.name=densenet-bc-16-4", "ban.generations=1", "ban.student_model=match-wrn-1-1",

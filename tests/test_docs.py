@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from bornagain.cli import main
-from bornagain.config_doc import COMMANDS, command_keys, render_markdown
+from bornagain_kd.cli import main
+from bornagain_kd.config_doc import COMMANDS, command_keys, render_markdown
 from doc_blocks import KNOWN, PAGES, REPO, blocks, page_blocks, prepare_folder, run_block
 
 PAGE_IDS = [str(p.relative_to(REPO)) for p in PAGES]

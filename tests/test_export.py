@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bornagain.cli import main
-from bornagain.config import load_config, save_config
-from bornagain.errors import UserError
-from bornagain.pipelines.export import export_run, load_exported
+from bornagain_kd.cli import main
+from bornagain_kd.config import load_config, save_config
+from bornagain_kd.errors import UserError
+from bornagain_kd.pipelines.export import export_run, load_exported
 
 FAST = ["model.name=resnet-8", "train.epochs=1", "train.batch_size=64", "data.train_subset=200", "data.val_size=50",
         "train.progress=false", "train.num_threads=1"]
@@ -112,7 +112,7 @@ def test_what_cannot_be_exported_and_where_it_cannot_be_written(teacher, tmp_pat
     assert "export one of its runs" in _error(capsys, ["export", str(sequence), str(tmp_path / "a")])
     glue = tmp_path / "glue-teacher"
     glue.mkdir()
-    from bornagain.glue.config import GlueExperimentConfig
+    from bornagain_kd.glue.config import GlueExperimentConfig
 
     save_config(load_config(GlueExperimentConfig, None, []), glue / "config.yaml")
     (glue / "results.json").write_text("{}")

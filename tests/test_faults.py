@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue  # noqa: E402
 
-from bornagain.engine import trainer  # noqa: E402
-from bornagain.engine.checkpoint import read_checkpoint  # noqa: E402
-from bornagain.engine.distributed import DistInfo  # noqa: E402
-from bornagain.engine.lock import run_lock  # noqa: E402
-from bornagain.engine.trainer import EngineSettings, StepOutput, train  # noqa: E402
-from bornagain.errors import UserError  # noqa: E402
+from bornagain_kd.engine import trainer  # noqa: E402
+from bornagain_kd.engine.checkpoint import read_checkpoint  # noqa: E402
+from bornagain_kd.engine.distributed import DistInfo  # noqa: E402
+from bornagain_kd.engine.lock import run_lock  # noqa: E402
+from bornagain_kd.engine.trainer import EngineSettings, StepOutput, train  # noqa: E402
+from bornagain_kd.errors import UserError  # noqa: E402
 
 VISION = ["model.name=resnet-8", "train.batch_size=128", "train.progress=false", "train.trackers=[]",
           "train.num_threads=1", "data.train_subset=640", "data.val_size=128", "train.epochs=3"]
@@ -127,7 +127,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
         assert busy.returncode == 2 and "in use by process" in busy.stderr
     # a holder killed with SIGKILL: the kernel drops its lock, the next process takes it
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from bornagain.engine.lock import run_lock\n"
+        "import sys, time; from bornagain_kd.engine.lock import run_lock\n"
         f"with run_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

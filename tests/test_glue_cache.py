@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bornagain.errors import UserError
-from bornagain.glue.cache import (
+from bornagain_kd.errors import UserError
+from bornagain_kd.glue.cache import (
     dataset_fingerprint, file_fingerprint, load_teacher_predictions, prediction_fingerprint,
     save_teacher_predictions,
 )
-from bornagain.glue.data import GlueExample
+from bornagain_kd.glue.data import GlueExample
 
 EXAMPLES = [GlueExample(f"RTE/train/{i}", i, f"premise {i}", f"hypothesis {i}", i % 2) for i in range(6)]
 

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from bam_fixtures import tiny_overrides, write_tiny_encoder, write_tiny_glue  # noqa: E402
 
-from bornagain.cli import main  # noqa: E402
+from bornagain_kd.cli import main  # noqa: E402
 
 
 @pytest.fixture

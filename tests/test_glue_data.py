@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bornagain.errors import UserError
-from bornagain.glue import data as glue_data
-from bornagain.glue.data import load_hub_split, load_split, read_glue_tsv, subsample_examples
-from bornagain.glue.tasks import GLUE_TASKS, get_task
+from bornagain_kd.errors import UserError
+from bornagain_kd.glue import data as glue_data
+from bornagain_kd.glue.data import load_hub_split, load_split, read_glue_tsv, subsample_examples
+from bornagain_kd.glue.tasks import GLUE_TASKS, get_task
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -9,13 +9,13 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from bornagain.glue.data import GlueExample
-from bornagain.glue.evaluation import majority_baseline
-from bornagain.glue.metrics import (
+from bornagain_kd.glue.data import GlueExample
+from bornagain_kd.glue.evaluation import majority_baseline
+from bornagain_kd.glue.metrics import (
     accuracy, compute_metrics, f1, glue_score, matthews_corr, pearson, spearman, task_score,
 )
-from bornagain.glue.submission import format_predictions, read_submission, write_submission
-from bornagain.glue.tasks import get_task
+from bornagain_kd.glue.submission import format_predictions, read_submission, write_submission
+from bornagain_kd.glue.tasks import get_task
 
 RNG = np.random.default_rng(1234)
 LABELS = RNG.integers(0, 2, size=200)

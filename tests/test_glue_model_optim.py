@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from bornagain.config import load_config
-from bornagain.engine import run_log
-from bornagain.errors import UserError
-from bornagain.glue.config import GlueExperimentConfig
-from bornagain.glue.model import build_model
-from bornagain.glue.optim import (
+from bornagain_kd.config import load_config
+from bornagain_kd.engine import run_log
+from bornagain_kd.errors import UserError
+from bornagain_kd.glue.config import GlueExperimentConfig
+from bornagain_kd.glue.model import build_model
+from bornagain_kd.glue.optim import (
     build_optimizer, build_scheduler, layerwise_lr_groups, parameter_depths, warmup_linear_decay,
 )
 
@@ -188,9 +188,9 @@ def test_pooling_choices_read_the_states_they_name(tmp_path):
 def test_runs_recorded_before_a_key_existed_keep_working(tmp_path):
     """A settings record without encoder.pooling / bam.bucket_by_length was made with their defaults, whether it
     is today's settings.json or the teacher_settings.json / student_settings.json of a run made before it."""
-    from bornagain.engine.run import FORMAT, SETTINGS, check_settings
-    from bornagain.pipelines.bam import student_run_settings
-    from bornagain.pipelines.glue_teachers import teacher_run_settings
+    from bornagain_kd.engine.run import FORMAT, SETTINGS, check_settings
+    from bornagain_kd.pipelines.bam import student_run_settings
+    from bornagain_kd.pipelines.glue_teachers import teacher_run_settings
 
     cfg = tiny_cfg(tiny_bert_dir(tmp_path / "enc"))
     changed = tiny_cfg(tmp_path / "enc", "encoder.pooling=mean", "bam.bucket_by_length=true")
@@ -215,9 +215,9 @@ def test_the_settings_files_keep_their_layout():
     """The settings records of teachers and students are read back by later runs: the keys that may differ are
     declared on the config fields now, and the files keep the layout runs were recorded with (the keys of a
     default config's files, as written before that declaration)."""
-    from bornagain.engine.settings import flatten
-    from bornagain.pipelines.bam import student_settings
-    from bornagain.pipelines.glue_teachers import teacher_settings
+    from bornagain_kd.engine.settings import flatten
+    from bornagain_kd.pipelines.bam import student_settings
+    from bornagain_kd.pipelines.glue_teachers import teacher_settings
 
     cfg = load_config(GlueExperimentConfig, None, [])
     shared = {f"encoder.{k}" for k in ("attention_dropout", "from_scratch", "head_dropout", "hidden_dropout",

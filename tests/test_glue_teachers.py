@@ -15,20 +15,20 @@ import sys
 sys.path.insert(0, str(Path(__file__).parent))
 import bam_fixtures  # noqa: E402
 
-from bornagain.config import load_config
-from bornagain.engine.checkpoint import load_weights
-from bornagain.errors import UserError
-from bornagain import cli
-from bornagain.pipelines import glue_teachers as teachers
-from bornagain.glue.config import GlueExperimentConfig
-from bornagain.glue.data import load_train_examples
-from bornagain.glue.data import load_split
-from bornagain.files import json_safe
-from bornagain.glue.evaluation import Predicting, evaluate_dev, predict_outputs
-from bornagain.glue.model import build_model
-from bornagain.glue.submission import read_submission
-from bornagain.glue.tasks import get_task
-from bornagain.glue.tokenization import encode_examples, load_tokenizer
+from bornagain_kd.config import load_config
+from bornagain_kd.engine.checkpoint import load_weights
+from bornagain_kd.errors import UserError
+from bornagain_kd import cli
+from bornagain_kd.pipelines import glue_teachers as teachers
+from bornagain_kd.glue.config import GlueExperimentConfig
+from bornagain_kd.glue.data import load_train_examples
+from bornagain_kd.glue.data import load_split
+from bornagain_kd.files import json_safe
+from bornagain_kd.glue.evaluation import Predicting, evaluate_dev, predict_outputs
+from bornagain_kd.glue.model import build_model
+from bornagain_kd.glue.submission import read_submission
+from bornagain_kd.glue.tasks import get_task
+from bornagain_kd.glue.tokenization import encode_examples, load_tokenizer
 
 WORDS = "the a man woman dog cat is was runs sleeps big small red good bad not very".split()
 
@@ -111,7 +111,7 @@ def test_teachers_end_to_end(setup, capsys):
             assert {p for _, p in rows} <= set(task.tsv_labels)
     summary = json.loads((out / "teachers" / "summary.json").read_text())
     assert set(summary["tasks"]) == {"RTE", "STS-B", "CoLA"}
-    from bornagain.reports.runs import report_command
+    from bornagain_kd.reports.runs import report_command
 
     assert "| STS-B |" in report_command([str(out)])  # `bornagain report` reads a glue-teachers output too
     # other examples (here: a subsample) are refused
@@ -174,7 +174,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
     assert not log.exists() or log.read_text() == ""
     monkeypatch.setattr(teachers.TeacherTask, "loss", real_loss)
 
-    import bornagain.engine.trainer as trainer
+    import bornagain_kd.engine.trainer as trainer
 
     real_save, calls = trainer._save, []
 
@@ -201,8 +201,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(setup, monkeypat
 
 
 def test_tokenisation_pairs_truncation_padding_and_buckets(tmp_path):
-    from bornagain.glue.data import GlueExample
-    from bornagain.glue.tokenization import collate, tokenizer_fingerprint, train_batch_indices
+    from bornagain_kd.glue.data import GlueExample
+    from bornagain_kd.glue.tokenization import collate, tokenizer_fingerprint, train_batch_indices
 
     tokenizer = load_tokenizer(str(write_tiny_encoder(tmp_path / "enc")))
     before = tokenizer_fingerprint(tokenizer)
@@ -225,7 +225,7 @@ def test_tokenisation_pairs_truncation_padding_and_buckets(tmp_path):
 
 
 def test_teacher_from_the_hub_source(setup, monkeypatch):
-    from bornagain.glue import data as glue_data
+    from bornagain_kd.glue import data as glue_data
 
     tmp_path, overrides = setup
     rng = np.random.default_rng(1)
@@ -248,8 +248,8 @@ def test_sharded_prediction_equals_one_process(setup, monkeypatch):
     """Under torchrun each rank predicts every second length-sorted batch and the shares are gathered:
     the gathered outputs equal one process's, row for row. The gather is replayed in one process
     (rank 1's share first, then rank 0 receives both), so the test exercises the split and the scatter."""
-    from bornagain.engine.distributed import DistInfo
-    from bornagain.glue import evaluation
+    from bornagain_kd.engine.distributed import DistInfo
+    from bornagain_kd.glue import evaluation
 
     tmp_path, overrides = setup
     cfg = load_config(GlueExperimentConfig, None, overrides)

@@ -17,9 +17,9 @@ datasets = pytest.importorskip("datasets")
 
 from PIL import Image  # noqa: E402
 
-from bornagain.cli import main  # noqa: E402
-from bornagain.errors import UserError  # noqa: E402
-from bornagain.vision.datasets import load_vision_data  # noqa: E402
+from bornagain_kd.cli import main  # noqa: E402
+from bornagain_kd.errors import UserError  # noqa: E402
+from bornagain_kd.vision.datasets import load_vision_data  # noqa: E402
 
 CLASSES = ["cat", "dog", "frog"]
 FAST = ["model.name=resnet-8", "train.epochs=1", "train.batch_size=16", "data.val_size=6", "train.progress=false",
@@ -77,7 +77,7 @@ def test_saved_and_parquet_datasets_decode_to_the_images_they_hold(saved, tmp_pa
 
 
 def test_the_cache_is_read_back_and_renewed_when_the_dataset_changes(saved, monkeypatch):
-    from bornagain.vision import hf_datasets
+    from bornagain_kd.vision import hf_datasets
 
     root, dd, train, _ = saved
     first = load_vision_data("hf", root)
@@ -171,7 +171,7 @@ def test_16_bit_gray_images_are_scaled_to_8_bit_not_clipped(tmp_path, hf_cache):
 
 
 def test_a_hub_datasets_cache_goes_where_bornagain_cache_dir_says(tmp_path, monkeypatch):
-    from bornagain.vision.hf_datasets import _cache_path
+    from bornagain_kd.vision.hf_datasets import _cache_path
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "mine"))
     assert _cache_path("someone/pictures", "train,test").parent == tmp_path / "mine"

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bornagain.distill.ban_losses import (born_again_loss, born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts,
+from bornagain_kd.distill.ban_losses import (born_again_loss, born_again_loss_parts, cwtm_loss_parts, dkpp_loss_parts,
                               permute_non_argmax)
-from bornagain.errors import UserError
-from bornagain.vision.config import BanConfig
+from bornagain_kd.errors import UserError
+from bornagain_kd.vision.config import BanConfig
 
 
 def _batch(seed=0, b=6, c=5):

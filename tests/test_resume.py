@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,7 +19,7 @@ def _run(command, out, *extra, kill_at=None):
     env.pop("BORNAGAIN_KILL_AT_STEP", None)
     if kill_at is not None:
         env["BORNAGAIN_KILL_AT_STEP"] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "bornagain.cli", command, "--output", str(out), *extra, *ARGS],
+    return subprocess.run([sys.executable, "-m", "bornagain_kd.cli", command, "--output", str(out), *extra, *ARGS],
                           env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -73,3 +74,27 @@ def test_killed_before_the_first_checkpoint_restarts_cleanly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     epochs = [json.loads(l)["epoch"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+FAST = ["train.ema_decay=0.9", "train.schedule=triangle", "train.label_smoothing=0.1", "train.tta=flip",
+        "data.hflip=true", "data.flip_mode=alternate", "data.pad_mode=reflect", "train.norm_lr_scale=4"]
+
+
+@pytest.mark.parametrize("averaging", ["ema", "lookahead"])
+def test_resume_is_identical_with_weight_averaging_and_the_fast_options(tmp_path, averaging):
+    """The average is part of the checkpoint: a run killed mid-epoch resumes to the uninterrupted run's weights
+    (the average), test outputs and records."""
+    extra = [f"train.weight_averaging={averaging}", "train.ema_every_steps=3", *FAST]
+    ref = _run("train", tmp_path / "ref", *extra)
+    assert ref.returncode == 0, ref.stderr
+    killed = _run("train", tmp_path / "run", *extra, kill_at=6)  # mid epoch 2; the average last moved at step 3
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run("train", tmp_path / "run", "--resume", *extra)
+    assert resumed.returncode == 0, resumed.stderr
+    untimed = lambda r: {k: v for k, v in r.items() if k not in ("train_seconds", "speed")}
+    ref_results = json.loads((tmp_path / "ref" / "results.json").read_text())
+    run_results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert untimed(run_results) == untimed(ref_results)
+    assert run_results["weight_averaging"]["mode"] == averaging and run_results["tta"] == "flip"
+    assert _same_weights(tmp_path / "ref" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    assert _same_weights(tmp_path / "ref" / "test_probs.safetensors", tmp_path / "run" / "test_probs.safetensors")

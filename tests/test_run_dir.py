@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from bornagain.engine.run import (
+from bornagain_kd.engine.run import (
     CHECKPOINT, FORMAT, RESULTS, SETTINGS, RunSettings, check_command_dir, command_dir, open_run, record_command,
     recorded_settings,
 )
-from bornagain.errors import UserError
+from bornagain_kd.errors import UserError
 
 
 def _settings(lr=0.1, threads=1):
@@ -91,8 +91,8 @@ def test_the_command_directory_rules_and_a_refused_command_leaves_nothing(tmp_pa
 def test_the_process_is_set_up_once_per_command(monkeypatch):
     """Every run of a command (generations, teachers, students) asks for the process; it is set up once (threads,
     device, process group), and again only after a command's end left the process group."""
-    import bornagain.pipelines.common as common
-    from bornagain.config import TrainingConfig
+    import bornagain_kd.pipelines.common as common
+    from bornagain_kd.config import TrainingConfig
 
     monkeypatch.setattr(common, "_STARTED", {})
     calls = []
@@ -111,7 +111,7 @@ def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, tmp_path):
     import subprocess
     import sys
 
-    from bornagain.engine import run_log
+    from bornagain_kd.engine import run_log
 
     monkeypatch.delenv("BORNAGAIN_NO_PROGRESS", raising=False)
     monkeypatch.setattr(run_log, "stderr_is_terminal", lambda: True)

@@ -12,14 +12,14 @@ import yaml
 from safetensors.torch import save_file
 from scipy import stats as scipy_stats
 
-from bornagain.config import config_to_dict
-from bornagain.errors import UserError
-from bornagain.reports import ban_tables, seed_tables
-from bornagain.reports.metrics import classification_metrics, confidence_bins
-from bornagain.reports.plots import reliability_bins
-from bornagain.reports.seeds import aggregate, check_poolable
-from bornagain.reports.stats import mcnemar_exact, mcnemar_from_counts, mcnemar_pooled, paired_test, summarize
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.config import config_to_dict
+from bornagain_kd.errors import UserError
+from bornagain_kd.reports import ban_tables, seed_tables
+from bornagain_kd.reports.metrics import classification_metrics, confidence_bins
+from bornagain_kd.reports.plots import reliability_bins
+from bornagain_kd.reports.seeds import aggregate, check_poolable
+from bornagain_kd.reports.stats import mcnemar_exact, mcnemar_from_counts, mcnemar_pooled, paired_test, summarize
+from bornagain_kd.vision.config import VisionConfig
 
 
 def test_summarize_counts_a_generator():
@@ -217,7 +217,7 @@ def test_thin_reliability_bins_are_hollow_and_every_bar_is_counted():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from bornagain.reports.plots import THIN_BIN, draw_reliability_bins  # noqa: PLC0415
+    from bornagain_kd.reports.plots import THIN_BIN, draw_reliability_bins  # noqa: PLC0415
 
     count = np.zeros(15)
     count[[3, 13, 14]] = [3, 40, 500]

@@ -8,12 +8,12 @@ import textwrap
 import pytest
 import torch
 
-import bornagain.engine.device as device_module
-from bornagain.config import load_config
-from bornagain.engine.speed import add_measurement, decide_compile, read_record, record_path
-from bornagain.pipelines.vision_speed import resolve_vision_speed
-from bornagain.vision.config import VisionConfig
-from bornagain.vision.splits import iterate_batches
+import bornagain_kd.engine.device as device_module
+from bornagain_kd.config import load_config
+from bornagain_kd.engine.speed import add_measurement, decide_compile, read_record, record_path
+from bornagain_kd.pipelines.vision_speed import resolve_vision_speed
+from bornagain_kd.vision.config import VisionConfig
+from bornagain_kd.vision.splits import iterate_batches
 
 CPU = torch.device("cpu")
 FAST = ["train.epochs=1", "ban.generations=0", "data.train_subset=200", "data.val_size=40", "train.progress=false",
@@ -56,7 +56,7 @@ def test_an_avx2_kernel_setting_counts_as_no_bf16(monkeypatch):
 
 
 def test_a_run_keeps_the_precision_it_recorded_on_another_machine(tmp_path, bf16_here, capsys):
-    from bornagain.api import run_ban
+    from bornagain_kd.api import run_ban
 
     bf16_here(True)
     out = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_a_run_keeps_the_precision_it_recorded_on_another_machine(tmp_path, bf16
     cfg, choices = resolve_vision_speed(load_config(VisionConfig, None, FAST), out)
     assert cfg.train.precision == "bf16" and choices["precision"].how == "recorded"
     run_ban(None, overrides=[*FAST, "train.epochs=2", "train.checkpoint_every_steps=1"], output=out, resume=True)
-    from bornagain.errors import UserError
+    from bornagain_kd.errors import UserError
 
     with pytest.raises(UserError, match="train.precision"):  # an explicit other value is a change, refused
         run_ban(None, overrides=[*FAST, "train.epochs=2", "train.precision=fp32"], output=out, resume=True)
@@ -99,7 +99,7 @@ def test_measurements_are_recorded_per_key(tmp_path, monkeypatch):
 
 
 def test_a_run_records_its_step_time_for_the_next_decision(tmp_path, monkeypatch):
-    from bornagain.api import train
+    from bornagain_kd.api import train
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
     train(None, overrides=FAST, output=tmp_path / "run")
@@ -142,8 +142,8 @@ def test_a_compiled_generation_compiles_its_step_once(tmp_path):
     """Two epochs of 100 images in batches of 32 (a short last batch of 4 without `fill`), teacher and student
     compiled: the student's step compiles once per run, the frozen teacher once per generation, evaluation
     (eager) never. With the short last batch every compiled model compiles again."""
-    from bornagain.engine.compile import compile_unavailable
-    from bornagain.pipelines.ban import run_ban
+    from bornagain_kd.engine.compile import compile_unavailable
+    from bornagain_kd.pipelines.ban import run_ban
 
     if compile_unavailable():
         pytest.skip(f"torch.compile cannot run here: {compile_unavailable()}")
@@ -171,7 +171,7 @@ def test_a_resumed_channels_last_optimizer_keeps_its_parameters_layout(tmp_path)
     """The fused SGD step reads momentum buffers in memory order: a contiguous buffer (as a checkpoint holds it)
     beside a channels_last weight moved it by other elements' momentum. Loading gives each buffer its weight's
     layout, so the step after a resume is the uninterrupted one."""
-    from bornagain.engine.checkpoint import load_checkpoint, save_checkpoint
+    from bornagain_kd.engine.checkpoint import load_checkpoint, save_checkpoint
 
     def model_and_optimizer():
         torch.manual_seed(0)
@@ -193,7 +193,7 @@ def test_a_resumed_channels_last_optimizer_keeps_its_parameters_layout(tmp_path)
 
 
 def test_the_first_line_says_what_was_chosen_and_why(tmp_path, bf16_here, capsys):
-    from bornagain.cli import main
+    from bornagain_kd.cli import main
 
     bf16_here(True)
     assert main(["ban", "--output", str(tmp_path / "run"), *FAST]) == 0

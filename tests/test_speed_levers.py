@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bornagain.config import load_config
-from bornagain.models import create_model
-from bornagain.models.fold import count_batch_norms, fold_batch_norms
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.config import load_config
+from bornagain_kd.models import create_model
+from bornagain_kd.models.fold import count_batch_norms, fold_batch_norms
+from bornagain_kd.vision.config import VisionConfig
 
 READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy")
 
@@ -53,7 +53,7 @@ def count_reads(monkeypatch):
 
 
 def _run_ban(out: Path, *overrides: str) -> dict:
-    from bornagain.pipelines.ban import run_ban
+    from bornagain_kd.pipelines.ban import run_ban
 
     cfg = load_config(VisionConfig, None, ["train.epochs=2", "ban.generations=1", "data.train_subset=384",
                                            "train.progress=false", "train.trackers=[]", "train.num_threads=1",
@@ -62,8 +62,8 @@ def _run_ban(out: Path, *overrides: str) -> dict:
 
 
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, count_reads):
-    import bornagain.pipelines.ban as ban
-    from bornagain.pipelines.classifier import ClassifierTask
+    import bornagain_kd.pipelines.ban as ban
+    from bornagain_kd.pipelines.classifier import ClassifierTask
 
     counts, pause = count_reads
     pause(ban, "summarize")  # the ensembles' metrics, after training
@@ -86,9 +86,9 @@ def test_step_records_are_read_in_batches(tmp_path, count_reads):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_bam_student import fake_data, tiny_model
 
-    from bornagain.glue.bam_config import BamConfig
-    from bornagain.glue.config import NlpTrainConfig, OptimConfig
-    from bornagain.pipelines.bam_student import StudentSetup, StudentTask, train_student
+    from bornagain_kd.glue.bam_config import BamConfig
+    from bornagain_kd.glue.config import NlpTrainConfig, OptimConfig
+    from bornagain_kd.pipelines.bam_student import StudentSetup, StudentTask, train_student
 
     counts, pause = count_reads
     pause(StudentTask, "evaluate")
@@ -133,7 +133,7 @@ def test_teacher_precision_and_folding_are_recorded(tmp_path):
 
 
 def test_compile_falls_back_to_eager_with_one_line(tmp_path, monkeypatch, capsys):
-    import bornagain.engine.compile as compile_module
+    import bornagain_kd.engine.compile as compile_module
 
     monkeypatch.setattr(compile_module, "compile_unavailable", lambda: "CalledProcessError: no C++ compiler")
     _run_ban(tmp_path / "run", "train.epochs=1", "ban.generations=0", "train.compile=true")
@@ -144,7 +144,7 @@ def test_compile_falls_back_to_eager_with_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_compiled_training_reports_its_compile_time_apart(tmp_path):
-    from bornagain.engine.compile import compile_unavailable
+    from bornagain_kd.engine.compile import compile_unavailable
 
     if compile_unavailable():
         pytest.skip(f"torch.compile cannot run here: {compile_unavailable()}")
@@ -160,8 +160,8 @@ def test_compiled_training_reports_its_compile_time_apart(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, capsys):
-    import bornagain.pipelines.common as common
-    from bornagain.glue.config import NlpTrainConfig
+    import bornagain_kd.pipelines.common as common
+    from bornagain_kd.glue.config import NlpTrainConfig
 
     monkeypatch.setattr(common, "native_bf16", lambda device: False)
     common._warn_once.cache_clear()
@@ -178,7 +178,7 @@ def test_each_cpu_kernel_setting_compiles_into_a_kernel_cache_of_its_own():
     """TorchInductor's disk cache ignores ATEN_CPU_CAPABILITY; a kernel compiled under the default setting and
     loaded under avx2 crashed the test process (segmentation fault). A setting gets its own cache; a cache the
     user names, or no setting, is left alone."""
-    from bornagain.engine.compile import separate_kernel_cache
+    from bornagain_kd.engine.compile import separate_kernel_cache
 
     env = {"ATEN_CPU_CAPABILITY": "avx2"}
     chosen = separate_kernel_cache(env)

@@ -5,8 +5,8 @@ compile decided once for every rank and kept on --resume; the speed line printed
 import pytest
 import torch
 
-import bornagain.engine.device as device_module
-from bornagain.errors import UserError
+import bornagain_kd.engine.device as device_module
+from bornagain_kd.errors import UserError
 
 CPU = torch.device("cpu")
 
@@ -42,10 +42,10 @@ def test_a_teacher_trained_before_last_batch_is_still_this_sequences_teacher(tmp
     for the students): which images fill the last batch does not make it another teacher."""
     import yaml
 
-    from bornagain.config import config_to_dict, load_config
-    from bornagain.files import write_json
-    from bornagain.pipelines.ban import check_teacher_run
-    from bornagain.vision.config import VisionConfig
+    from bornagain_kd.config import config_to_dict, load_config
+    from bornagain_kd.files import write_json
+    from bornagain_kd.pipelines.ban import check_teacher_run
+    from bornagain_kd.vision.config import VisionConfig
 
     teacher = tmp_path / "teacher"
     teacher.mkdir()
@@ -64,7 +64,7 @@ def test_a_teacher_trained_before_last_batch_is_still_this_sequences_teacher(tmp
 
 def _paying_record(monkeypatch, tmp_path, key: str) -> None:
     """This machine's record says compiling pays back within a long run (1 s compile, steps 10x faster)."""
-    from bornagain.engine.speed import add_measurement, record_path
+    from bornagain_kd.engine.speed import add_measurement, record_path
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
     add_measurement(record_path(), key, steps=10, train_seconds=10.0, compile_seconds=None)
@@ -75,10 +75,10 @@ def test_a_resumed_run_keeps_the_compile_choice_it_started_with(tmp_path, monkey
     """A run started eager (its record had no step time) is resumed after the record grew: still eager."""
     import dataclasses
 
-    from bornagain.config import config_to_dict, load_config
-    from bornagain.engine.run import open_run
-    from bornagain.pipelines.vision_speed import decide, recorded_keys, resolve_vision_speed
-    from bornagain.vision.config import VisionConfig, vision_settings
+    from bornagain_kd.config import config_to_dict, load_config
+    from bornagain_kd.engine.run import open_run
+    from bornagain_kd.pipelines.vision_speed import decide, recorded_keys, resolve_vision_speed
+    from bornagain_kd.vision.config import VisionConfig, vision_settings
 
     _paying_record(monkeypatch, tmp_path, "k")
     cfg, _ = resolve_vision_speed(load_config(VisionConfig, None, ["train.device=cpu"]), tmp_path / "run")
@@ -94,10 +94,10 @@ def test_a_resumed_run_keeps_the_compile_choice_it_started_with(tmp_path, monkey
 def test_every_rank_takes_rank_zeros_compile_decision(tmp_path, monkeypatch):
     """Rank 1's machine has measured compiling paying back, rank 0's has not: rank 1 follows rank 0 (the share
     stands in for all_gather_objects across two ranks; without a process group it is [own choice])."""
-    from bornagain.config import load_config
-    from bornagain.engine.speed import Choice
-    from bornagain.pipelines.vision_speed import decide, resolve_vision_speed
-    from bornagain.vision.config import VisionConfig
+    from bornagain_kd.config import load_config
+    from bornagain_kd.engine.speed import Choice
+    from bornagain_kd.pipelines.vision_speed import decide, resolve_vision_speed
+    from bornagain_kd.vision.config import VisionConfig
 
     rank0 = Choice(False, "no step time measured for this model here yet", "auto")
     _paying_record(monkeypatch, tmp_path, "k")
@@ -107,7 +107,7 @@ def test_every_rank_takes_rank_zeros_compile_decision(tmp_path, monkeypatch):
 
 
 def test_bornagain_train_says_what_auto_chose_without_progress_bars(tmp_path, monkeypatch, capsys):
-    from bornagain.cli import main
+    from bornagain_kd.cli import main
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
     fast = ["train.epochs=1", "data.train_subset=100", "data.val_size=20", "train.progress=false", "train.trackers=[]",
@@ -118,7 +118,7 @@ def test_bornagain_train_says_what_auto_chose_without_progress_bars(tmp_path, mo
 
 
 def test_last_batch_auto_takes_a_real_recorded_value_only():
-    from bornagain.pipelines.vision_speed import resolve_last_batch
+    from bornagain_kd.pipelines.vision_speed import resolve_last_batch
 
     assert resolve_last_batch("auto", "short").value == "short"  # a run made before the key continues as it was
     assert resolve_last_batch("auto", None).value == "fill"
@@ -131,7 +131,7 @@ def test_a_measurement_waits_for_another_writer_and_keeps_its_entry(tmp_path):
     import threading
     import time
 
-    from bornagain.engine.speed import add_measurement, read_record, record_lock
+    from bornagain_kd.engine.speed import add_measurement, read_record, record_lock
 
     path = tmp_path / "compile_record.json"
     with record_lock(path):
@@ -147,7 +147,7 @@ def test_a_measurement_waits_for_another_writer_and_keeps_its_entry(tmp_path):
 
 
 def test_the_compile_mode_is_part_of_the_record_key():
-    from bornagain.engine.speed import compile_key
+    from bornagain_kd.engine.speed import compile_key
 
     keys = {compile_key("resnet-8", teacher=None, shape=(64, 3, 32, 32), precision="bf16", channels_last=True,
                         device=CPU, mode=mode) for mode in ("default", "max-autotune")}
@@ -155,7 +155,7 @@ def test_the_compile_mode_is_part_of_the_record_key():
 
 
 def test_a_training_set_smaller_than_a_batch_still_trains_and_an_empty_one_yields_nothing():
-    from bornagain.vision.splits import iterate_batches
+    from bornagain_kd.vision.splits import iterate_batches
 
     for last in ("short", "drop", "fill"):
         (batch,) = iterate_batches(5, 8, shuffle=False, generator=None, last=last)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bornagain.errors import UserError
-from bornagain.reports.stats import (
+from bornagain_kd.errors import UserError
+from bornagain_kd.reports.stats import (
     Summary,
     format_mean_std,
     format_p_value,
@@ -136,7 +136,7 @@ def test_wilcoxon_ties_differences_of_the_same_number_of_test_examples():
 def test_wilcoxon_stays_exact_for_many_pairs():
     """No normal approximation at any n: with 80 pairs and ties the exact p is close to the tie-corrected normal
     approximation (as it should be at large n) and the null distribution sums to 1."""
-    from bornagain.reports.stats import signed_rank_null
+    from bornagain_kd.reports.stats import signed_rank_null
 
     rng = np.random.default_rng(1)
     d = rng.integers(-5, 8, 80).astype(float)

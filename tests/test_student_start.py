@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from bornagain.config import load_config
-from bornagain.pipelines.ban import run_ban, start_warning
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.config import load_config
+from bornagain_kd.pipelines.ban import run_ban, start_warning
+from bornagain_kd.vision.config import VisionConfig
 
 COMMON = ["train.progress=false", "train.trackers=[]", "train.num_threads=1", "model.name=resnet-20",
           "train.epochs=8", "seed=0"]

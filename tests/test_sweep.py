@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from bornagain.cli import main
-from bornagain.errors import UserError
-from bornagain.pipelines.sweep import expand, split_grid
+from bornagain_kd.cli import main
+from bornagain_kd.errors import UserError
+from bornagain_kd.pipelines.sweep import expand, split_grid
 
 TINY = ["train.epochs=1", "ban.generations=1", "train.batch_size=64", "train.progress=false", "train.trackers=[]",
         "train.num_threads=1", "data.train_subset=200", "data.val_size=50"]
@@ -72,10 +72,10 @@ def test_an_optional_list_key_is_a_grid_axis_only_as_a_list_of_lists():
 def _finish_as_the_engine_records(run_dir, overrides):
     """A finished `train` run's record as the command writes it (settings.json of its resolved config, then
     results.json last), without training one."""
-    from bornagain.config import config_to_dict, load_config
-    from bornagain.engine.run import record_command
-    from bornagain.pipelines.vision_speed import resolve_vision_speed
-    from bornagain.vision.config import VisionConfig, vision_settings
+    from bornagain_kd.config import config_to_dict, load_config
+    from bornagain_kd.engine.run import record_command
+    from bornagain_kd.pipelines.vision_speed import resolve_vision_speed
+    from bornagain_kd.vision.config import VisionConfig, vision_settings
 
     cfg = resolve_vision_speed(load_config(VisionConfig, None, overrides), run_dir)[0]
     run_dir.mkdir(parents=True)
@@ -103,4 +103,4 @@ def test_a_missing_tracker_library_refuses_the_sweep_before_its_directory(tmp_pa
     out = tmp_path / "s"
     assert main(["sweep", "train", "--output", str(out), "--seeds", "0", *TINY[:-4],
                  "train.trackers=[mlflow]"]) == 2
-    assert 'pip install "bornagain[mlflow]"' in capsys.readouterr().err and not out.exists()
+    assert 'pip install "bornagain-kd[mlflow]"' in capsys.readouterr().err and not out.exists()

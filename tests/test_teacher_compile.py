@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import bornagain.pipelines.vision_speed as vision_speed
-from bornagain.engine.compile import FrozenCompiled, compile_frozen, compile_unavailable
-from bornagain.engine.speed import Choice, decide_teacher_compile, record_path
+import bornagain_kd.pipelines.vision_speed as vision_speed
+from bornagain_kd.engine.compile import FrozenCompiled, compile_frozen, compile_unavailable
+from bornagain_kd.engine.speed import Choice, decide_teacher_compile, record_path
 
 CPU = torch.device("cpu")
 FAST = ["train.epochs=1", "ban.generations=1", "data.train_subset=200", "data.val_size=40", "train.progress=false",
@@ -82,7 +82,7 @@ def _pays_for_the_teacher_only(path, key):
 def test_an_eager_student_gets_a_compiled_teacher_where_the_record_says_it_pays(tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
-    from bornagain.api import run_ban
+    from bornagain_kd.api import run_ban
 
     if compile_unavailable():
         pytest.skip(f"torch.compile cannot run here: {compile_unavailable()}")
@@ -121,10 +121,10 @@ def test_an_eager_student_gets_a_compiled_teacher_where_the_record_says_it_pays(
 def test_a_resumed_sequence_keeps_its_explicit_compile_values_for_generations_not_begun(tmp_path):
     """`--resume` without the flags a sequence was started with: auto takes the sequence's explicit values, so a
     generation that begins after the resume compiles (or not) as the first ones did."""
-    from bornagain.api import run_ban
-    from bornagain.config import load_config
-    from bornagain.pipelines.vision_speed import keep_explicit_compile
-    from bornagain.vision.config import VisionConfig
+    from bornagain_kd.api import run_ban
+    from bornagain_kd.config import load_config
+    from bornagain_kd.pipelines.vision_speed import keep_explicit_compile
+    from bornagain_kd.vision.config import VisionConfig
 
     out = tmp_path / "run"
     run_ban(None, overrides=[*FAST, "ban.generations=0", "train.compile=false", "ban.teacher_compile=true"],

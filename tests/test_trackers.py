@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bornagain.cli import main
-from bornagain.config import config_to_dict, load_config, recorded_config
-from bornagain.errors import RenamedKeyWarning
-from bornagain.vision.config import VisionConfig
+from bornagain_kd.cli import main
+from bornagain_kd.config import config_to_dict, load_config, recorded_config
+from bornagain_kd.errors import RenamedKeyWarning
+from bornagain_kd.vision.config import VisionConfig
 
 TINY = ["train.epochs=2", "model.name=resnet-8", "train.batch_size=64", "train.progress=false",
         "train.num_threads=1", "data.train_subset=200", "data.val_size=50"]
@@ -132,7 +132,7 @@ def test_a_missing_tracker_library_is_refused_before_anything_is_written(tmp_pat
     monkeypatch.setitem(sys.modules, "wandb", None)  # how Python spells "not installed" for one import
     out = tmp_path / "never"
     assert main(["ban", "--output", str(out), *TINY, "train.trackers=[wandb]"]) == 2
-    assert 'pip install "bornagain[wandb]"' in capsys.readouterr().err
+    assert 'pip install "bornagain-kd[wandb]"' in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -158,7 +158,7 @@ def test_the_old_tensorboard_key_maps_to_trackers_and_old_runs_still_read(tmp_pa
         warnings.simplefilter("error")
         assert load_config(VisionConfig).train.trackers == ("tensorboard",)  # the default: as before
     # a config.yaml recorded before the rename is read back, and its run still continues with either value
-    from bornagain.pipelines.ban import check_output_dir
+    from bornagain_kd.pipelines.ban import check_output_dir
 
     fixed = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",  # nothing left to resolve
              "train.last_batch=fill"]  # (a record holds values: a recorded `auto` now counts as none, i.e. fill)
@@ -207,7 +207,7 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_finishes(tmp_path, 
 
 def test_a_run_resumed_without_its_tracking_uri_continues_in_the_store_it_recorded(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    from bornagain.engine.trackers import command_run
+    from bornagain_kd.engine.trackers import command_run
 
     store = f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}"
     (tmp_path / "sweep").mkdir()

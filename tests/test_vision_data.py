@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bornagain.errors import UserError
-from bornagain.vision import (
+from bornagain_kd.errors import UserError
+from bornagain_kd.vision import (
     channel_stats,
     default_crop_pad,
     iterate_batches,
@@ -27,7 +27,7 @@ from bornagain.vision import (
     random_crop_flip,
     train_val_split,
 )
-from bornagain.vision import imagefolder
+from bornagain_kd.vision import imagefolder
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
