@@ -68,7 +68,7 @@ def torchrun(nproc: int, command: str, args: list[str], output: Path, *, resume:
     if group:
         env["BORNAGAIN_PROCESS_GROUP"] = "always"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bornagain", command, "--output", str(output), *(["--resume"] if resume else []), *args]
+           "-m", "bornagain_kd", command, "--output", str(output), *(["--resume"] if resume else []), *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     return proc, time.perf_counter() - start

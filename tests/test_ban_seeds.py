@@ -26,7 +26,7 @@ def _cli(out, *extra, kill_at=None):
     env.pop("BORNAGAIN_KILL_AT_STEP", None)
     if kill_at is not None:
         env["BORNAGAIN_KILL_AT_STEP"] = kill_at
-    return subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(out), *TINY, *extra],
+    return subprocess.run([sys.executable, "-m", "bornagain_kd", "ban", "--output", str(out), *TINY, *extra],
                           env=env, capture_output=True, text=True, timeout=600)
 
 

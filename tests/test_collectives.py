@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 import bornagain_kd.engine.distributed as distributed
 from bornagain_kd.engine.distributed import DistInfo
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "bornagain"
+SRC = Path(__file__).resolve().parent.parent / "src" / "bornagain_kd"
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list", "reduce",
                "reduce_scatter", "gather", "scatter", "barrier", "all_to_all", "send", "recv"}
 

@@ -17,7 +17,7 @@ def _torchrun(command, out, args, kill_at=None, resume=False):
     if kill_at:
         env["BORNAGAIN_KILL_AT_STEP"] = kill_at
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "bornagain", command, "--output", str(out), *(["--resume"] if resume else []), *args]
+           "-m", "bornagain_kd", command, "--output", str(out), *(["--resume"] if resume else []), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -69,7 +69,7 @@ def test_torchrun_two_processes_ban_matches_one_process(tmp_path):
     args = [*BAN_ARGS, "data.augment=false"]
     env = dict(os.environ, BORNAGAIN_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     env.pop("BORNAGAIN_KILL_AT_STEP", None)
-    one = subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(tmp_path / "one"), *args],
+    one = subprocess.run([sys.executable, "-m", "bornagain_kd", "ban", "--output", str(tmp_path / "one"), *args],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun("ban", tmp_path / "two", args)
@@ -95,7 +95,7 @@ def test_torchrun_two_processes_bam_matches_one_process_and_resumes_exactly(tmp_
 
     args = [*tiny_overrides(write_tiny_glue(tmp_path / "glue"), write_tiny_encoder(tmp_path / "encoder")),
             "bam.seeds=[0]", "bam.targets=[annealed]", "train.trackers=[]", "train.checkpoint_every_steps=2"]
-    one = subprocess.run([sys.executable, "-m", "bornagain", "bam", "--output", str(tmp_path / "one"), *args],
+    one = subprocess.run([sys.executable, "-m", "bornagain_kd", "bam", "--output", str(tmp_path / "one"), *args],
                          env=dict(os.environ, BORNAGAIN_NO_PROGRESS="1"), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun("bam", tmp_path / "two", args)

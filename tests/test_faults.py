@@ -35,7 +35,7 @@ def _cli(command, out, *extra, env_extra=None):
     for key in ("BORNAGAIN_KILL_AT_STEP", "BORNAGAIN_TERM_AT_STEP", "BORNAGAIN_KILL_IN_WRITE"):
         env.pop(key, None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "bornagain", command, "--output", str(out), *extra],
+    return subprocess.run([sys.executable, "-m", "bornagain_kd", command, "--output", str(out), *extra],
                           env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -137,7 +137,7 @@ def test_a_hub_id_offline_and_a_missing_package_are_user_errors(hf_cache, monkey
     with pytest.raises(UserError, match=r"data.root=someone/no-such-dataset: .*the hub.*HF_DATASETS_OFFLINE"):
         load_vision_data("hf", "someone/no-such-dataset")
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if the extra were not installed
-    with pytest.raises(UserError, match=r'pip install "bornagain\[hf\]"'):
+    with pytest.raises(UserError, match=r'pip install "bornagain-kd\[hf\]"'):
         load_vision_data("hf", "someone/no-such-dataset")
 
 

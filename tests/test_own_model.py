@@ -173,7 +173,7 @@ def test_import_path_model_on_digits_two_generations_killed_and_resumed(tmp_path
         env.pop("BORNAGAIN_KILL_AT_STEP", None)
         if kill_at:
             env["BORNAGAIN_KILL_AT_STEP"] = kill_at
-        return subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(out), *args, *extra],
+        return subprocess.run([sys.executable, "-m", "bornagain_kd", "ban", "--output", str(out), *args, *extra],
                               env=env, capture_output=True, text=True, timeout=600)
 
     ref = cli(tmp_path / "ref")
@@ -284,9 +284,9 @@ def test_api_raises_the_commands_error_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'ban.generation'"):
         run_ban({"ban": {"generation": 2}}, output=tmp_path / "out")
     with pytest.raises(UserError, match="no such file"):
-        bornagain.train({"data": {"name": "tensors", "root": str(tmp_path / "x.npz")}}, output=tmp_path / "out")
+        bornagain_kd.train({"data": {"name": "tensors", "root": str(tmp_path / "x.npz")}}, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert {"run_ban", "train", "glue_teachers", "bam", "create_model", "register_model"} <= set(bornagain.__all__)
+    assert {"run_ban", "train", "glue_teachers", "bam", "create_model", "register_model"} <= set(bornagain_kd.__all__)
 
 
 @pytest.mark.slow

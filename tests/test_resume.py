@@ -84,10 +84,11 @@ FAST = ["train.ema_decay=0.9", "train.schedule=triangle", "train.label_smoothing
 def test_resume_is_identical_with_weight_averaging_and_the_fast_options(tmp_path, averaging):
     """The average is part of the checkpoint: a run killed mid-epoch resumes to the uninterrupted run's weights
     (the average), test outputs and records."""
-    extra = [f"train.weight_averaging={averaging}", "train.ema_every_steps=3", *FAST]
+    # 4 steps an epoch; a checkpoint at step 5 (mid epoch 2, the average last moved at step 3), killed at step 7
+    extra = [f"train.weight_averaging={averaging}", "train.ema_every_steps=3", "train.checkpoint_every_steps=5", *FAST]
     ref = _run("train", tmp_path / "ref", *extra)
     assert ref.returncode == 0, ref.stderr
-    killed = _run("train", tmp_path / "run", *extra, kill_at=6)  # mid epoch 2; the average last moved at step 3
+    killed = _run("train", tmp_path / "run", *extra, kill_at=7)
     assert killed.returncode == -signal.SIGKILL
     resumed = _run("train", tmp_path / "run", "--resume", *extra)
     assert resumed.returncode == 0, resumed.stderr

@@ -119,7 +119,7 @@ def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, tmp_path):
     monkeypatch.setattr(run_log, "stderr_is_terminal", lambda: False)
     assert not run_log.bars_shown(True) and list(run_log.progress(range(3))) == [0, 1, 2]
     env = {k: v for k, v in os.environ.items() if k != "BORNAGAIN_NO_PROGRESS"}
-    done = subprocess.run([sys.executable, "-m", "bornagain", "ban", "--output", str(tmp_path / "run"),
+    done = subprocess.run([sys.executable, "-m", "bornagain_kd", "ban", "--output", str(tmp_path / "run"),
                            "ban.generations=0", "train.epochs=2", "train.num_threads=1", "train.trackers=[]"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

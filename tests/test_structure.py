@@ -7,11 +7,11 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "bornagain"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "bornagain_kd"
 
 
 def _module_name(path: Path) -> str:
-    parts = ("bornagain",) + path.relative_to(PACKAGE_ROOT).with_suffix("").parts
+    parts = ("bornagain_kd",) + path.relative_to(PACKAGE_ROOT).with_suffix("").parts
     return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
 
 
@@ -110,5 +110,5 @@ def test_no_import_cycle_between_files():
 def test_no_module_named_after_the_standard_library():
     shadows = sorted(
         m for m in _modules()
-        if m.rpartition(".")[2] in sys.stdlib_module_names and m != "bornagain")
+        if m.rpartition(".")[2] in sys.stdlib_module_names and m != "bornagain_kd")
     assert not shadows, f"modules named after a standard-library module: {shadows}"

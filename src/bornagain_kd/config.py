@@ -119,8 +119,8 @@ class TrainingConfig:
     ema_every_steps: int = 1
     """Update the average every this many optimiser steps."""
     ema_warmup_power: float = 0.0
-    """Warm-up of the decay: decay x (step / total steps)^power, so early weights, which change fast, are soon
-    forgotten (airbench94: 3); 0: the full decay from the first step."""
+    """Warm-up of the decay, so that early weights, which change fast, are soon forgotten: decay x (step / total
+    steps)^power (airbench94: 3); 0: timm's, min(decay, (1 + step) / (10 + step))."""
 
     def __post_init__(self):
         if self.epochs < 1:

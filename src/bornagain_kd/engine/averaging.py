@@ -2,12 +2,14 @@
 
 Every ``every`` optimiser steps the average moves toward the live weights:
 
-    avg <- d_t * avg + (1 - d_t) * w,      d_t = decay**every * (t / T)**warmup_power
+    avg <- d_t * avg + (1 - d_t) * w,      d_t = decay**every * (t / T)**warmup_power     (warmup_power > 0)
+                                           d_t = min(decay, (1 + t) / (10 + t))**every     (warmup_power = 0)
 
-with t the optimiser steps done and T the run's steps (``warmup_power`` 0: d_t = decay**every throughout).
-``decay`` is per optimiser step, so the averaging horizon (about 1 / (1 - decay) steps) does not change with
-``every``. The warm-up keeps d_t small early, while the weights move fast and an average of them would be
-stale: airbench94 uses decay 0.95, every 5, power 3.
+with t the optimiser steps done and T the run's steps. ``decay`` is per optimiser step, so the averaging horizon
+(about 1 / (1 - decay) steps) does not change with ``every``. Either warm-up keeps d_t small early, while the
+weights move fast and an average of them would be stale (without one, a run of fewer than 1 / (1 - decay) steps
+would end near its initial weights): airbench94 uses decay 0.95, every 5, power 3; the second is timm's
+(ModelEmaV3's warm-up).
 
 ``mode``:
   ema        the average is a shadow copy; the live weights keep training (timm's ModelEmaV3).
@@ -44,10 +46,9 @@ class AveragingSettings:
 
 def averaging_decay(step: int, total_steps: int, settings: AveragingSettings) -> float:
     """d_t of the update made after optimiser step ``step`` (1-based count of steps done)."""
-    d = settings.decay ** settings.every
     if settings.warmup_power > 0:
-        d *= (min(step, total_steps) / total_steps) ** settings.warmup_power
-    return d
+        return settings.decay ** settings.every * (min(step, total_steps) / total_steps) ** settings.warmup_power
+    return min(settings.decay, (1 + step) / (10 + step)) ** settings.every
 
 
 class WeightAverage:

@@ -14,7 +14,8 @@ KellerJordan/cifar10-airbench, airbench94.py).
 Convolutions are Dirac-initialised: the first ``in`` of their output channels pass the input through unchanged,
 as a residual block does at initialisation; the others keep PyTorch's default init. Batch norms have a frozen
 scale of 1 (only their shift trains), momentum 0.4 (airbench writes 0.6 in the other convention) and eps 1e-12.
-Pair it with the fast recipes' optimiser (configs/fast-cifar10.yaml): the normalisation shifts train at 64x the lr
+Two differences from airbench94: the stem's bias keeps PyTorch's default init (airbench94 zeroes it) and trains for
+the whole run (airbench94 freezes it after 3 epochs, for speed). Pair it with the fast recipes' optimiser (configs/fast-cifar10.yaml): the normalisation shifts train at 64x the lr
 (train.norm_lr_scale), label smoothing 0.2, lookahead weight averaging, a triangular schedule, flip TTA.
 """
 

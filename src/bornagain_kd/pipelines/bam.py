@@ -98,12 +98,19 @@ def load_student_data(cfg: GlueExperimentConfig, tokenizer, teachers: dict[str, 
                        teacher_outputs=teacher_outputs if teachers is not None else None, label_means=label_means)
 
 
+AVERAGING_KEYS = ("weight_averaging", "ema_decay", "ema_every_steps", "ema_warmup_power")
+
+
 def student_settings(cfg: GlueExperimentConfig, arm: str, seed: int, teachers: dict[str, TeacherRun] | None) -> dict:
     """What defines one student run (checked before a finished or interrupted run is reused): every key but
     those declared may_differ("student") (train.* but precision: the student's own epochs and batch are bam.*;
     the arm list and seeds), with its own arm, seed and teachers; the tree of its settings.json."""
     tree = settings_tree(cfg, "student")
-    tree["precision"] = tree.pop("train")["precision"]
+    train = tree.pop("train")
+    tree["precision"] = train["precision"]
+    # the engine averages a student's weights as train.* says (engine/averaging.py): a finished student trained
+    # otherwise is not reused, and a checkpoint's average is not dropped on resume
+    tree["train"] = {k: train[k] for k in AVERAGING_KEYS}
     tree["data_seed"] = cfg.seed  # the teachers' seed and the training subsample's
     tree["seed"] = seed
     tree["arm"] = arm

@@ -42,7 +42,7 @@ from bornagain_kd.engine.device import resolve_device
 from bornagain_kd.engine.distributed import barrier, current
 from bornagain_kd.engine.run import check_command_dir, command_dir, is_finished, record_command
 from bornagain_kd.engine.settings import changed_keys, describe_changes, flatten
-from bornagain_kd.pipelines.classifier import RunSpec, fit, load_probs
+from bornagain_kd.pipelines.classifier import RunSpec, check_flips, fit, load_probs
 from bornagain_kd.pipelines.teacher_source import local_teacher, pin_teacher, teacher_config_tree
 from bornagain_kd.pipelines.common import tracked
 from bornagain_kd.pipelines.vision_speed import keep_explicit_compile, resolve_vision_speed
@@ -181,6 +181,7 @@ def _first_record(run_dir: Path) -> dict | None:
 def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
     """Build every architecture on the meta device (no memory) and check the shared layers fit:
     a bad model name or a student that cannot take its teacher's layers fails before any training."""
+    check_flips(cfg, data)
     with torch.device("meta"):
         teacher = build_model(cfg, cfg.model.name, data)
         if cfg.ban.generations > 0:
@@ -192,6 +193,7 @@ def check_before_training(cfg: VisionConfig, data: PreparedData) -> None:
 def run_train(cfg: VisionConfig, output: Path, *, resume: bool) -> dict:
     """`bornagain train`: one classifier from its labels in ``output`` (results.json)."""
     data = prepare_data(cfg.data, cfg.seed)
+    check_flips(cfg, data)  # flip TTA on digits: refused before anything is written
     with torch.device("meta"):
         build_model(cfg, cfg.model.name, data)  # a bad model name fails before anything is written
     spec = RunSpec(name="train", model_name=cfg.model.name, seed=cfg.seed, loss_fn=label_loss)

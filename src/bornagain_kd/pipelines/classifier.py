@@ -31,6 +31,7 @@ from bornagain_kd.engine.distributed import DistInfo, all_reduce_tensor, current
 from bornagain_kd.engine.rng import derive_seed
 from bornagain_kd.engine.run import is_finished, open_run, reuse_finished
 from bornagain_kd.engine.trainer import StepOutput, train
+from bornagain_kd.errors import UserError
 from bornagain_kd.models.registry import parameter_count
 from bornagain_kd.engine.schedules import lr_factor_at_step
 from bornagain_kd.pipelines.common import engine_settings, start_process
@@ -129,6 +130,7 @@ class ClassifierTask:
             derive_seed(spec.seed, "alternating-flip"))).bool() if cfg.data.flip_mode == "alternate" else None)
         self.epoch = 0
         self.loss_fn = with_label_smoothing(spec.loss_fn, train.label_smoothing)
+        check_flips(cfg, data)
         self.eval_pipe = BatchPipeline(data.mean, data.std, device, channels_last=train.channels_last)
         self.order_generator = self.aug_generator = None
         # The uint8 training set stays on the GPU when it fits in a quarter of the free memory (CIFAR: 150 MB):
@@ -138,6 +140,8 @@ class ClassifierTask:
             free, _ = torch.cuda.mem_get_info(device)
             if data.train_images.numel() + 8 * data.train_labels.numel() < free // 4:
                 self.train_images, self.train_labels = data.train_images.to(device), data.train_labels.to(device)
+                if self.base_flip is not None:  # indexed by the step's index tensor where it lives: no host sync
+                    self.base_flip = self.base_flip.to(device)
         self.teacher_precision = cfg.ban.teacher_precision or train.precision
         self.teacher, self.compiles = spec.teacher, False
         if spec.teacher is not None:  # compiled with frozen weights (ban.teacher_compile, resolved by fit)
@@ -187,7 +191,7 @@ class ClassifierTask:
 
     def loss(self, model, index: torch.Tensor, step: int) -> StepOutput:
         index = index.to(self.train_images.device, non_blocking=True)
-        flip = None if self.base_flip is None else self.base_flip[index.cpu()] ^ bool(self.epoch % 2)  # (b,)
+        flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)  # (b,)
         x = self.train_pipe(self.train_images[index], self.aug_generator, flip)  # (b, c, h, w)
         y = self.train_labels[index].to(self.device, non_blocking=True)  # (b,)
         teacher_logits = None
@@ -296,6 +300,20 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
 WHITENING_IMAGES = 5000
 """A data-fitted layer (models/airbench.py: the whitening stem) is fitted on the first this many training images of
 the run's split (airbench94: 5,000)."""
+
+
+def check_flips(cfg: VisionConfig, data: PreparedData) -> None:
+    """Options that mirror images need a dataset whose images may be mirrored (data.hflip, resolved: off for
+    digits): flip TTA would average in mirrored digits, and an alternating flip of an unflipped dataset is none."""
+    if data.hflip:
+        return
+    if cfg.train.tta != "off":
+        raise UserError(f"train.tta={cfg.train.tta} averages each image with its mirror image, but this dataset is "
+                        "not flipped in training (data.hflip is off: digits, or set so): set train.tta=off, or "
+                        "data.hflip=true where mirrored images keep their labels")
+    if cfg.data.flip_mode == "alternate" and cfg.data.augment:
+        raise UserError("data.flip_mode=alternate flips the images, but this dataset is not flipped in training "
+                        "(data.hflip is off): set data.flip_mode=random, or data.hflip=true")
 
 
 def with_label_smoothing(loss_fn: LossFn, epsilon: float) -> LossFn:

@@ -198,10 +198,10 @@ def command_line(command: str, config: str | None, run: SweepRun) -> list[str]:
 def run_task(argv: list[str], gpus: int = 0, env: dict | None = None) -> None:
     """One run, as a user launches it (an array task calls this): `python -m bornagain_kd ...`, under torchrun with
     one process per GPU when the task has several. A non-zero exit raises, so the launcher marks it failed."""
-    prefix = [sys.executable, "-m", "bornagain"]
+    prefix = [sys.executable, "-m", "bornagain_kd"]
     if gpus > 1:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                  "-m", "bornagain"]
+                  "-m", "bornagain_kd"]
     done = subprocess.run([*prefix, *argv], env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"exit status {done.returncode}")

@@ -154,6 +154,12 @@ class TrainConfig(TrainingConfig):
         if len(self.triangle) != 3 or not 0 <= self.triangle[1] <= 1 or min(self.triangle) < 0:
             raise UserError(f"train.triangle={list(self.triangle)} must be [start factor, peak position (a fraction "
                             "of the run, 0-1), end factor], e.g. [0.2, 0.23, 0.07]")
+        if self.schedule == "triangle" and self.warmup_epochs:
+            raise UserError(f"train.warmup_epochs={self.warmup_epochs} with train.schedule=triangle: the triangle rises "
+                            "from train.triangle[0] to its peak on its own; set train.warmup_epochs=0 (or move the peak "
+                            "with train.triangle)")
+        if self.norm_weight_decay is not None and self.norm_weight_decay < 0:
+            raise UserError(f"train.norm_weight_decay={self.norm_weight_decay} must be >= 0 (null: train.weight_decay)")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1) (0.1 is usual; 0: off)")
         if self.norm_lr_scale <= 0:
