@@ -109,10 +109,10 @@ class TrainingConfig:
         default="default", metadata=may_differ(*MECHANICS))
     """torch.compile's mode, wherever a model is compiled (train.compile true, or auto deciding to compile)."""
     weight_averaging: Literal["off", "ema", "lookahead"] = "off"
-    """Average the weights over training (engine/averaging.py): ema keeps an exponential moving average beside
-    the training weights (timm's model EMA); lookahead also sets the training weights to the average at each
-    update (airbench94). Evaluation, checkpoints, the final weights and so a teacher's predictions use the
-    average, and results.json records the setting. off: the last step's weights."""
+    """Average the weights over training, and evaluate, save and teach with the average: ema keeps an exponential
+    moving average beside the training weights (timm's model EMA), lookahead also sets the training weights to the
+    average at each update (airbench94), off keeps the last step's weights. Checkpoints hold the average and
+    results.json records the setting (engine/averaging.py)."""
     ema_decay: float = 0.999
     """The average's decay per optimiser step (horizon about 1 / (1 - decay) steps); applied as decay^k when it is
     updated every k steps."""
@@ -138,7 +138,7 @@ class TrainingConfig:
         if self.ema_every_steps < 1:
             raise UserError(f"train.ema_every_steps={self.ema_every_steps} must be at least 1")
         if self.ema_warmup_power < 0:
-            raise UserError(f"train.ema_warmup_power={self.ema_warmup_power} must be >= 0 (0: no warm-up)")
+            raise UserError(f"train.ema_warmup_power={self.ema_warmup_power} must be >= 0 (0: timm's warm-up)")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UserError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
 

@@ -120,8 +120,10 @@ def smoothed_teacher_warning(run_dir: Path) -> str | None:
     if not epsilon:
         return None
     return (f"the teacher {run_dir} was trained with train.label_smoothing={epsilon:g}: label-smoothed teachers "
-            "distil worse (Mueller et al. 2019, 'When does label smoothing help?': smoothing erases the similarity "
-            "between classes that a student learns from). Train the teacher without it to distil from it")
+            "distil worse in Mueller et al. 2019 ('When does label smoothing help?': smoothing erases the similarity "
+            "between classes that a student learns from). A teacher without it: train one with "
+            "train.label_smoothing=0 (bornagain train) and pass its folder as ban.teacher_run, with "
+            "ban.teacher_run_other_schedule=true")
 
 
 def prepare_teacher(teacher: torch.nn.Module, cfg: VisionConfig) -> tuple[torch.nn.Module, int]:

@@ -36,8 +36,8 @@ class DataConfig:
     augment: bool = True
     """Random crop after zero padding (4 px at 32x32) and, where valid, horizontal flip."""
     crop_padding: int | None = None
-    """Zero padding of the random crop in pixels; null: one eighth of the image height (4 at 32x32, 1 at 8x8);
-    0: no crop."""
+    """Padding of the random crop in pixels (zeros or reflected: data.pad_mode); null: one eighth of the image
+    height (4 at 32x32, 1 at 8x8); 0: no crop."""
     hflip: bool | None = None
     """Random horizontal flips; null: the dataset's default (off for digits, on for the others)."""
     flip_mode: Literal["random", "alternate"] = "random"
@@ -126,20 +126,21 @@ class TrainConfig(TrainingConfig):
     """Keep images and convolution weights in NHWC memory order (faster convolutions on CPU and GPU). auto: on
     (every image model here is convolutional); the run records the value chosen."""
     label_smoothing: float = 0.0
-    """Smooth the labels of every run's label loss (teachers, students, controls): CE against (1 - eps) one-hot +
-    eps / classes (Szegedy et al. 2016). A teacher trained with it gets a warning when it teaches: Mueller et al.
-    (2019) found that label-smoothed teachers distil worse."""
+    """Smooth the labels of every run's label loss (teachers, students, controls), a CE against (1 - eps) one-hot +
+    eps / classes; 0: off. Szegedy and others (2016). The logged label_loss stays the plain CE, so train_loss
+    differs from it. A teacher trained with it gets a warning when it teaches: Mueller and others (2019) found that
+    label-smoothed teachers distil worse."""
     tta: Literal["off", "flip", "flip-shift"] = "off"
     """Test-time augmentation of every prediction a run reports (validation, test, ensembles): flip averages the
     logits of each image and its mirror image; flip-shift averages that with the same for the image shifted one
     pixel up-left and down-right (reflect padding; airbench94's level 2). Training batches are never
     augmented this way (a teacher sees the student's batch)."""
     norm_lr_scale: float = 1.0
-    """Learning-rate multiplier of the normalisation layers' parameters (batch-norm scales and shifts; airbench94's
-    bias scaler 64). Their weight decay is divided by it, so they decay as fast per step as the other weights."""
+    """Learning-rate multiplier of the normalisation layers' parameters, whose weight decay is divided by it so
+    they decay as fast per step as the other weights (airbench94's bias scaler: 64)."""
     norm_weight_decay: float | None = None
-    """Weight decay of the normalisation layers' parameters (torchvision references' --norm-weight-decay); null:
-    train.weight_decay."""
+    """Weight decay of the normalisation layers' parameters, given at the base lr (divided by train.norm_lr_scale
+    like train.weight_decay); null: train.weight_decay. As torchvision references' --norm-weight-decay."""
     last_batch: Literal["auto", "fill", "drop", "short"] = field(default="auto", metadata=may_differ("teacher"))
     """The last batch of an epoch when the batch size does not divide the training set: fill (topped up with the
     first images of the epoch's order, which are then seen twice: every batch has one shape, so a compiled model
