@@ -100,13 +100,14 @@ def main() -> None:
           f"{os.cpu_count()} CPUs ({flags}), {torch.get_num_threads()} threads; {precision} matmul "
           f"{rate / 1e9:.0f} GFLOP/s", flush=True)
 
-    rows, by_scale = [], {}
+    rows, by_scale, per_image = [], {}, None
     for scale in args.epochs_scale:
         for seed in args.seeds:
             out = args.output / f"x{scale}" / f"seed-{seed}"
             results, wall = run_one(args.recipe, out, seed, cfg.train.epochs * scale, args.overrides)
-            probs, _ = load_probs(out / "test_probs.safetensors")  # (test images, classes)
-            per_image = flops_per_image(cfg, probs.shape[1], 3, 32)
+            if per_image is None:  # one model for every run: counted once
+                probs, _ = load_probs(out / "test_probs.safetensors")  # (test images, classes)
+                per_image = flops_per_image(cfg, probs.shape[1], 3, 32)
             flops = per_image * images_trained(out)
             train_s = results["train_seconds"]
             row = {"scale": scale, "seed": seed, "epochs": cfg.train.epochs * scale,

@@ -22,14 +22,6 @@ from bornagain_kd.vision.batches import tta_logits
 from bornagain_kd.vision.config import VisionConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(*overrides: str) -> VisionConfig:
     return load_config(VisionConfig, None, list(overrides))
 

@@ -112,10 +112,8 @@ def label_smoothing_loss(epsilon: float) -> Callable[..., dict]:
 
     def parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor) -> dict:
         _check_logits(student_logits, None, labels)
-        logits = student_logits.float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=epsilon)
-        return {"loss": loss, "label_loss": F.cross_entropy(logits, labels).detach(),
-                "kd_loss": torch.zeros((), device=logits.device)}
+        label_loss, loss = smoothed_ce(student_logits, labels, epsilon)
+        return {"loss": loss, "label_loss": label_loss.detach(), "kd_loss": torch.zeros((), device=loss.device)}
 
     return parts
 
