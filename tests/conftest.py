@@ -38,3 +38,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not found (real-data test)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run the CLI expecting a refusal: returns its one `bornagain: error:` line (exit status 2)."""
+    from bornagain_kd.cli import main  # noqa: PLC0415
+
+    def run(argv: list[str]) -> str:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bornagain: error: ") and "\n" not in err
+        return err
+
+    return run

@@ -102,7 +102,7 @@ def test_ban_sequence_writes_generations_ensembles_and_tables(tmp_path):
     names = {e["name"]: e["members"] for e in results["ensembles"]}
     assert names == {"Ens*2": [2, 3], "Ens*3": [1, 2, 3], "All": [0, 1, 2, 3]}
     table = (tmp_path / "run" / "table.md").read_text()
-    assert "| Network | Parameters | Baseline | BAN-1 | BAN-2 | BAN-3 | Ens*2 | Ens*3 | All |" in table
+    assert "| Network | Parameters | Baseline (teacher) | BAN-1 | BAN-2 | BAN-3 | Ens*2 | Ens*3 | All |" in table
     assert json.loads((tmp_path / "run" / "results.json").read_text())["generations"][1]["ece"] >= 0
     for png in ("curves.png", "generations.png"):
         assert (tmp_path / "run" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,7 +153,7 @@ def test_report_renders_several_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--per-run", "--output", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert out.count("| resnet-8 |") == 2
-    assert (tmp_path / "rep" / "table.csv").read_text().startswith("Network,Parameters,Baseline,BAN-1")
+    assert (tmp_path / "rep" / "table.csv").read_text().startswith("Network,Parameters,Baseline (teacher),BAN-1")
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 

@@ -30,7 +30,7 @@ def test_frozen_shared_layers_hold_exactly_the_teachers_weights(tmp_path):
     assert results["student_model"] == "match-wrn-1-1"
     assert results["student_baseline"]["model"] == "match-wrn-1-1"
     table = (tmp_path / "run" / "table.md").read_text()
-    assert "| Network | Parameters | Baseline | BAN | Teacher | Teacher error |" in table
+    assert "| Network | Parameters | Baseline (labels only) | BAN | Teacher | Teacher error |" in table
     assert "| match-wrn-1-1 |" in table
     baseline = load_file(tmp_path / "run" / "baseline" / "model.safetensors")
     assert not torch.equal(baseline["stem.weight"], teacher["stem.weight"])  # the baseline shares nothing

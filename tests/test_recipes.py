@@ -253,14 +253,14 @@ def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
     # Table 1 layout: Baseline (the teacher), BAN-1..BAN-k, the ensembles; Table 2 where a baseline was trained
     blocks = _csv_blocks(out / "table.csv")
     header, *rows = blocks[0]
-    columns = [c for c in header if c in ("Baseline", "All") or c.startswith(("BAN-", "Ens*"))]
-    assert header[0] == "Network" and columns == ["Baseline", *[f"BAN-{k}" for k in range(1, g_last + 1)],
+    columns = [c for c in header if c in ("Baseline (teacher)", "All") or c.startswith(("BAN-", "Ens*"))]
+    assert header[0] == "Network" and columns == ["Baseline (teacher)", *[f"BAN-{k}" for k in range(1, g_last + 1)],
                                                   *_expected_ensembles(cfg)]
     network = cfg.model.name if student == cfg.model.name else f"{cfg.model.name} -> {student}"
     assert [row[0] for row in rows] == [network]
     if cfg.ban.student_baseline:
         header2, *rows2 = blocks[1]
-        assert header2[:6] == ["Network", "Parameters", "Baseline", "BAN", "Teacher", "Teacher error"]
+        assert header2[:6] == ["Network", "Parameters", "Baseline (labels only)", "BAN", "Teacher", "Teacher error"]
         assert [(row[0], row[4]) for row in rows2] == [(student, cfg.model.name)]  # the student model's row
     else:
         assert len(blocks) == 1

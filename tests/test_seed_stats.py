@@ -152,7 +152,7 @@ def test_ban_tables_state_the_students_loss_and_its_weights():
     assert "T = 4 (the paper's Eq. 2 is 1 / 1, T = 1)" in hot
     # CSV: the same table, the loss in columns of its own at the end of each row (one run may differ from another)
     header, row = csv_half.splitlines()[:2]
-    assert header.startswith("Network,Parameters,Baseline,BAN-1")
+    assert header.startswith("Network,Parameters,Baseline (teacher),BAN-1")
     assert header.endswith("Loss,Label weight,Teacher weight,Temperature,Weights normalised")
     assert row.endswith("ban+l,0.5,0.5,1,yes") and csv_eq2.splitlines()[1].endswith("ban+l,1,1,1,no")
     assert "Eq. 2" in ban_tables.render_latex([_results()])

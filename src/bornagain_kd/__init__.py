@@ -15,6 +15,16 @@ import importlib
 
 __version__ = "0.1.0"
 
+
+def installed_version() -> str:
+    """The installed distribution's version (bornagain-kd), or __version__ in a source tree never installed."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("bornagain-kd")
+    except PackageNotFoundError:
+        return __version__
+
 _PUBLIC = {
     "run_ban": "bornagain_kd.api", "train": "bornagain_kd.api", "glue_teachers": "bornagain_kd.api", "bam": "bornagain_kd.api",
     "create_model": "bornagain_kd.models", "register_model": "bornagain_kd.models", "list_models": "bornagain_kd.models",

@@ -6,6 +6,9 @@
     bornagain export RUN_DIR OUT_DIR                                          a finished vision run as a folder to share
     bornagain models [--match-table]                                          model families, the paper's zoo with parameter counts
     bornagain config [ban|train|glue-teachers|bam] [--markdown]               every config key: default and meaning
+    bornagain recipes                                                         the packaged recipes, for --config NAME
+    bornagain env                                                             versions, CPU flags, GPUs, auto's choices
+    bornagain predict RUN_OR_EXPORT IMAGES --output preds.csv                 class probabilities of new images
     bornagain --version
     bornagain glue-teachers [...]                                             single-task GLUE teachers + cached predictions
     bornagain bam [...]                                                       multi-task students with teacher annealing
@@ -24,7 +27,8 @@ from bornagain_kd.errors import RenamedKeyWarning, UserError
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe (see configs/); keys not given keep their defaults")
+    p.add_argument("--config", help="a recipe's name (`bornagain recipes` lists them) or a YAML file; keys not given "
+                                    "keep their defaults")
     p.add_argument("--output", help="run directory (default: output_dir from the config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=10")
@@ -46,12 +50,27 @@ def cmd_ban(args) -> None:
         epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
         print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
               f"loss {cfg.ban.loss}, {epochs} each -> {output}; {_speed_summary(cfg, output)}", flush=True)
+        skipped = _skipped_ensembles(cfg.ban)
+        if skipped:
+            print(f"bornagain ban: {skipped}", flush=True)
     results = run_ban(cfg, output, resume=args.resume)
     if info.is_main:
         print((output / "table.md").read_text())
         if results.get("readings"):  # each student (and control) against its reference
             print("\n".join([results["readings_note"] + ":", *results["readings"]]))
         print(f"results: {output / 'results.json'}")
+
+
+def _skipped_ensembles(ban) -> str:
+    """The ban.ensembles windows this sequence is too short for, said rather than silently dropped."""
+    members = ban.generations + (1 if ban.include_teacher_in_ensembles else 0)
+    what = "students" + (" and the teacher" if ban.include_teacher_in_ensembles else "")
+    skipped = [k for k in ban.ensembles if k > members]
+    if not skipped:
+        return ""
+    names = ", ".join(f"Ens*{k}" for k in skipped)
+    return (f"{names} of ban.ensembles skipped: the sequence has {members} members ({what}); raise ban.generations "
+            f"or drop {', '.join(map(str, skipped))} from ban.ensembles")
 
 
 def _speed_summary(cfg, output: Path) -> str:
@@ -134,6 +153,25 @@ def render_zoo(num_classes: int = 100) -> str:
         lines += [f"    {name:<20}{count_parameters(name, num_classes) / 1e6:>11.2f}M{paper:>9}"
                   for name, paper in models]
     return "\n".join(lines) + "\n"
+
+
+def cmd_recipes(args) -> None:
+    from bornagain_kd.recipes import render_recipes
+
+    print(render_recipes(), end="")
+
+
+def cmd_predict(args) -> None:
+    from bornagain_kd.pipelines.predict import predict_command
+
+    print(predict_command(args.run, args.images, args.output, ensemble=args.ensemble, split=args.split,
+                          layout=args.layout, image_column=args.image_column, device=args.device))
+
+
+def cmd_env(args) -> None:
+    from bornagain_kd.env_report import render
+
+    print(render(), end="")
 
 
 def cmd_config(args) -> None:
@@ -270,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true",
                    help="the whole reference as Markdown (docs/configuration.md is this output)")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("predict", help="class probabilities of new images from a finished run, a `ban` generation, "
+                                         "an exported folder or a `ban` ensemble, as one CSV")
+    p.add_argument("run", metavar="RUN_OR_EXPORT", help="a finished run, a ban generation (gen1/), an exported "
+                                                        "folder, or a ban output with --ensemble")
+    p.add_argument("images", metavar="IMAGES", help="a folder of images (or of class folders), an image file, a "
+                                                    ".safetensors / .npz file, or hf://DATASET")
+    p.add_argument("--output", required=True, help="the CSV to write: image, prediction, label, p_<class> ...")
+    p.add_argument("--ensemble", metavar="NAME", help="with a ban output: one of its ensembles (Ens*2, All, ...)")
+    p.add_argument("--split", default="test", help="the split of a dataset folder, tensors file or hf dataset "
+                                                   "(default: test)")
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
+                   help="where a tensors file's channels are (as data.layout)")
+    p.add_argument("--image-column", help="an hf dataset's image column (default: detected)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("recipes", help="the packaged recipes (--config NAME): purpose, data, expected time")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("env", help="versions, CPU flags, GPUs, threads and what `auto` picks here: for bug reports")
+    p.set_defaults(func=cmd_env)
     p = sub.add_parser("glue-teachers", help="fine-tune one single-task teacher per GLUE task; cache predictions")
     _add_run_args(p)
     p.set_defaults(func=cmd_glue_teachers)
@@ -281,14 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from bornagain_kd import installed_version
 
-    try:
-        return version("bornagain-kd")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        from bornagain_kd import __version__
-
-        return __version__
+    return installed_version()
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -82,8 +82,8 @@ class TrainingConfig:
     eval_batch_size: int = field(default=512, metadata=may_differ("teacher"))
     """Examples per batch when predicting validation and test sets (no gradients: larger than training's)."""
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=may_differ("teacher"))
-    """bf16 autocast, or fp32. auto: bf16 where this hardware runs it natively (a GPU with bf16, a CPU with
-    AVX512-BF16 or AMX), fp32 elsewhere; the run records the value chosen and keeps it on --resume."""
+    """auto (bf16 autocast where this hardware runs bf16 natively: a GPU with bf16, a CPU with AVX512-BF16 or AMX;
+    fp32 elsewhere), bf16 or fp32. The run records the value chosen and keeps it on --resume."""
     device: str = field(default="auto", metadata=may_differ("pool", "teacher"))
     """auto | cpu | cuda (or cuda:N)."""
     checkpoint_every_steps: int = field(default=0, metadata=may_differ(*MECHANICS))
@@ -338,8 +338,13 @@ def rename_keys(tree: dict, renamed: dict[str, str], *, warn: bool = True) -> di
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build config ``cls`` from YAML file ``path`` (optional) plus ``key=value`` overrides."""
-    return config_from_tree(cls, load_yaml(path) if path is not None else {}, overrides)
+    """Build config ``cls`` from YAML file ``path`` (optional; a packaged recipe's name works too) plus
+    ``key=value`` overrides."""
+    if path is None:
+        return config_from_tree(cls, {}, overrides)
+    from bornagain_kd.recipes import find_recipe  # noqa: PLC0415
+
+    return config_from_tree(cls, load_yaml(find_recipe(path)), overrides)
 
 
 def config_from_tree(cls: type[T], tree: dict, overrides: Sequence[str] = ()) -> T:

@@ -90,9 +90,21 @@ def command_keys(command: str) -> list[KeyDoc]:
     return key_docs(_config_class(kind), skip=skip)
 
 
+ABBREVIATIONS = ("e.g.", "i.e.", "eq.", "et al.", "cf.", "vs.", "fig.", "sec.", "no.", "approx.", "etc.")
+"""Words ending in a full stop that end no sentence (lower-cased)."""
+
+
 def _first_sentence(text: str) -> str:
-    end = text.find(". ")
-    return text if end < 0 else text[:end + 1]
+    """The text up to its first full stop that ends a sentence: not inside parentheses or brackets (`(Eq. 2:
+    ...)`), not an abbreviation (`Mueller et al. 2019`), and followed by a space or the end."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([") - (ch in ")]")
+        if ch != "." or depth > 0 or (i + 1 < len(text) and not text[i + 1].isspace()):
+            continue
+        if not text[:i + 1].lower().endswith(ABBREVIATIONS):
+            return text[:i + 1]
+    return text
 
 
 def render_text(command: str) -> str:

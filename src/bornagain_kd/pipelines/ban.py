@@ -43,7 +43,9 @@ from bornagain_kd.engine.distributed import barrier, current
 from bornagain_kd.engine.run import check_command_dir, command_dir, is_finished, record_command
 from bornagain_kd.engine.settings import changed_keys, describe_changes, flatten
 from bornagain_kd.pipelines.classifier import RunSpec, check_flips, fit, load_probs
-from bornagain_kd.pipelines.teacher_source import local_teacher, pin_teacher, teacher_config_tree
+from bornagain_kd.pipelines.teacher_source import (
+    local_teacher, pin_teacher, teacher_config_tree, unfinished_teacher_message,
+)
 from bornagain_kd.pipelines.common import tracked
 from bornagain_kd.pipelines.vision_speed import keep_explicit_compile, resolve_vision_speed
 from bornagain_kd.files import read_json, write_json
@@ -253,9 +255,10 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | No
 
 
 def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = True, speed: dict | None = None) -> dict:
+    # the teacher first: a missing one is refused before the data are downloaded
+    teacher_dir = check_teacher_run(cfg, output) if cfg.ban.teacher_run else None  # a local folder (hf:// fetched)
     data = prepare_data(cfg.data, cfg.seed)
     check_before_training(cfg, data)
-    teacher_dir = check_teacher_run(cfg, output) if cfg.ban.teacher_run else None  # a local folder (hf:// fetched)
     if teacher_dir is not None:
         check_teacher_data(teacher_dir, cfg, data)
     main = current().is_main
@@ -353,8 +356,7 @@ def check_teacher_run(cfg: VisionConfig, output: Path | None = None) -> Path:
     the hub first, at the commit ``output`` pinned where it has one); returns its local folder."""
     run_dir, name = local_teacher(teacher_run_dir(cfg), output), generation_model_name(cfg, 0)
     if not is_finished(run_dir):
-        raise UserError(f"ban.teacher_run={run_dir} is not a finished run (no results.json): "
-                        "finish it first, or unset ban.teacher_run to train the teacher here")
+        raise UserError(unfinished_teacher_message(run_dir, name))
     result = read_json(run_dir / "results.json")
     if result.get("model") != name:
         raise UserError(f"ban.teacher_run={run_dir} holds a {result.get('model')} but model.name={name}: "

@@ -46,6 +46,19 @@ def teacher_config_tree(run_dir: Path, key: str = "ban.teacher_run") -> dict:
     return load_yaml(run_dir / "config.yaml")
 
 
+def unfinished_teacher_message(run_dir: Path, model: str) -> str:
+    """Why ``ban.teacher_run`` cannot be used yet, and the fix: where a packaged recipe writes that folder (a Table 2
+    recipe's default teacher is table1-densenet-bc-90-60's gen0/), the command that makes it."""
+    from bornagain_kd.recipes import recipe_writing  # noqa: PLC0415
+
+    state = "does not exist" if not run_dir.exists() else "is not a finished run (no results.json)"
+    recipe = recipe_writing(run_dir)
+    first = (f"run configs/{recipe}.yaml first (bornagain ban --config {recipe}), or set ban.teacher_run to another "
+             f"finished {model} run (null: train the teacher here)" if recipe else
+             f"finish that run first, or set ban.teacher_run to a finished {model} run (null: train the teacher here)")
+    return f"ban.teacher_run={run_dir} {state}: {first}"
+
+
 def split_hub_id(text: str) -> tuple[str, str | None]:
     """'hf://owner/name@rev' -> ('owner/name', 'rev'); no '@': revision None (the default branch)."""
     repo, _, revision = text[len(HUB_PREFIX):].partition("@")

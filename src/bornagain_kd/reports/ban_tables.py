@@ -1,7 +1,7 @@
 """Tables in the paper's layouts, rendered from finished runs' results.json (no model is touched).
 
-Table 1 (born-again sequences): Network | Parameters | Baseline | BAN-1 ... BAN-K | Ens*2 | Ens*3
-Table 2 (cross-architecture):   Network | Parameters | Baseline | BAN   (+ the teacher it learned from)
+Table 1 (born-again sequences): Network | Parameters | Baseline (teacher) | BAN-1 ... BAN-K | Ens*2 | Ens*3
+Table 2 (cross-architecture):   Network | Parameters | Baseline (labels only) | BAN   (+ the teacher it learned from)
 Cells are CIFAR-style test error in %.
 
 Every caption states the students' loss and its weights as the run recorded them (results.json "loss",
@@ -97,7 +97,7 @@ def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                 ens_names.append(e["name"])
     ens_names.sort(key=lambda n: (n == "All", int(n[4:]) if n.startswith("Ens*") else 0))  # Ens*2, Ens*3, ..., All
     controls = list(dict.fromkeys(name for r in results for name in control_errors(r)))
-    header = ["Network", "Parameters", "Baseline", *[f"BAN-{k}" for k in range(1, max_gen + 1)], *ens_names,
+    header = ["Network", "Parameters", "Baseline (teacher)", *[f"BAN-{k}" for k in range(1, max_gen + 1)], *ens_names,
               *controls]
     rows = []
     for r in results:
@@ -112,7 +112,7 @@ def table1_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def table2_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Table 2: the student architecture alone (Baseline) vs taught by the teacher (BAN = BAN-1)."""
-    header = ["Network", "Parameters", "Baseline", "BAN", "Teacher", "Teacher error"]
+    header = ["Network", "Parameters", "Baseline (labels only)", "BAN", "Teacher", "Teacher error"]
     rows = []
     for r in results:
         baseline = r.get("student_baseline") or {}

@@ -183,9 +183,11 @@ class BanConfig:
     temperature: float | None = None
     """Softmax temperature T of the teacher term (KL scaled by T^2); null takes the preset's value (1)."""
     ensembles: tuple[int, ...] = (2, 3)
-    """Ens*k averages the probabilities of the last k students."""
+    """Ens*k averages the probabilities of the last k students; a k larger than the sequence has members is
+    skipped, and `bornagain ban` says so on its first lines (the default [2, 3] with 2 generations: Ens*2 only)."""
     include_teacher_in_ensembles: bool = False
-    """Count the teacher (generation 0) as a member of Ens*k and All (the paper's ensembles: students only)."""
+    """Count the teacher (generation 0) as a member of the Ens*k windows (the paper's Ens*k: students only; All
+    always averages every generation, the teacher included)."""
     student_model: str | None = None
     """Architecture of generations >= 1; null = the teacher's model.name."""
     student_kwargs: dict[str, Any] | None = None
