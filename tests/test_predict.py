@@ -19,7 +19,7 @@ from bornagain_kd.reports.ensembles import average_probabilities
 from bornagain_kd.vision.config import DataConfig
 from bornagain_kd.vision.prepare import prepare_data
 
-TINY = ["train.epochs=2", "train.batch_size=64", "train.progress=false", "train.num_threads=1", "data.val_size=100",
+TINY = ["train.epochs=2", "train.device=cpu", "train.batch_size=64", "train.progress=false", "train.num_threads=1", "data.val_size=100",
         "ban.generations=2", "ban.ensembles=[2]"]
 
 
@@ -116,3 +116,39 @@ def test_mismatches_are_one_clear_error_and_write_nothing(sequence, tmp_path, ca
                  "Ens*3"]) == 2
     assert "Ens*2, All" in capsys.readouterr().err and not out.exists()
     assert "does not exist" in error(tmp_path / "nothing-here")
+
+
+def test_a_ban_output_with_a_reused_teacher_is_recognised_and_its_teacher_found(sequence, tmp_path, cli_error,
+                                                                                 monkeypatch):
+    """A Table 2-like output has no gen0/ (its teacher is another run's): still a whole `ban` output, and its
+    ensembles reach the teacher where its results.json says it is."""
+    root, _ = sequence
+    monkeypatch.chdir(root)
+    assert main(["ban", "--output", str(tmp_path / "reused"), *TINY, "ban.teacher_run=seq/gen0",
+                 "ban.generations=1"]) == 0
+    assert not (tmp_path / "reused" / "gen0").exists()
+    err = cli_error(["predict", str(tmp_path / "reused"), "test.npz", "--output", str(tmp_path / "p.csv")])
+    assert "is a whole `ban` output" in err
+    _, probs, _, _ = predict(tmp_path / "reused", root / "test.npz", ensemble="All")
+    want = average_probabilities([_saved(root / "seq" / "gen0"), _saved(tmp_path / "reused" / "gen1")])
+    torch.testing.assert_close(probs, want, rtol=0, atol=1e-6)
+    monkeypatch.chdir(tmp_path)  # the teacher was given relative to root: not found from here, said so
+    err = cli_error(["predict", str(tmp_path / "reused"), str(root / "test.npz"), "--ensemble", "All", "--output",
+                     "p.csv"])
+    assert "not found from here" in err
+
+
+def test_bad_options_are_one_clear_error(sequence, tmp_path, cli_error):
+    root, data = sequence
+    gen1, images = str(root / "seq" / "gen1"), str(root / "test.npz")
+    assert "not one of auto, cpu, cuda" in cli_error(["predict", gen1, images, "--output", "p.csv", "--device", "gpu"])
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in cli_error(["predict", gen1, images, "--output", "p.csv", "--device", "cuda"])
+    assert "is a folder" in cli_error(["predict", gen1, images, "--output", str(tmp_path)])
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 1, 8, 8), np.uint8))
+    assert "no images" in cli_error(["predict", gen1, str(tmp_path / "empty.npz"), "--output", str(tmp_path / "p.csv")])
+    mixed = tmp_path / "mixed"
+    (mixed / "cat").mkdir(parents=True)
+    for where in (mixed, mixed / "cat"):
+        Image.fromarray(data.test_images[0, 0].numpy(), mode="L").save(where / "a.png")
+    assert "beside folders" in cli_error(["predict", gen1, str(mixed), "--output", str(tmp_path / "p.csv")])

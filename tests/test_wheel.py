@@ -9,6 +9,7 @@ environment's site-packages are not run there), and the wheel is installed witho
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,12 +30,17 @@ def _run(args: list, cwd: Path, env: dict, timeout: float = 300) -> str:
 @pytest.mark.slow
 def test_the_wheel_works_in_a_fresh_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    # the wheel: configs/ packaged as bornagain_kd/recipes/ by setup.py's build step
+    # the wheel, built from a copy of the sources (the build's own build/ folder stays out of the checkout):
+    # configs/ packaged as bornagain_kd/_recipes/ by setup.py's build step
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", "data", "*.egg-info", "__pycache__", ".pytest_cache"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", tmp_path / "dist",
-          REPO], cwd=tmp_path, env=env)
+          source], cwd=tmp_path, env=env)
     (wheel,) = (tmp_path / "dist").glob("bornagain_kd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {f"bornagain_kd/recipes/{p.name}" for p in (REPO / "configs").glob("*.yaml")} <= set(names)
+    packaged = {n for n in names if n.startswith("bornagain_kd/_recipes/")}
+    assert packaged == {f"bornagain_kd/_recipes/{p.name}" for p in (REPO / "configs").glob("*.yaml")}
     assert not [n for n in names if n.startswith(("tests/", "configs/", "benchmarks/"))]
 
     venv = tmp_path / "venv"

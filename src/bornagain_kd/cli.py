@@ -62,15 +62,20 @@ def cmd_ban(args) -> None:
 
 
 def _skipped_ensembles(ban) -> str:
-    """The ban.ensembles windows this sequence is too short for, said rather than silently dropped."""
-    members = ban.generations + (1 if ban.include_teacher_in_ensembles else 0)
-    what = "students" + (" and the teacher" if ban.include_teacher_in_ensembles else "")
-    skipped = [k for k in ban.ensembles if k > members]
+    """The ban.ensembles windows this sequence is too short for (reports/ensembles.ensemble_windows skips them),
+    said rather than silently dropped."""
+    from bornagain_kd.reports.ensembles import ensemble_windows
+
+    kept = {name for name, _ in ensemble_windows(list(range(ban.generations + 1)), ban.ensembles,
+                                                 include_teacher=ban.include_teacher_in_ensembles)}
+    skipped = [k for k in ban.ensembles if f"Ens*{k}" not in kept]
     if not skipped:
         return ""
-    names = ", ".join(f"Ens*{k}" for k in skipped)
-    return (f"{names} of ban.ensembles skipped: the sequence has {members} members ({what}); raise ban.generations "
-            f"or drop {', '.join(map(str, skipped))} from ban.ensembles")
+    members = ban.generations + (1 if ban.include_teacher_in_ensembles else 0)
+    whose = "students and the teacher" if ban.include_teacher_in_ensembles else "its students"
+    what = f"{members} member{'s' * (members != 1)} ({whose})"
+    return (f"{', '.join(f'Ens*{k}' for k in skipped)} of ban.ensembles skipped: the sequence has {what}; an "
+            f"ensemble needs 2 or more and at most that many (raise ban.generations, or change ban.ensembles)")
 
 
 def _speed_summary(cfg, output: Path) -> str:
@@ -125,34 +130,9 @@ def cmd_models(args) -> None:
     print("Registered families (a name fills the {fields}: resnet-20, densenet-bc-80-80, wrn-28-10, ...):")
     for name in list_models():
         print(f"  {name}")
+    from bornagain_kd.models.zoo import render_zoo
+
     print(render_zoo(num_classes=args.num_classes), end="")
-
-
-# The paper's models (CIFAR-100) with the parameter counts the BAN paper's tables give, and the small members
-# a CPU trains.
-PAPER_ZOO = (
-    ("BAN Table 1 (DenseNet-BC teachers)", (("densenet-bc-112-33", "6.3M"), ("densenet-bc-90-60", "16.1M"),
-                                            ("densenet-bc-80-80", "22.4M"), ("densenet-bc-80-120", "50.4M"))),
-    ("BAN Table 2 baselines", (("wrn-28-10", "36M"), ("wrn-28-20", "146M"), ("preresnet-1001", "10.2M"))),
-    ("Wide-ResNets of the BAN paper's longer version", (("wrn-28-1", ""), ("wrn-28-2", ""))),
-    ("Fast CIFAR family after airbench94, not the paper's (recipes fast-cifar10*)",
-     (("airbench-64-256-256", ""), ("airbench-32-64-128", ""))),
-    ("CPU-sized (recipes *-cpu, study-*)", (("resnet-8", ""), ("resnet-14", ""), ("resnet-20", ""),
-                                            ("resnet-56", ""))),
-)
-
-
-def render_zoo(num_classes: int = 100) -> str:
-    """The paper's zoo with parameter counts (built on the meta device: no memory, milliseconds)."""
-    from bornagain_kd.models.registry import count_parameters
-
-    lines = [f"\nThe paper's models and others, {num_classes} classes (Table 2's Match students: --match-table):",
-             f"  {'model':<22}{'parameters':>12}{'paper':>9}"]
-    for group, models in PAPER_ZOO:
-        lines.append(f"  {group}")
-        lines += [f"    {name:<20}{count_parameters(name, num_classes) / 1e6:>11.2f}M{paper:>9}"
-                  for name, paper in models]
-    return "\n".join(lines) + "\n"
 
 
 def cmd_recipes(args) -> None:
@@ -252,7 +232,7 @@ def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="seeds x a grid of key=[a,b] overrides, one run each: here one after another, "
                                        "or as a SLURM array (submitit); a re-run launches only the unfinished")
     p.add_argument("command", choices=("ban", "train", "glue-teachers", "bam"), help="the command each run runs")
-    p.add_argument("--config", help="YAML recipe of every run")
+    p.add_argument("--config", help="the recipe of every run: a name (`bornagain recipes`) or a YAML file")
     p.add_argument("--output", required=True, help="the sweep's directory: one run directory per grid point and seed")
     p.add_argument("--seeds", help="comma-separated seeds (seed=<s> in each run), e.g. 0,1,2")
     p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
@@ -315,13 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGES", help="a folder of images (or of class folders), an image file, a "
                                                     ".safetensors / .npz file, or hf://DATASET")
     p.add_argument("--output", required=True, help="the CSV to write: image, prediction, label, p_<class> ...")
-    p.add_argument("--ensemble", metavar="NAME", help="with a ban output: one of its ensembles (Ens*2, All, ...)")
+    p.add_argument("--ensemble", metavar="NAME", help="with a ban output: one of its ensembles ('Ens*2', All, ...; "
+                                                       "quote the *)")
     p.add_argument("--split", default="test", help="the split of a dataset folder, tensors file or hf dataset "
                                                    "(default: test)")
     p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
                    help="where a tensors file's channels are (as data.layout)")
     p.add_argument("--image-column", help="an hf dataset's image column (default: detected)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when one is visible, else the CPU), cpu or cuda")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("recipes", help="the packaged recipes (--config NAME): purpose, data, expected time")
     p.set_defaults(func=cmd_recipes)
@@ -390,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bornagain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bornagain: interrupted; continue with --resume", file=sys.stderr)
+        print("bornagain: interrupted" + ("; continue with --resume" if hasattr(args, "resume") else ""),
+              file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bornagain models | head`: the reader left; nothing to say, and no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again

@@ -102,7 +102,9 @@ def _first_sentence(text: str) -> str:
         depth += (ch in "([") - (ch in ")]")
         if ch != "." or depth > 0 or (i + 1 < len(text) and not text[i + 1].isspace()):
             continue
-        if not text[:i + 1].lower().endswith(ABBREVIATIONS):
+        head = text[:i + 1].lower()
+        if not any(head.endswith(a) and (len(head) == len(a) or not head[-len(a) - 1].isalnum())
+                   for a in ABBREVIATIONS):  # a whole word: "mono." ends a sentence, "no." does not
             return text[:i + 1]
     return text
 

@@ -49,9 +49,12 @@ def facts() -> dict:
     """Everything `bornagain env` prints, as a mapping (section -> key -> value)."""
     from bornagain_kd import installed_version  # noqa: PLC0415
     from bornagain_kd.engine.compile import compile_unavailable  # noqa: PLC0415
+    from bornagain_kd.engine.device import resolve_device  # noqa: PLC0415
     from bornagain_kd.engine.speed import (  # noqa: PLC0415
-        PRIOR_COMPILE_SECONDS, bf16_reason, record_path, resolve_channels_last,
+        PRIOR_COMPILE_SECONDS, PRIOR_SAVING, bf16_reason, record_path, resolve_channels_last, resolve_precision,
+        resolve_teacher_precision,
     )
+    from bornagain_kd.pipelines.vision_speed import resolve_last_batch  # noqa: PLC0415
 
     flags = cpu_flags()
     cpu = torch.device("cpu")
@@ -74,20 +77,21 @@ def facts() -> dict:
         "threads": {"torch threads": torch.get_num_threads(), "torch interop threads": torch.get_num_interop_threads(),
                     **{name: os.environ.get(name, "(unset)") for name in THREAD_VARIABLES}},
     }
-    device = torch.device("cuda") if torch.cuda.is_available() else cpu
-    gpu_native, gpu_why = bf16_reason(device)
+    device = resolve_device("auto")
     unavailable = compile_unavailable()
-    channels = resolve_channels_last("auto", convolutional=True)
-    out["auto"] = {
+    said = lambda c: f"{c.value} ({c.reason})"  # noqa: E731 - a Choice as `bornagain ban`'s first line says it
+    out["auto"] = {  # what a new run's `auto` resolves to here: the functions a run asks (engine/speed.py)
         "train.device": f"{device.type} ({'a CUDA GPU is visible' if device.type == 'cuda' else 'no CUDA GPU'})",
-        "train.precision": f"{'bf16' if gpu_native else 'fp32'} ({gpu_why})",
-        "ban.teacher_precision=auto": f"{'bf16' if gpu_native else 'fp32'} ({gpu_why})",
-        "train.channels_last": f"{'on' if channels.value else 'off'} for image models ({channels.reason})",
-        "train.compile": (f"eager: torch.compile cannot run here ({unavailable})" if unavailable else
+        "train.precision": said(resolve_precision("auto", device)),
+        "ban.teacher_precision": f"{said(resolve_teacher_precision('auto', device))} when set to auto (null: the "
+                                 "students' precision)",
+        "train.channels_last": said(resolve_channels_last("auto", convolutional=True)) + " for image models",
+        "train.compile": (f"False (torch.compile cannot run here: {unavailable})" if unavailable else
                           "decided per run from its length and this machine's measurements "
                           f"({record_path()}; before any: eager, then a prior of "
-                          f"{PRIOR_COMPILE_SECONDS[device.type]:.0f} s to compile and a 15% saving)"),
-        "train.last_batch": "fill for a new run (one batch shape: a compiled step compiles once)",
+                          f"{PRIOR_COMPILE_SECONDS[device.type]:.0f} s to compile and a "
+                          f"{PRIOR_SAVING:.0%} saving)"),
+        "train.last_batch": said(resolve_last_batch("auto", None)),
     }
     return out
 

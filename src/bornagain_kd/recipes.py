@@ -1,7 +1,7 @@
 """Recipes by name: the YAML files of the repository's configs/, found by `--config NAME` and listed by
 `bornagain recipes`.
 
-configs/ is the single source. A wheel carries a copy as bornagain_kd/recipes/ (setup.py copies it at build
+configs/ is the single source. A wheel carries a copy as bornagain_kd/_recipes/ (setup.py copies it at build
 time); a source checkout (an editable install) reads configs/ itself. A recipe opens with three lines that
 `bornagain recipes` prints:
 
@@ -22,9 +22,9 @@ SUFFIXES = (".yaml", ".yml")
 
 
 def recipe_dirs() -> list[Path]:
-    """Where packaged recipes are: the wheel's bornagain_kd/recipes/, else the checkout's configs/."""
+    """Where packaged recipes are: the wheel's bornagain_kd/_recipes/, else the checkout's configs/."""
     here = Path(__file__).resolve().parent
-    dirs = [here / "recipes"]
+    dirs = [here / "_recipes"]
     root = here.parents[1]  # src/bornagain_kd -> the repository, in a checkout
     if (root / "pyproject.toml").is_file():
         dirs.append(root / "configs")
@@ -45,23 +45,44 @@ def _stem(path: Path) -> str:
 
 
 def find_recipe(config: str | Path) -> Path:
-    """The file ``--config`` names: an existing path wins; else a packaged recipe of that name (``NAME``,
+    """The file ``--config`` names: an existing file wins; else a packaged recipe of that name (``NAME``,
     ``NAME.yaml`` or ``configs/NAME.yaml``, so the README's lines work from an installed wheel); else one error
     with the close matches."""
+    if not str(config).strip():
+        raise UserError("--config is empty: give a recipe's name (`bornagain recipes` lists them) or a YAML file")
     path = Path(config).expanduser()
-    if path.exists():
+    if path.is_file():
         return path
     bare = str(path.parent) in (".", "configs")  # a name, not a path into some other folder
     recipes = available() if bare else {}
     name = _stem(path)
     if name in recipes:
         return recipes[name]
-    if not bare:
+    if not bare or path.exists():  # a path into another folder, or a folder: load_yaml names the problem
+        if path.exists():
+            return path
         raise UserError(f"config file '{path}' does not exist: check the path given to --config")
-    close = difflib.get_close_matches(name, list(recipes), n=4, cutoff=0.6)
-    hint = f"close matches: {', '.join(close)}; " if close else ""
+    hint = f"close matches: {', '.join(close)}; " if (close := close_matches(name, list(recipes))) else ""
     raise UserError(f"config '{config}' is neither a file nor a packaged recipe: {hint}`bornagain recipes` lists "
                     f"the {len(recipes)} recipes (give a recipe's name, or a path to your own YAML file)")
+
+
+def close_matches(name: str, names: list[str], n: int = 4) -> list[str]:
+    """Names like ``name``: those containing it (case aside), then difflib's close matches."""
+    low = name.lower()
+    found = [m for m in names if low and low in m.lower()]
+    found += [m for m in difflib.get_close_matches(low, names, n=n, cutoff=0.6) if m not in found]
+    return found[:n]
+
+
+def recipe_command(path: Path) -> str:
+    """The command a recipe is for, from its sections: bam, glue-teachers, ban (a ban: section) or train."""
+    import yaml  # noqa: PLC0415
+
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if "glue" in tree or "encoder" in tree:
+        return "bam" if "bam" in tree else "glue-teachers"
+    return "ban" if "ban" in tree else "train"
 
 
 def recipe_writing(run_dir: Path) -> str | None:
@@ -99,11 +120,11 @@ def render_recipes(wrap: int = 116) -> str:
     recipes = available()
     if not recipes:
         return "no recipes found: this installation carries none (reinstall bornagain-kd)\n"
-    lines = [f"{len(recipes)} recipes: bornagain <command> --config NAME [key=value ...] (a file path works too; "
+    lines = [f"{len(recipes)} recipes: bornagain COMMAND --config NAME [key=value ...] (a file path works too; "
              "`bornagain config` explains every key)", ""]
     for name, path in recipes.items():
         fields = recipe_fields(path)
-        lines.append(name)
+        lines.append(f"{name}    (bornagain {recipe_command(path)} --config {name})")
         for key in FIELDS:
             lines += textwrap.wrap(fields[key] or "(not stated)", wrap, initial_indent=f"  {key + ':':<9}",
                                    subsequent_indent=" " * 11)

@@ -9,7 +9,8 @@ RUN_OR_EXPORT is
 
 Preprocessing is the run's evaluation: (uint8 / 255 - the training split's mean) / std per channel, the run's
 precision, layout and test-time augmentation (train.tta), in batches of train.eval_batch_size. So the images of
-the run's own test set get the probabilities its test_probs.safetensors holds. A run directory's normalisation
+the run's own test set get the probabilities its test_probs.safetensors holds, on the kind of device it was
+evaluated on (another device, or a compiled run's kernels, round differently: the last digits may differ). A run directory's normalisation
 and classes come from its training data (read again, as `bornagain export` does); an exported folder carries
 them. Images of another size or channel count, or labelled with classes the model does not have, are refused.
 
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from bornagain_kd.engine.device import resolve_device
 from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json
 from bornagain_kd.pipelines.export import export_settings, read_finished_run, rebuild
-from bornagain_kd.pipelines.teacher_source import read_export_config
+from bornagain_kd.pipelines.teacher_source import local_teacher, read_export_config
 from bornagain_kd.reports.ensembles import average_probabilities, generation_dir
 from bornagain_kd.vision.batches import BatchPipeline, predict_logits
 from bornagain_kd.vision.new_images import NewImages, read_new_images
@@ -85,8 +87,8 @@ def load_member(folder: Path, data_cache: dict | None = None) -> Member:
     key = (repr(cfg.data), cfg.seed)
     cache = {} if data_cache is None else data_cache
     if key not in cache:
-        try:
-            cache[key] = prepare_data(cfg.data, cfg.seed)
+        try:  # read where the run read them, never downloaded here: predict only reads
+            cache[key] = prepare_data(dataclasses.replace(cfg.data, download=False), cfg.seed)
         except UserError as e:
             raise UserError(f"predict reads the data {folder} was trained on, for its input normalisation and "
                             f"classes: {e} (or predict from a folder `bornagain export` wrote, which carries them)"
@@ -106,7 +108,24 @@ def ensemble_members(run_dir: Path, name: str) -> list[Path]:
         raise UserError(f"{run_dir} has no ensemble {name!r}; its ensembles are "
                         f"{', '.join(ensembles) or 'none (one generation)'}")
     rows = {g["generation"]: g for g in results["generations"]}
-    return [generation_dir(run_dir, rows[g]) for g in ensembles[name]]
+    folders = []
+    for g in ensembles[name]:
+        folder = generation_dir(run_dir, rows[g])
+        if rows[g].get("teacher_run"):  # a reused teacher, recorded as its sequence was given it
+            folder = local_teacher(str(folder))  # an hf:// teacher: the hub's cached copy
+            if not folder.is_dir():
+                raise UserError(f"{run_dir}'s teacher {folder} (ban.teacher_run, a path from the folder its sequence "
+                                "ran in) is not found from here: run predict from that folder")
+        folders.append(folder)
+    return folders
+
+
+def _is_ban_output(folder: Path) -> bool:
+    """A whole `ban` output (its generations in results.json, or gen*/ / seed-*/ folders), not one run."""
+    results = folder / "results.json"
+    if results.is_file() and "generations" in read_json(results):
+        return True
+    return (folder / "gen0").is_dir() or (folder / "gen1").is_dir() or any(folder.glob("seed-*"))
 
 
 def _gray_if_needed(images: NewImages, member: Member) -> NewImages:
@@ -159,20 +178,23 @@ def to_csv(images: NewImages, probs: torch.Tensor, classes: tuple[str, ...], lab
 
 def predict(source: str | os.PathLike, images_source: str | os.PathLike, *, ensemble: str | None = None,
             split: str = "test", layout: str = "auto", image_column: str | None = None,
-            device: str = "cpu") -> tuple[NewImages, torch.Tensor, tuple[str, ...], np.ndarray | None]:
+            device: str = "auto") -> tuple[NewImages, torch.Tensor, tuple[str, ...], np.ndarray | None]:
     """(the images, their class probabilities (n, classes) float64 for an ensemble / float32, the classes, the labels
     as class indices or None)."""
     source = Path(source)
     if not source.is_dir():
         raise UserError(f"{source} is not a folder: give a finished run directory, a `ban` generation (gen1/), a "
                         "folder `bornagain export` wrote, or a `ban` output with --ensemble")
-    if not ensemble and ((source / "gen0").is_dir() or any(source.glob("seed-*"))):
+    if not ensemble and _is_ban_output(source):
         raise UserError(f"{source} is a whole `ban` output: give one of its runs (e.g. {source / 'gen1'}), or "
                         "--ensemble NAME for one of its ensembles (the names in its table: Ens*2, All, ...)")
+    dev = resolve_device(device)  # auto, cpu, cuda[:N]; cuda without a GPU is refused here
     folders = ensemble_members(source, ensemble) if ensemble else [source]
+    images = read_new_images(images_source, split=split, layout=layout, image_column=image_column)  # errors first
+    if images.images.shape[0] == 0:
+        raise UserError(f"{images_source} holds no images: nothing to predict")
     cache: dict = {}
     members = [load_member(f, cache) for f in folders]
-    images = read_new_images(images_source, split=split, layout=layout, image_column=image_column)
     classes = members[0].classes
     images = _gray_if_needed(images, members[0])
     for m in members:
@@ -181,13 +203,16 @@ def predict(source: str | os.PathLike, images_source: str | os.PathLike, *, ense
             raise UserError(f"the ensemble's members disagree on their classes ({m.name}): they are not one sequence")
     labels = _labels_in_model_classes(images, classes, str(images_source))
     x = torch.from_numpy(images.images)
-    dev = torch.device(device)
     probs = [m.probabilities(x, dev) for m in members]
     return images, (average_probabilities(probs) if ensemble else probs[0]), classes, labels
 
 
 def predict_command(source: str, images_source: str, output: str, **options) -> str:
     """`bornagain predict`: writes the CSV (atomically) and returns the line to print."""
+    if Path(output).is_dir():
+        raise UserError(f"--output {output} is a folder: give the CSV file to write, e.g. {Path(output) / 'preds.csv'}")
+    if not Path(output).parent.is_dir():
+        raise UserError(f"--output {output}: its folder {Path(output).parent} does not exist; make it first")
     images, probs, classes, labels = predict(source, images_source, **options)
     atomic_write_text(output, to_csv(images, probs, classes, labels))
     what = f"ensemble {options['ensemble']} of {source}" if options.get("ensemble") else str(source)

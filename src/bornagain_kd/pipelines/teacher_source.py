@@ -53,8 +53,9 @@ def unfinished_teacher_message(run_dir: Path, model: str) -> str:
 
     state = "does not exist" if not run_dir.exists() else "is not a finished run (no results.json)"
     recipe = recipe_writing(run_dir)
-    first = (f"run configs/{recipe}.yaml first (bornagain ban --config {recipe}), or set ban.teacher_run to another "
-             f"finished {model} run (null: train the teacher here)" if recipe else
+    resume = " --resume" if run_dir.exists() else ""  # begun: continued, not started again
+    first = (f"run configs/{recipe}.yaml first (bornagain ban --config {recipe}{resume}), or set ban.teacher_run to "
+             f"another finished {model} run (null: train the teacher here)" if recipe else
              f"finish that run first, or set ban.teacher_run to a finished {model} run (null: train the teacher here)")
     return f"ban.teacher_run={run_dir} {state}: {first}"
 

@@ -65,6 +65,9 @@ def _from_folder(folder: Path, split: str) -> NewImages:
             raise UserError(f"{folder} has no {split}/ folder: --split takes train or test here")
         return _from_folder(folder / split, split)
     loose = _images_in(folder)
+    if loose and subfolders:
+        raise UserError(f"{folder} holds images ({loose[0].name}, ...) beside folders ({subfolders[0].name}, ...): "
+                        "give a folder of images alone, or of class folders alone (the folder names are the labels)")
     if loose or not subfolders:
         return _from_files(loose, folder)
     classes = tuple(p.name for p in subfolders)
