@@ -139,9 +139,14 @@ def test_what_cannot_be_exported_and_where_it_cannot_be_written(teacher, tmp_pat
     assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_a_hub_teacher_stays_at_the_commit_its_sequence_started_with(teacher, tmp_path, monkeypatch):
+@pytest.mark.parametrize("given, repo_name", [("hf://someone/teacher", "teacher"),
+                                              ("hf://someone/teacher-{seed}", "teacher-0")])  # one per seed
+def test_a_hub_teacher_stays_at_the_commit_its_sequence_started_with(teacher, tmp_path, monkeypatch, given,
+                                                                     repo_name):
+    """The pin is written and read under the same name: with {seed} the name the seed fills in (it was written
+    under the template and looked up under the filled-in name, so a resume silently took the branch's head)."""
     constants = pytest.importorskip("huggingface_hub.constants")  # (a submodule loaded on import)
-    repo = tmp_path / "hub" / "models--someone--teacher"  # the hub cache's layout, two commits of the teacher
+    repo = tmp_path / "hub" / f"models--someone--{repo_name}"  # the hub cache's layout, two commits of the teacher
     first, moved = "1" * 40, "2" * 40
     for commit in (first, moved):
         shutil.copytree(teacher[1], repo / "snapshots" / commit)
@@ -149,7 +154,7 @@ def test_a_hub_teacher_stays_at_the_commit_its_sequence_started_with(teacher, tm
     (repo / "refs" / "main").write_text(first)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    args = [*STUDENT, "ban.teacher_run=hf://someone/teacher", "ban.generations=0"]
+    args = [*STUDENT, f"ban.teacher_run={given}", "ban.generations=0", "seed=0"]
     assert main(["ban", "--output", str(tmp_path / "seq"), *args]) == 0
     (repo / "refs" / "main").write_text(moved)  # the branch moved on while the sequence was interrupted
     assert main(["ban", "--output", str(tmp_path / "seq"), "--resume", *args]) == 0

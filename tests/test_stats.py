@@ -149,3 +149,35 @@ def test_wilcoxon_stays_exact_for_many_pairs():
     approx = 2 * scipy_stats.norm.sf(abs(z))
     assert result.method == "exact" and result.p_value == pytest.approx(approx, rel=0.05)
     assert signed_rank_null([2 * r for r in range(1, 81)]).sum() == pytest.approx(1.0, rel=1e-12)
+
+
+def _one_image_fewer_in_every_seed():
+    """Test errors (%) of 10,000 images, b one image worse than a in every seed: the differences are all 0.01
+    points, but float rounding makes them unequal in their last bits."""
+    errors = [2845, 3012, 2733, 2901, 2877]
+    a = [100 * e / 10_000 for e in errors]
+    b = [100 * (e + 1) / 10_000 for e in errors]
+    d = [x - y for x, y in zip(a, b)]
+    assert len(set(d)) > 1 and max(d) - min(d) < 1e-12  # the precondition: equal evidence, unequal bits
+    return a, b
+
+
+def test_the_paired_t_test_judges_no_spread_within_rounding_not_bit_for_bit():
+    from bornagain_kd.reports.stats import paired_test
+
+    a, b = _one_image_fewer_in_every_seed()
+    result = paired_test(a, b)
+    assert result.method == "no spread" and math.isnan(result.p_value) and result.statistic == -math.inf
+    same = paired_test(a, [x + 1e-14 for x in a])  # no difference at all, but for rounding
+    assert (same.statistic, same.p_value, same.method) == (0.0, 1.0, "no differences")
+    assert paired_test([1.0], [2.0]).method == "one pair"
+    assert paired_test([1.0, 2.0, 4.0], [0.5, 1.0, 1.0]).method == "t distribution"
+
+
+def test_a_zero_width_interval_is_read_as_no_spread_not_as_excluding_0():
+    from bornagain_kd.reports.power import paired_power, reading
+
+    a, b = _one_image_fewer_in_every_seed()
+    text = reading("BAN-1 - teacher", paired_power(a, b))
+    assert "no spread" in text and "excludes 0" not in text
+    assert "excludes 0" in reading("x", paired_power([3.0, 3.2, 2.9], [1.0, 1.1, 1.0]))

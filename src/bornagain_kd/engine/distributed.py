@@ -151,3 +151,24 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def decided_by_rank0(decide):
+    """Rank 0's ``decide()`` on every rank, a UserError it raises raised on every rank alike: a decision read from
+    files (is this run new, started, finished?) is taken once, by the rank that writes them, before it writes;
+    another rank reading them itself could see rank 0's first files and decide otherwise. Then a barrier.
+    ``decide()`` itself outside torchrun."""
+    if not _enabled():
+        return decide()
+    payload = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload[0] = ("value", decide())
+        except UserError as e:
+            payload[0] = ("error", str(e))
+    dist.broadcast_object_list(payload, src=0)  # pickled; under NCCL staged on the current GPU
+    barrier()
+    kind, value = payload[0]
+    if kind == "error":
+        raise UserError(value)
+    return value

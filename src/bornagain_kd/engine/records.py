@@ -53,8 +53,16 @@ class EpochProgress:
         self.bad_step = torch.where(keep, self.bad_step, self.step)
 
     def check_finite(self, name: str) -> None:
-        if self.bad_step is not None and int(self.bad_step) >= 0:
-            raise UserError(f"{name}: the loss became non-finite at step {int(self.bad_step) + 1}; the last good "
+        """Raise once any rank's loss was non-finite, on every rank alike: the ranks call this at the same steps
+        and agree on the first bad step (the smallest over the ranks), so none exits alone while the others wait
+        in their next collective."""
+        none = torch.iinfo(torch.long).max
+        local = -1 if self.bad_step is None else int(self.bad_step)
+        # the earliest bad step over the ranks: a max of negated steps (-none where a rank has none)
+        first = -int(all_reduce_tensor(torch.tensor(-(local if local >= 0 else none), dtype=torch.long),
+                                       op="max"))
+        if first != none:
+            raise UserError(f"{name}: the loss became non-finite at step {first + 1}; the last good "
                             "checkpoint is kept. Lower the learning rate (or use train.precision=fp32) and --resume")
 
     def epoch_record(self, dist: DistInfo, device: torch.device, seconds: float) -> dict:

@@ -39,7 +39,7 @@ import torch
 
 from bornagain_kd.config import config_to_dict, keys_that_may_differ, recorded_config
 from bornagain_kd.engine.device import resolve_device
-from bornagain_kd.engine.distributed import barrier, current
+from bornagain_kd.engine.distributed import barrier, current, decided_by_rank0
 from bornagain_kd.engine.run import check_command_dir, command_dir, is_finished, record_command
 from bornagain_kd.engine.settings import changed_keys, describe_changes, flatten
 from bornagain_kd.pipelines.classifier import RunSpec, check_flips, fit, load_probs
@@ -228,6 +228,18 @@ def seed_config(cfg: VisionConfig, seed: int, output: Path) -> VisionConfig:
                                ban=dataclasses.replace(cfg.ban, seeds=None))
 
 
+def seed_started(run_dir: Path, sub: VisionConfig, *, resume: bool) -> bool:
+    """Whether one seed's sequence continues (True) or starts fresh: a seed not started yet starts fresh, a started
+    one continues and must have the same config. Rank 0 decides for every rank (its own seed-<s>/.lock could
+    otherwise make another rank see a used directory and refuse it)."""
+    def decide() -> bool:
+        started = resume and run_dir.is_dir() and any(run_dir.iterdir())
+        check_command_dir(run_dir, vision_settings(sub), resume=started)
+        return started
+
+    return decided_by_rank0(decide)
+
+
 def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | None = None) -> dict:
     """Run (or continue) every seed's sequence in order, then write the aggregate at ``output``."""
     main = current().is_main
@@ -240,9 +252,7 @@ def run_seeds(cfg: VisionConfig, output: Path, *, resume: bool, speed: dict | No
         for seed in cfg.ban.seeds:
             run_dir = output / f"seed-{seed}"
             sub = seed_config(cfg, seed, output)
-            # a seed not started yet starts fresh; a started one continues (and must have the same config)
-            started = resume and run_dir.is_dir() and any(run_dir.iterdir())
-            check_command_dir(run_dir, vision_settings(sub), resume=started)
+            started = seed_started(run_dir, sub, resume=resume)
             if main:
                 print(f"bornagain ban: seed {seed} -> {run_dir}", flush=True)
             run_ban(sub, run_dir, resume=started, plots=False, speed=speed)  # the aggregate draws every seed at once
@@ -264,7 +274,7 @@ def _run_ban(cfg: VisionConfig, output: Path, *, resume: bool, plots: bool = Tru
     main = current().is_main
     record_command(output, vision_settings(cfg), config_to_dict(cfg), main=main)  # its own checks passed
     if teacher_dir is not None and main:
-        pin_teacher(output, cfg.ban.teacher_run, teacher_dir)  # hf://: --resume keeps this commit
+        pin_teacher(output, teacher_run_dir(cfg), teacher_dir)  # hf://: --resume keeps this commit ({seed} filled)
 
     generations = []
     teacher = None

@@ -27,6 +27,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as scipy_stats
 
+from bornagain_kd.reports.stats import equal_within_rounding
+
 ALPHA = 0.05
 POWER = 0.8
 LEVEL = 0.95
@@ -102,10 +104,13 @@ def paired_power(a: Sequence[float], b: Sequence[float], *, effect: float | None
                  alpha: float = ALPHA, power: float = POWER) -> Power:
     """The mean of a - b (pairs by position), its ``level`` t-interval, the MDE and (with ``effect``) the
     pairs needed for it."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = a - b
     n = int(d.size)
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    if n > 1 and equal_within_rounding(d, a, b):
+        sd = 0.0  # every difference equal within float rounding: no spread (not a rounding-sized one)
     if n > 1:
         half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
         low, high = mean - half, mean + half
@@ -134,7 +139,9 @@ def reading(name: str, p: Power | dict, *, unit: str = "points", over: str = "se
         return f"{name}: {mean:+.2f} {unit} from {n} {over[:-1] if n == 1 else over}; no interval from one value"
     text = f"{name}: {mean:+.2f} [{low:+.2f}, {high:+.2f}] {unit} over {n} {over}"
     mde = p["minimum_detectable_effect"]
-    if low > 0 or high < 0:
+    if p.get("sd_difference") == 0:  # a zero-width interval is no evidence that excludes 0: checked first
+        text += "; every difference equal, so no spread to judge a difference by"
+    elif low > 0 or high < 0:
         text += "; the 95% interval excludes 0"
     elif math.isnan(mde):
         text += "; every difference equal, so no spread to judge a difference by"
