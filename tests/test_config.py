@@ -273,7 +273,7 @@ def test_which_keys_may_differ_is_declared_on_the_key():
     assert "seed" in vision["pool"] and "seed" not in vision["teacher"] | vision["resume"]
     # the sets the hand-kept lists held before the keys declared them (RUN_MECHANICS and its companions)
     mechanics = {"train.progress", "train.trackers", "train.num_threads", "train.checkpoint_every_steps",
-                 "train.compile", "train.compile_mode", "ban.prepare_teacher", "ban.teacher_compile"}
+                 "train.compile", "train.compile_mode", "ban.prepare_teacher", "ban.teacher_compile", "train.dist_timeout"}
     assert vision["resume"] == mechanics | {"output_dir", "ban.controls", "ban.label_smoothing"}
     assert vision["pool"] == mechanics | {"seed", "output_dir", "ban.seeds", "train.device"}
     assert vision["teacher"] == mechanics | {"train.device", "train.eval_batch_size", "train.precision",

@@ -146,3 +146,31 @@ def test_a_batch_smaller_than_the_world_is_refused_once_before_anything_is_writt
     errors = [line for line in proc.stderr.splitlines() if line.startswith("bornagain: error:")]
     assert len(errors) == 1 and "train.batch_size=1 is the global batch" in errors[0]
     assert not list((tmp_path / "run").rglob("*.yaml")) and not list((tmp_path / "run").rglob("*.json"))
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
+def test_small_batch_norm_slices_are_warned_of_and_sync_batchnorm_on_cpus_is_refused(tmp_path):
+    """Each process normalises over its own slice: 2 processes on a batch of 16 normalise over 8 images each, which
+    the run says once; train.sync_batchnorm (PyTorch's SyncBatchNorm: CUDA only) is refused on CPU processes
+    before anything is written."""
+    proc = _torchrun("train", tmp_path / "small", [*BAN_ARGS, "train.batch_size=16", "train.epochs=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "normalises its batch norms over 8" in line]
+    assert len(warned) == 1 and "train.sync_batchnorm" in warned[0]
+    proc = _torchrun("train", tmp_path / "sync", [*BAN_ARGS, "train.sync_batchnorm=true"])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bornagain: error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "needs CUDA GPUs" in errors[0]
+    assert not list((tmp_path / "sync").rglob("*.yaml")) and not list((tmp_path / "sync").rglob("*.json"))
+
+
+def test_the_batch_norm_note_and_sync_conversion():
+    from bornagain_kd.engine.trainer import batch_norm_note
+    from bornagain_kd.models import create_model
+
+    resnet = create_model("resnet-8", 10)
+    assert "over 8 images" in batch_norm_note(resnet, 16, 2, synced=False)
+    assert batch_norm_note(resnet, 16, 2, synced=True) is None
+    assert batch_norm_note(resnet, 64, 2, synced=False) is None  # 32 images each
+    assert batch_norm_note(torch.nn.Linear(3, 2), 4, 2, synced=False) is None  # no batch norm
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(resnet)  # what the engine wraps under DDP when asked
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())

@@ -102,3 +102,71 @@ def _seed_rank(rank: int, port: int, root: str) -> None:
 def test_every_rank_takes_rank_0s_decision_on_a_seeds_directory(tmp_path):
     mp.spawn(_seed_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["started=False"] * 2
+
+
+def test_train_dist_timeout_reaches_the_process_group(monkeypatch):
+    """train.dist_timeout (minutes) is the timeout the process group is made with; null leaves PyTorch's own."""
+    import datetime
+
+    from bornagain_kd.config import load_config
+    from bornagain_kd.engine import distributed
+    from bornagain_kd.errors import UserError
+    from bornagain_kd.vision.config import VisionConfig
+
+    made = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: made.append(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = load_config(VisionConfig, None, ["train.dist_timeout=45"])
+    distributed.init_distributed("cpu", cfg.train.dist_timeout)
+    distributed.init_distributed("cpu", None)
+    assert made == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=45)}, {"backend": "gloo"}]
+    with pytest.raises(UserError, match="train.dist_timeout=0"):
+        load_config(VisionConfig, None, ["train.dist_timeout=0"])
+
+
+def _shared_finish_rank(rank: int, port: int, out: str) -> None:
+    """The engine calls a task's predict_on_every_rank on every rank, before rank 0 alone finishes."""
+    from bornagain_kd.engine.records import StepOutput
+    from bornagain_kd.engine.trainer import EngineSettings, train
+
+    _join(rank, 2, port)
+
+    class Shared:
+        name, epochs, batch_size = "toy", 1, 8
+
+        def build_model(self):
+            return torch.nn.Linear(1, 1, bias=False)
+
+        def build_optimizer(self, model, steps_per_epoch):
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+        def epoch_batches(self, epoch, dist):
+            return [torch.full((4, 1), 1.0)]
+
+        def loss(self, model, x, step):
+            return StepOutput(loss=((model(x) - 2 * x) ** 2).mean(), count=x.shape[0])
+
+        def evaluate(self, model, epoch):
+            return {}
+
+        def predict_on_every_rank(self, model):
+            self.shared = f"rank {rank} predicted (eval mode: {not model.training})"
+
+        def finish(self, model, run_dir):
+            return {"shared": self.shared}
+
+    task = Shared()
+    train(Path(out) / "run", task, EngineSettings(device=torch.device("cpu"), progress=False, trackers=()),
+          resume=False)
+    Path(out, f"rank{rank}").write_text(task.shared)
+    dist.destroy_process_group()
+
+
+def test_the_finishing_predictions_run_on_every_rank(tmp_path):
+    mp.spawn(_shared_finish_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [
+        f"rank {r} predicted (eval mode: True)" for r in (0, 1)]
+    assert (tmp_path / "run" / "results.json").is_file()

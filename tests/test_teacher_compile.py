@@ -135,3 +135,52 @@ def test_a_resumed_sequence_keeps_its_explicit_compile_values_for_generations_no
     assert cfg.ban.teacher_compile is False  # an explicit value on the resume wins
     fresh = keep_explicit_compile(load_config(VisionConfig, None, FAST), tmp_path / "none")
     assert fresh.train.compile == "auto" and fresh.ban.teacher_compile == "auto"
+
+
+def test_a_run_recorded_before_the_key_resumes_with_the_plain_compile_it_began_with(tmp_path, monkeypatch):
+    """Before ban.teacher_compile the teacher was compiled plainly (no frozen weights) exactly where the student
+    was: a run recorded then resumes so, not with a frozen-compiled teacher (not bit for bit the same)."""
+    from bornagain_kd.api import run_ban
+    from bornagain_kd.files import read_json, write_json
+    from bornagain_kd.pipelines import classifier
+
+    out = tmp_path / "run"
+    run_ban(None, overrides=[*FAST, "train.compile=false"], output=out)
+    settings = read_json(out / "gen1" / "settings.json")
+    del settings["settings"]["ban"]["teacher_compile"]  # as recorded before the key existed
+    write_json(out / "gen1" / "settings.json", settings)
+    recorded = vision_speed.recorded_keys(out / "gen1")
+    assert recorded["ban.teacher_compile"] == "student"
+    compiled = Choice(True, "recorded when the run started", "recorded")
+    choice = decide_teacher_compile("auto", student=compiled, steps=10, entry={}, device=CPU,
+                                    recorded=recorded["ban.teacher_compile"])
+    assert (choice.value, choice.how) == ("student", "recorded")
+    assert decide_teacher_compile(True, student=compiled, steps=10, entry={}, device=CPU,
+                                  recorded="student").value is True  # an explicit value still wins
+    # the task compiles such a teacher plainly, as the student (not with frozen weights)
+    calls = []
+    def fake(kind):
+        return lambda module, **kw: (calls.append((kind, kw["enabled"])), (module, False))[1]
+
+    monkeypatch.setattr(classifier, "maybe_compile", fake("plain"))
+    monkeypatch.setattr(classifier, "compile_frozen", fake("frozen"))
+    from bornagain_kd.config import load_config
+    from bornagain_kd.vision.config import VisionConfig
+
+    cfg = load_config(VisionConfig, None, [*FAST, "train.compile=true", "ban.teacher_compile=student"])
+    _task_with_teacher(cfg)
+    cfg = load_config(VisionConfig, None, [*FAST, "train.compile=true", "ban.teacher_compile=true"])
+    _task_with_teacher(cfg)
+    assert calls == [("plain", True), ("frozen", True)]
+
+
+def _task_with_teacher(cfg) -> None:
+    """A classification task of a student with a frozen teacher (what it compiles is what the test watches)."""
+    from bornagain_kd.models import create_model
+    from bornagain_kd.pipelines.classifier import ClassifierTask, RunSpec
+    from bornagain_kd.vision.prepare import prepare_data
+
+    data = prepare_data(cfg.data, cfg.seed)
+    teacher = create_model("resnet-8", data.num_classes, in_channels=data.in_channels).eval().requires_grad_(False)
+    spec = RunSpec(name="gen1", model_name="resnet-8", seed=0, loss_fn=cfg.ban.student_loss(), teacher=teacher)
+    ClassifierTask(cfg, data, spec, lambda: create_model("resnet-8", data.num_classes), CPU)

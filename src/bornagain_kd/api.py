@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from bornagain_kd.config import config_from_tree, config_to_dict, load_config
+from bornagain_kd.errors import UserError
 
 T = TypeVar("T")
 ConfigLike = str | os.PathLike | dict | Any | None
@@ -54,8 +55,12 @@ def start_vision_run(cfg, *, resume: bool):
 
     check_available(cfg.train.trackers)  # a tracker whose library is missing: refused before anything is written
     output = Path(cfg.output_dir)
-    info = init_distributed(resolve_device(cfg.train.device).type)
+    device = resolve_device(cfg.train.device)
+    info = init_distributed(device.type, cfg.train.dist_timeout)
     per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
+    if cfg.train.sync_batchnorm and info.enabled and device.type != "cuda":
+        raise UserError("train.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm runs only there); "
+                        "processes on CPUs normalise over their own slice: drop the key, or raise train.batch_size")
     check_output_dir(output, cfg, resume=resume)
     barrier()
     return output, info

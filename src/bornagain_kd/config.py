@@ -121,6 +121,13 @@ class TrainingConfig:
     ema_warmup_power: float = 0.0
     """Warm-up of the decay, so that early weights, which change fast, are soon forgotten: decay x (step / total
     steps)^power (airbench94: 3); 0: timm's, min(decay, (1 + step) / (10 + step))."""
+    dist_timeout: float | None = field(default=None, metadata=may_differ(*MECHANICS))
+    """Minutes a collective under torchrun waits for the other processes before the run fails (null: PyTorch's
+    default, 10 under NCCL, 30 under gloo); raise it where one process does long work alone."""
+    sync_batchnorm: bool = False
+    """Under torchrun on GPUs, normalise batch norms over the global batch (torch.nn.SyncBatchNorm), so a
+    data-parallel step is the single-process step; off (PyTorch's default): each process normalises over its own
+    slice, and a warning says when a slice is small. GPUs only (PyTorch's SyncBatchNorm); no effect in one process."""
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -131,6 +138,8 @@ class TrainingConfig:
             raise UserError("train.batch_size and train.eval_batch_size must be at least 1")
         if self.checkpoint_every_steps < 0:
             raise UserError(f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0")
+        if self.dist_timeout is not None and not self.dist_timeout > 0:
+            raise UserError(f"train.dist_timeout={self.dist_timeout} must be a positive number of minutes (or null)")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"train.num_threads={self.num_threads} must be at least 1 (or null for torch's default)")
         if not 0.0 <= self.ema_decay < 1.0:

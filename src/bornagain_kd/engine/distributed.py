@@ -12,6 +12,7 @@ DistributedDataParallel (it has no gradients to synchronise).
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -44,8 +45,10 @@ ALWAYS_GROUP = "BORNAGAIN_PROCESS_GROUP"
 data-parallel path (DDP, NCCL collectives) too (benchmarks/gpu_check.py). Otherwise one process trains alone."""
 
 
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group that torchrun describes in the environment (no-op when absent)."""
+def init_distributed(device_kind: str, timeout_minutes: float | None = None) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (no-op when absent). ``timeout_minutes``
+    (train.dist_timeout): how long a collective waits for the other ranks before the run fails; None: PyTorch's
+    default (10 minutes under NCCL, 30 under gloo)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     forced = os.environ.get(ALWAYS_GROUP) == "always" and "RANK" in os.environ
     if world_size <= 1 and not forced:
@@ -55,7 +58,10 @@ def init_distributed(device_kind: str) -> DistInfo:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        if timeout_minutes is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return info
 
 

@@ -25,6 +25,7 @@ from bornagain_kd.engine import device as device_info
 from bornagain_kd.files import read_json, write_json
 
 AUTO = "auto"
+STUDENT = "student"  # ban.teacher_compile: compiled as the student is (no frozen weights), as runs before the key
 PRIOR_COMPILE_SECONDS = {"cpu": 60.0, "cuda": 120.0}
 """Compile seconds assumed before this machine has measured any for a model (cold caches: ResNet-20 on 2 CPU
 cores took 40 s, DenseNet-BC-80-80 on an H100 minutes); high on purpose."""
@@ -184,6 +185,10 @@ def decide_teacher_compile(value, *, student: Choice, steps: int, entry: dict, d
     eager where train.compile=false was set, and otherwise decides as decide_compile does from this machine's
     measurements of the teacher's forward pass (``entry``: its eager and compiled seconds per step): a student too
     short-lived to pay back its own compilation may still pay back the teacher's, which compiles faster."""
+    if value == STUDENT or (value == AUTO and recorded == STUDENT):
+        return Choice(STUDENT, "a plain compile where the student compiles" if value == STUDENT else
+                      "as the student, with no frozen weights: recorded before ban.teacher_compile existed",
+                      "set" if value == STUDENT else "recorded")
     if value != AUTO:
         return Choice(bool(value), "set", "set")
     if isinstance(recorded, bool):
@@ -223,7 +228,7 @@ def speed_line(choices: dict[str, Choice]) -> str:
         elif name == "compile":
             shown = {True: "compile", False: "eager", None: "compile or eager"}[c.value]
         elif name == "teacher_compile":
-            shown = "teacher compiled" if c.value else "teacher eager"
+            shown = {STUDENT: "teacher as the student"}.get(c.value, "teacher compiled" if c.value else "teacher eager")
         else:
             shown = name if c.value else f"no {name}"
         parts.append(f"{shown} ({c.reason})")

@@ -85,6 +85,8 @@ class EngineSettings:
     """torch.compile the trained model (engine/compile.py); the time of the steps that compiled (the first,
     and any that met a new shape) is reported as compile_seconds and left out of the training time."""
     compile_mode: str = "default"
+    sync_batchnorm: bool = False
+    """Under DDP, batch norms over the global batch (torch.nn.SyncBatchNorm; CUDA only)."""
     averaging: AveragingSettings = AveragingSettings()
     """Weight EMA or lookahead (engine/averaging.py): evaluation, final weights and test outputs use the average."""
 
@@ -121,7 +123,10 @@ class Task(Protocol):
         the task gathers) and rank 0's metrics are logged."""
 
     def finish(self, model: torch.nn.Module, run_dir: Path) -> dict:
-        """Write the run's own outputs (rank 0 only) and return its fields of results.json."""
+        """Write the run's own outputs (rank 0 only) and return its fields of results.json. Optional before it,
+        ``predict_on_every_rank(model)``: called on every rank with the final model in eval mode, for the long
+        predictions the ranks share (each predicts a share, the outputs gathered), so no rank waits at a barrier
+        while rank 0 alone predicts a training set (a process group's timeout is minutes: train.dist_timeout)."""
 
 
 def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: bool,
@@ -156,6 +161,11 @@ def _train_locked(run_dir: Path, task: Task, settings: EngineSettings, dist: Dis
                 loop.run_epoch()
         if loop.average is not None:  # the run's weights are the average from here on (every rank alike)
             loop.average.copy_to(loop.model)
+        shared = getattr(task, "predict_on_every_rank", None)
+        if shared is not None:  # every rank, with the final weights: the finish's long predictions, sharded
+            loop.model.eval()
+            with torch.no_grad():
+                shared(loop.model)
         if dist.is_main:
             _finish(run_dir, task, loop.model, dist,
                     compile_seconds=loop.state.compile_seconds if loop.watch_compiles else None,
@@ -240,6 +250,12 @@ class _Loop:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
+            if self.settings.sync_batchnorm:  # the optimizer holds these parameters: the modules change, not them
+                train_model = self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            note = batch_norm_note(self.model, getattr(self.task, "batch_size", None), self.dist.world_size,
+                                   synced=self.settings.sync_batchnorm)
+            if note and self.main:
+                print(f"bornagain: warning: {self.task.name}: {note}", flush=True)
             train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
@@ -339,6 +355,24 @@ class _Loop:
         self.checkpoint()
 
 
+SMALL_BATCH_NORM_SLICE = 16
+"""A process normalising its batch norms over fewer images than this gets a warning (noisy statistics)."""
+
+
+def batch_norm_note(model: torch.nn.Module, batch_size: int | None, world_size: int, *, synced: bool) -> str | None:
+    """The warning for a data-parallel run whose batch norms each normalise over a small slice of the batch, or
+    None (no batch norm, synchronised ones, or slices of SMALL_BATCH_NORM_SLICE images or more)."""
+    norms = (torch.nn.modules.batchnorm._BatchNorm,)
+    if synced or batch_size is None or not any(isinstance(m, norms) for m in model.modules()):
+        return None
+    per_rank = batch_size // world_size
+    if per_rank >= SMALL_BATCH_NORM_SLICE:
+        return None
+    return (f"each of the {world_size} processes normalises its batch norms over {per_rank} images (the global "
+            f"batch {batch_size} split): noisier statistics than one process's, and a step is not the single-process "
+            "step; raise train.batch_size, or on GPUs set train.sync_batchnorm=true")
+
+
 def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settings: EngineSettings, *,
                dist: DistInfo | None = None):
     """One optimiser update: forward under autocast, backward, clip, step, lr step.
@@ -346,7 +380,9 @@ def train_step(model, task: Task, batch, step: int, optimizer, scheduler, settin
     A task's loss is the mean over its rank's examples. Under torchrun the ranks' slices of a global batch can
     differ in size (17 examples on 2 ranks: 9 and 8) while DistributedDataParallel averages their gradients
     with equal weights, so the loss that is differentiated is weighted by the rank's share of the step's
-    examples (rank_share: exactly 1.0 for equal slices): the gradient is the global-batch mean's."""
+    examples (rank_share: exactly 1.0 for equal slices): the gradient is the global-batch mean's for a model
+    without batch norm. A batch norm in training mode normalises each rank's slice by that slice's own statistics
+    (unless train.sync_batchnorm), so there the step is not the single-process step (batch_norm_note)."""
     with autocast(settings.device, settings.precision):
         out = task.loss(model, batch, step)
     optimizer.zero_grad(set_to_none=True)

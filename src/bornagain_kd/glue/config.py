@@ -180,6 +180,8 @@ class GlueExperimentConfig:
         # keys added after runs were recorded: a recorded run without them had these values
         "encoder.pooling": "pooler",
         "bam.bucket_by_length": False,
+        "train.sync_batchnorm": False,  # each process normalised over its own slice
+        "train.dist_timeout": None,  # PyTorch's default timeout
         "train.weight_averaging": "off",  # no run averaged its weights before these keys
         "train.ema_decay": 0.999,
         "train.ema_every_steps": 1,

@@ -25,7 +25,7 @@ import torch
 from bornagain_kd.config import config_to_dict
 from bornagain_kd.distill.ban_losses import ResolvedLoss
 from bornagain_kd.engine.checkpoint import save_tensors
-from bornagain_kd.engine.compile import compile_frozen, fused_optimizer_kwargs
+from bornagain_kd.engine.compile import compile_frozen, fused_optimizer_kwargs, maybe_compile
 from bornagain_kd.engine.device import autocast
 from bornagain_kd.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain_kd.engine.rng import derive_seed
@@ -145,10 +145,13 @@ class ClassifierTask:
         self.teacher_precision = cfg.ban.teacher_precision or train.precision
         self.teacher, self.compiles = spec.teacher, False
         if spec.teacher is not None:  # compiled with frozen weights (ban.teacher_compile, resolved by fit)
-            # a compiled student announces a machine that cannot compile; an eager one leaves it to the teacher
-            self.teacher, self.compiles = compile_frozen(spec.teacher, enabled=cfg.ban.teacher_compile is True,
-                                                         mode=train.compile_mode,
-                                                         announce=self.dist.is_main and not train.compile)
+            if cfg.ban.teacher_compile == "student":  # a run recorded before the key: a plain compile, as it began
+                self.teacher, self.compiles = maybe_compile(spec.teacher, enabled=train.compile is True,
+                                                            mode=train.compile_mode, announce=False)
+            else:  # a compiled student announces a machine that cannot compile; an eager one leaves it to the teacher
+                self.teacher, self.compiles = compile_frozen(spec.teacher, enabled=cfg.ban.teacher_compile is True,
+                                                             mode=train.compile_mode,
+                                                             announce=self.dist.is_main and not train.compile)
         # The teacher's forward seconds, for the machine's record (fit: remember_teacher). Timed on a CPU only,
         # where an operation has finished when it returns; a GPU would need a host synchronisation per step.
         self.teacher_timing = ({"calls": 0, "seconds": 0.0, "compiled": self.compiles}

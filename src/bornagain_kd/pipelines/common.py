@@ -40,7 +40,7 @@ def _start_process(train: TrainingConfig) -> tuple[torch.device, DistInfo]:
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
     device = resolve_device(train.device)
-    dist = init_distributed(device.type)
+    dist = init_distributed(device.type, train.dist_timeout)
     if device.type == "cuda":
         # CIFAR batches have one shape: cuDNN times its convolution algorithms once per shape and keeps the
         # fastest (benchmarks/bench_flops.py --cudnn-benchmark off on measures what it saves)
@@ -60,7 +60,7 @@ def engine_settings(train: TrainingConfig, device: torch.device, *, seed: int, m
     return EngineSettings(device=device, precision=train.precision, seed=seed, max_grad_norm=max_grad_norm,
                           checkpoint_every_steps=train.checkpoint_every_steps, log_every_steps=log_every_steps,
                           progress=train.progress, trackers=train.trackers, compile=train.compile,
-                          compile_mode=train.compile_mode,
+                          compile_mode=train.compile_mode, sync_batchnorm=train.sync_batchnorm,
                           averaging=AveragingSettings(train.weight_averaging, train.ema_decay, train.ema_every_steps,
                                                       train.ema_warmup_power))
 

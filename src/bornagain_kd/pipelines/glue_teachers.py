@@ -163,11 +163,29 @@ class TeacherTask:
             self._final_dev = dev  # the final model's: finish() reports it without predicting dev again
         return {f"dev/{k}": v for k, v in dev.items()}
 
+    def predict_on_every_rank(self, model) -> None:
+        """The final model's predictions that finish() writes, shared by the ranks (each predicts every
+        world_size-th batch; glue/evaluation.py): dev (where the last epoch's evaluation is not at hand, after a
+        resume), the whole training set (the cached teacher predictions: MNLI's 393k examples with BERT-large is
+        long), and the test sets of the submission."""
+        cfg, task, how, dist = self.cfg, self.task, self._predicting(), current()
+        if getattr(self, "_final_dev", None) is None:
+            self._final_dev = evaluate_dev(model, self.dev_splits, task, how, dist=dist)
+        self._train_outputs = predict_outputs(model, self.train_split, task, how, show_progress=cfg.train.progress,
+                                              dist=dist)
+        self._test_outputs = []
+        for split in task.test_splits if cfg.glue.test_submissions else ():
+            if not has_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source):
+                continue  # a local GLUE copy without test files: nothing to submit
+            examples = load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
+            encoded = encode_examples(task, examples, self.tokenizer, cfg.max_seq_length)
+            self._test_outputs.append((split, examples, predict_outputs(model, encoded, task, how, dist=dist)))
+
     def finish(self, model, run_dir: Path) -> dict:
-        """Dev metrics, own-train-set predictions, submission; this teacher's fields of results.json."""
-        cfg, task, how = self.cfg, self.task, self._predicting()
-        final = getattr(self, "_final_dev", None)  # None when resumed after the last epoch's evaluation
-        dev = json_safe(final if final is not None else evaluate_dev(model, self.dev_splits, task, how))
+        """Dev metrics, own-train-set predictions, submission (predicted by predict_on_every_rank); this
+        teacher's fields of results.json."""
+        cfg, task = self.cfg, self.task
+        dev = json_safe(self._final_dev)
         baseline = majority_baseline(task, self.train_examples, self.dev_examples)
         write_json(run_dir / "dev_metrics.json", {"task": task.name, "dev": dev, "majority_baseline": baseline,
                                                   "model": "last epoch (no selection on dev)"})
@@ -175,18 +193,13 @@ class TeacherTask:
                                          tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),
                                          max_seq_length=cfg.max_seq_length)
         fingerprint = prediction_fingerprint(dataset_fp, file_fingerprint(run_dir / WEIGHTS))
-        outputs = predict_outputs(model, self.train_split, task, how, show_progress=cfg.train.progress)
         save_teacher_predictions(run_dir / PREDICTIONS, task=task.name, example_ids=self.train_split.ids,
-                                 outputs=outputs, fingerprint=fingerprint)
+                                 outputs=self._train_outputs, fingerprint=fingerprint)
         submissions = []
-        for split in task.test_splits if cfg.glue.test_submissions else ():
-            if not has_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source):
-                continue  # a local GLUE copy without test files: nothing to submit
-            test_examples = load_split(task, split, data_dir=cfg.glue.data_dir, source=cfg.glue.source)
-            test_split = encode_examples(task, test_examples, self.tokenizer, cfg.max_seq_length)
-            test_outputs = predict_outputs(model, test_split, task, how).numpy()
+        for split, test_examples, test_outputs in self._test_outputs:
             path = run_dir / "submission" / submission_file_name(task, split)
-            submissions.append(str(write_submission(path, task, test_examples, test_outputs).relative_to(run_dir)))
+            submissions.append(str(write_submission(path, task, test_examples, test_outputs.numpy()).relative_to(
+                run_dir)))
         return {"task": task.name, "dev_metrics": dev, "majority_baseline": baseline,
                 "prediction_fingerprint": fingerprint, "dataset_fingerprint": dataset_fp,
                 "num_train_examples": len(self.train_examples), "submission_files": submissions}
@@ -252,7 +265,7 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple
     from bornagain_kd.glue.metrics import glue_score  # noqa: PLC0415
 
     output_dir = Path(output)
-    info = init_distributed(resolve_device(cfg.train.device).type)  # under torchrun: know the rank before locking
+    info = init_distributed(resolve_device(cfg.train.device).type, cfg.train.dist_timeout)  # under torchrun: know the rank before locking
     per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
     main = current().is_main
     with command_dir(output_dir, main=main), tracked(cfg, output_dir, main=main, artifacts=("teachers/summary.json",)):

@@ -210,12 +210,14 @@ class BanConfig:
     teacher_precision: Literal["auto", "fp32", "bf16"] | None = None
     """Precision of the frozen teacher's forward pass; null: the students' train.precision; auto: bf16 where this
     hardware runs it natively, even for fp32 students (recorded, kept on --resume)."""
-    teacher_compile: bool | Literal["auto"] = field(default="auto", metadata=may_differ(*MECHANICS))
+    teacher_compile: bool | Literal["auto", "student"] = field(default="auto", metadata=may_differ(*MECHANICS))
     """true, false or auto: torch.compile the frozen teacher's forward pass with frozen weights; auto: with a
     compiled student, beside an eager one where the teacher's own measurements pay its compilation back, never with
     train.compile=false. Frozen weights: prepacked once, convolution + bias + ReLU fused. Where the student stays
     eager (a run too short to pay its compilation back), this machine's measurements of the teacher's forward pass
-    decide whether the run pays the teacher's shorter compilation back. Recorded, kept on --resume."""
+    decide whether the run pays the teacher's shorter compilation back. Recorded, kept on --resume. student: a
+    plain torch.compile exactly where the student is compiled, no frozen weights (how a run recorded before this key
+    compiled its teacher, kept when it resumes, so it continues bit for bit)."""
     prepare_teacher: bool = field(default=True, metadata=may_differ(*MECHANICS))
     """Fold the frozen teacher's batch norms into its convolutions (models/fold.py) before it teaches:
     the same outputs up to float rounding, fewer operations."""
@@ -330,7 +332,7 @@ class VisionConfig:
         "train.compile_mode": "default",
         "ban.teacher_precision": None,  # the students' precision
         "ban.prepare_teacher": False,  # the frozen teacher ran with its batch norms unfolded
-        "ban.teacher_compile": "auto",  # compiled where the student was
+        "ban.teacher_compile": "student",  # a plain compile where the student was compiled (no frozen weights)
         "ban.teacher_run_other_schedule": False,
         "ban.seeds": None,
         "data.crop_padding": None,
@@ -346,6 +348,8 @@ class VisionConfig:
         "data.label_column": None,
         "train.last_batch": "short",  # an epoch's last batch was smaller before this key
         # the fast-training options: none of them existed, so a recorded run had them off
+        "train.sync_batchnorm": False,  # each process normalised over its own slice
+        "train.dist_timeout": None,  # PyTorch's default timeout
         "train.weight_averaging": "off",
         "train.ema_decay": 0.999,
         "train.ema_every_steps": 1,
