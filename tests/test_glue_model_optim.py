@@ -228,10 +228,9 @@ def test_the_settings_files_keep_their_layout():
     shared |= {"glue.data_dir", "glue.max_train_examples", "glue.source", "max_seq_length", "precision", "seed"}
     # the engine's weight averaging shapes what every run learns: teachers and students record it
     shared |= {f"train.{k}" for k in ("weight_averaging", "ema_decay", "ema_every_steps", "ema_warmup_power")}
-    # and train.sync_batchnorm, which shapes a data-parallel step wherever a model has batch norms
-    shared |= {"train.sync_batchnorm"}
     assert set(flatten(teacher_settings(cfg, "RTE"))) == shared | {
-        "task", "train.batch_size", "train.bucket_by_length", "train.epochs"}
+        "task", "train.batch_size", "train.bucket_by_length", "train.epochs",
+        "train.sync_batchnorm"}  # the teachers' train section, which shapes a data-parallel step with batch norms
     assert set(flatten(student_settings(cfg, "labels", 0, None))) == shared | {
         "arm", "data_seed", "glue.tasks", *(f"bam.{k}" for k in (
             "batch_size", "both_orders", "bucket_by_length", "distill_weight", "epochs", "lr",
