@@ -170,3 +170,30 @@ def test_the_finishing_predictions_run_on_every_rank(tmp_path):
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [
         f"rank {r} predicted (eval mode: True)" for r in (0, 1)]
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+def _storage_rank(rank: int, port: int, root: str, shared: bool) -> None:
+    """Rank 1 given another folder stands for a node that does not see rank 0's storage."""
+    from bornagain_kd.engine.run import check_shared_storage
+    from bornagain_kd.errors import UserError
+
+    _join(rank, 2, port)
+    output = Path(root) / ("out" if shared or rank == 0 else "elsewhere") / "run"
+    try:
+        check_shared_storage(output)
+        said = "ok"
+    except UserError as e:
+        said = str(e)
+    Path(root, f"rank{rank}").write_text(said)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_rank_must_see_the_output_directory_rank_0_writes(tmp_path, shared):
+    mp.spawn(_storage_rank, args=(_free_port(), str(tmp_path), shared), nprocs=2, join=True)
+    said = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    if shared:
+        assert said == ["ok", "ok"]
+    else:  # one error, the same on every rank: none goes on alone
+        assert said[0] == said[1] and "1 of the 2 processes cannot see" in said[0] and "shares" in said[0]
+    assert not (tmp_path / "out" / "run").exists()  # the marker, and the folder made for it, are gone

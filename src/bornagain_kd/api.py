@@ -49,6 +49,7 @@ def start_vision_run(cfg, *, resume: bool):
     torchrun every rank checks before any rank writes, then they meet."""
     from bornagain_kd.engine.device import resolve_device  # noqa: PLC0415
     from bornagain_kd.engine.distributed import barrier, init_distributed, per_rank_batch  # noqa: PLC0415
+    from bornagain_kd.engine.run import check_shared_storage  # noqa: PLC0415
     from bornagain_kd.pipelines.ban import check_output_dir  # noqa: PLC0415
 
     from bornagain_kd.engine.trackers import check_available  # noqa: PLC0415
@@ -61,6 +62,7 @@ def start_vision_run(cfg, *, resume: bool):
     if cfg.train.sync_batchnorm and info.enabled and device.type != "cuda":
         raise UserError("train.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm runs only there); "
                         "processes on CPUs normalise over their own slice: drop the key, or raise train.batch_size")
+    check_shared_storage(output)  # several nodes: every rank must see what rank 0 writes there
     check_output_dir(output, cfg, resume=resume)
     barrier()
     return output, info

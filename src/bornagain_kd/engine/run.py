@@ -21,12 +21,16 @@ record. ``config.yaml`` (the resolved config, to read or rerun) is written besid
 from __future__ import annotations
 
 import contextlib
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import yaml
 
+import torch
+
+from bornagain_kd.engine.distributed import all_reduce_tensor, barrier, current, decided_by_rank0
 from bornagain_kd.engine.lock import run_lock
 from bornagain_kd.engine.settings import refuse_changed
 from bornagain_kd.errors import UserError
@@ -126,17 +130,61 @@ def open_run(run_dir: str | Path, settings: RunSettings, *, resume: bool, main: 
     "resume" (continue from its checkpoint; refused without ``resume``) or "new" (its settings and config
     recorded now, on rank 0). The settings of a run reopened are checked first."""
     run_dir = Path(run_dir)
-    if is_finished(run_dir) or (run_dir / CHECKPOINT).is_file():
-        check_settings(run_dir, settings)
-        if is_finished(run_dir):
-            return "finished"
-        if not resume:
-            raise UserError(f"'{run_dir}' holds an unfinished {what}: pass --resume to continue it, "
-                            "or choose another --output")
-        return "resume"
-    if main:  # a fresh start: whatever an earlier, unstarted attempt recorded is replaced
+
+    def decide() -> State:
+        if is_finished(run_dir) or (run_dir / CHECKPOINT).is_file():
+            check_settings(run_dir, settings)
+            if is_finished(run_dir):
+                return "finished"
+            if not resume:
+                raise UserError(f"'{run_dir}' holds an unfinished {what}: pass --resume to continue it, "
+                                "or choose another --output")
+            return "resume"
+        return "new"
+
+    state = decided_by_rank0(decide)  # read by the rank that writes the files: every rank takes the same path
+    if state == "new" and main:  # a fresh start: whatever an earlier, unstarted attempt recorded is replaced
         record_settings(run_dir, settings, config)
-    return "new"
+    return state
+
+
+SHARED_MARKER = ".rank0-"
+"""check_shared_storage's marker file: this prefix and a random token, in the output directory for a moment."""
+
+
+def check_shared_storage(output: Path) -> None:
+    """Under torchrun, refuse an output directory that some rank cannot see as rank 0 writes it (several nodes
+    without shared storage): every rank reads rank 0's decisions and files back from it, so such a run would take
+    different paths on different nodes and hang. Rank 0 writes a marker with a random token, every rank looks
+    for it, all agree on the count that could not, and the marker (and a directory made only for it) goes again.
+    A no-op in one process."""
+    if not current().enabled:
+        return
+    output = Path(output)
+
+    def write() -> tuple[str, bool, str]:
+        created = not output.exists()
+        output.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        (output / f"{SHARED_MARKER}{token}").write_text(token)
+        return token, created, str(output)
+
+    token, created, where = decided_by_rank0(write)  # (where: rank 0's path, named alike in every rank's error)
+    marker = output / f"{SHARED_MARKER}{token}"
+    try:
+        seen = marker.is_file() and marker.read_text() == token
+    except OSError:
+        seen = False
+    blind = int(all_reduce_tensor(torch.tensor(0 if seen else 1, dtype=torch.long)))  # every rank has looked
+    if current().is_main:
+        marker.unlink(missing_ok=True)
+        if created:
+            output.rmdir()
+    barrier()  # the marker is gone before any rank looks at the folder again (a used folder needs --resume)
+    if blind:
+        raise UserError(f"{blind} of the {current().world_size} processes cannot see the output directory {where} "
+                        "as rank 0 writes it: under torchrun on several nodes it must be on storage every node "
+                        "shares (a network file system); give --output a folder there")
 
 
 @contextlib.contextmanager

@@ -44,7 +44,9 @@ from bornagain_kd.engine.averaging import AveragingSettings, WeightAverage
 from bornagain_kd.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from bornagain_kd.engine.compile import compile_events, maybe_compile
 from bornagain_kd.engine.device import autocast
-from bornagain_kd.engine.distributed import DistInfo, all_gather_objects, barrier, current, per_rank_batch, rank_share
+from bornagain_kd.engine.distributed import (
+    DistInfo, all_gather_objects, barrier, current, decided_by_rank0, per_rank_batch, rank_share,
+)
 from bornagain_kd.files import read_json, write_json
 from bornagain_kd.engine.lock import run_lock
 from bornagain_kd.engine.run import CHECKPOINT, RESULTS, is_finished, reuse_finished
@@ -138,7 +140,7 @@ def train(run_dir: str | Path, task: Task, settings: EngineSettings, *, resume: 
     """
     run_dir = Path(run_dir)
     dist = current()
-    if resume and is_finished(run_dir):
+    if decided_by_rank0(lambda: resume and is_finished(run_dir)):  # every rank takes rank 0's reading
         return reuse_finished(run_dir, main=dist.is_main)
     _per_rank_batch(task, dist)  # a batch the ranks cannot share: refused before anything is written
     with run_lock(run_dir, enabled=dist.is_main):

@@ -33,7 +33,7 @@ import torch
 
 from bornagain_kd.config import config_to_dict, save_config, settings_tree
 from bornagain_kd.engine.distributed import barrier, current, per_rank_batch
-from bornagain_kd.engine.run import RESULTS, RunSettings, command_dir, open_run
+from bornagain_kd.engine.run import RESULTS, RunSettings, check_shared_storage, command_dir, open_run
 from bornagain_kd.files import atomic_write_text, json_safe, nan_for_none, read_json, write_json
 from bornagain_kd.engine.rng import derive_seed
 from bornagain_kd.distill.bam_targets import target_arm
@@ -131,6 +131,7 @@ def run_bam(cfg: GlueExperimentConfig, output_dir: str | Path, *, resume: bool =
     device, info = start_process(cfg.train)  # once per command; under torchrun: know the rank before locking
     for key, size in (("train.batch_size", cfg.train.batch_size), ("bam.batch_size", cfg.bam.batch_size)):
         per_rank_batch(size, info, key)  # a batch too small for the world: refused before the teachers train
+    check_shared_storage(output_dir)  # several nodes: every rank must see what rank 0 writes there
     main = current().is_main
     with command_dir(output_dir, main=main), tracked(cfg, output_dir, main=main):  # teachers, students nest under it
         return _run_bam(cfg, output_dir, device, resume=resume)

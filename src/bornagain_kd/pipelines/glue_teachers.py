@@ -30,7 +30,7 @@ from bornagain_kd.config import config_to_dict, settings_tree
 from bornagain_kd.engine.device import resolve_device
 from bornagain_kd.engine.distributed import DistInfo, current, init_distributed, per_rank_batch, rank_slices
 from bornagain_kd.engine.rng import derive_seed
-from bornagain_kd.engine.run import RESULTS, RunSettings, command_dir, open_run
+from bornagain_kd.engine.run import RESULTS, RunSettings, check_shared_storage, command_dir, open_run
 from bornagain_kd.engine.trainer import StepOutput, train
 from bornagain_kd.files import json_safe, nan_for_none, read_json, write_json
 from bornagain_kd.glue.cache import (
@@ -265,8 +265,10 @@ def run(cfg: GlueExperimentConfig, output: str | Path, *, resume: bool) -> tuple
     from bornagain_kd.glue.metrics import glue_score  # noqa: PLC0415
 
     output_dir = Path(output)
-    info = init_distributed(resolve_device(cfg.train.device).type, cfg.train.dist_timeout)  # under torchrun: know the rank before locking
+    # under torchrun: know the rank before locking
+    info = init_distributed(resolve_device(cfg.train.device).type, cfg.train.dist_timeout)
     per_rank_batch(cfg.train.batch_size, info, "train.batch_size")  # a batch too small for the world: refused now
+    check_shared_storage(output_dir)  # several nodes: every rank must see what rank 0 writes there
     main = current().is_main
     with command_dir(output_dir, main=main), tracked(cfg, output_dir, main=main, artifacts=("teachers/summary.json",)):
         runs = ensure_teachers(cfg, output_dir, resume=resume)
