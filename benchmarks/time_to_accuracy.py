@@ -65,14 +65,21 @@ def flops_per_image(cfg: VisionConfig, num_classes: int, in_channels: int, size:
 
 
 def run_one(recipe: Path, out: Path, seed: int, epochs: int, overrides: list[str]) -> tuple[dict, float]:
-    """`bornagain train` for one seed in its own process: (results.json, wall seconds of the command)."""
+    """`bornagain train` for one seed in its own process: (results.json, wall seconds of the commands that trained
+    it). The wall time is kept in OUT/wall_seconds.json, so a re-run reports a finished run's own time (and an
+    interrupted one's parts summed), not the seconds its --resume took to find it finished."""
+    record = out / "wall_seconds.json"
+    earlier = json.loads(record.read_text())["wall_seconds"] if record.is_file() else 0.0
+    if (out / "results.json").is_file() and record.is_file():
+        return json.loads((out / "results.json").read_text()), earlier
     command = [sys.executable, "-m", "bornagain_kd.cli", "train", "--config", str(recipe), "--output", str(out),
                f"seed={seed}", f"train.epochs={epochs}", "train.progress=false", *overrides]
     if out.exists():
         command.append("--resume")
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    wall = time.perf_counter() - started
+    wall = earlier + time.perf_counter() - started
+    record.write_text(json.dumps({"wall_seconds": wall}))
     return json.loads((out / "results.json").read_text()), wall
 
 

@@ -48,7 +48,8 @@ def cmd_ban(args) -> None:
     cfg, output, info = _vision_setup(args)
     if info.is_main:
         epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
-        print(f"bornagain ban: {cfg.model.name} on {cfg.data.root or cfg.data.name}, {cfg.ban.generations} generation(s), "
+        data = cfg.data.name if cfg.data.name == "digits" or not cfg.data.root else f"{cfg.data.name} ({cfg.data.root})"
+        print(f"bornagain ban: {cfg.model.name} on {data}, {cfg.ban.generations} generation(s), "
               f"loss {cfg.ban.loss}, {epochs} each -> {output}; {_speed_summary(cfg, output)}", flush=True)
         skipped = _skipped_ensembles(cfg.ban)
         if skipped:
@@ -72,10 +73,10 @@ def _skipped_ensembles(ban) -> str:
     if not skipped:
         return ""
     members = ban.generations + (1 if ban.include_teacher_in_ensembles else 0)
-    whose = "students and the teacher" if ban.include_teacher_in_ensembles else "its students"
-    what = f"{members} member{'s' * (members != 1)} ({whose})"
-    return (f"{', '.join(f'Ens*{k}' for k in skipped)} of ban.ensembles skipped: the sequence has {what}; an "
-            f"ensemble needs 2 or more and at most that many (raise ban.generations, or change ban.ensembles)")
+    whose = ("student" if members == 1 else "students") + (" and teacher" if ban.include_teacher_in_ensembles else "")
+    made = ", ".join(sorted(kept, key=lambda n: (n == "All", n))) or "none"
+    return (f"ensembles {made}; {', '.join(f'Ens*{k}' for k in skipped)} of ban.ensembles need more than the "
+            f"{members} {whose} of ban.generations={ban.generations}")
 
 
 def _speed_summary(cfg, output: Path) -> str:

@@ -139,7 +139,7 @@ def load_vision_data(name: str, root: str | os.PathLike | None, *, download: boo
             what = {"imagefolder": "the folder holding train/ and test/",
                     "tensors": "the .safetensors or .npz file",
                     "hf": "a hub id or a datasets folder"}.get(name, "where to find or download it")
-            raise UserError(f"dataset {name!r} needs a data root: pass root (--data-root) = {what}")
+            raise UserError(f"dataset {name!r} needs a data root: set data.root=DIR, {what}")
         if name in ("cifar10", "cifar100"):
             train, test, classes = load_cifar(name, root, download=download)
         elif name == "tensors":
