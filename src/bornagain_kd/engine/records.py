@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bornagain_kd.engine.distributed import DistInfo, all_reduce_tensor
+from bornagain_kd.engine.distributed import DistInfo, all_reduce_tensor, current
 from bornagain_kd.engine.run_log import RunLogger
 from bornagain_kd.errors import UserError
 
@@ -57,10 +57,10 @@ class EpochProgress:
         and agree on the first bad step (the smallest over the ranks), so none exits alone while the others wait
         in their next collective."""
         none = torch.iinfo(torch.long).max
-        local = -1 if self.bad_step is None else int(self.bad_step)
-        # the earliest bad step over the ranks: a max of negated steps (-none where a rank has none)
-        first = -int(all_reduce_tensor(torch.tensor(-(local if local >= 0 else none), dtype=torch.long),
-                                       op="max"))
+        local = -1 if self.bad_step is None else int(self.bad_step)  # the one read of the device
+        first = local if local >= 0 else none
+        if current().enabled:  # the earliest bad step over the ranks: a max of negated steps
+            first = -int(all_reduce_tensor(torch.tensor(-first, dtype=torch.long), op="max"))
         if first != none:
             raise UserError(f"{name}: the loss became non-finite at step {first + 1}; the last good "
                             "checkpoint is kept. Lower the learning rate (or use train.precision=fp32) and --resume")
