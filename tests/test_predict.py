@@ -152,3 +152,19 @@ def test_bad_options_are_one_clear_error(sequence, tmp_path, cli_error):
     for where in (mixed, mixed / "cat"):
         Image.fromarray(data.test_images[0, 0].numpy(), mode="L").save(where / "a.png")
     assert "beside folders" in cli_error(["predict", gen1, str(mixed), "--output", str(tmp_path / "p.csv")])
+
+
+def test_every_student_records_its_agreement_with_its_teacher(sequence):
+    """results.json: each student's top-1 agreement with the generation that taught it and the mean KL(teacher ||
+    student) on the test set, from the saved probabilities (computed here by hand); the teacher has none."""
+    import json
+
+    root, _ = sequence
+    rows = json.loads((root / "seq" / "results.json").read_text())["generations"]
+    assert "agreement_with_teacher" not in rows[0]
+    for g in (1, 2):
+        t, s = _saved(root / "seq" / f"gen{g - 1}").double(), _saved(root / "seq" / f"gen{g}").double()
+        agree = 100 * sum(int(a == b) for a, b in zip(t.argmax(1).tolist(), s.argmax(1).tolist())) / len(t)
+        kl = sum(float((ti * (ti.clamp_min(1e-12).log() - si.clamp_min(1e-12).log())).sum()) for ti, si in zip(t, s))
+        assert abs(rows[g]["agreement_with_teacher"] - agree) < 1e-9
+        assert abs(rows[g]["kl_from_teacher"] - kl / len(t)) < 1e-9 and rows[g]["kl_from_teacher"] > 0

@@ -11,6 +11,7 @@ from bornagain_kd.distill.ban_losses import LOSS_PRESETS
 from bornagain_kd.errors import UserError
 from bornagain_kd.pipelines.ban_controls import control_pairs
 from bornagain_kd.reports.ensembles import evaluate_ensembles, load_probs
+from bornagain_kd.reports.metrics import agreement_with
 from bornagain_kd.reports.power import per_example_power, reading
 from bornagain_kd.vision.config import VisionConfig
 from bornagain_kd.vision.prepare import PreparedData
@@ -28,6 +29,8 @@ def summarize(cfg: VisionConfig, run_dirs: list[Path], data: PreparedData, gener
     keep = ("generation", "model", "params", "test_error", "test_accuracy", "val_accuracy", "test_nll", "test_ece",
             "seed", "train_seconds", "teacher_run")  # teacher_run: where a reused teacher's files are (plots, seeds)
     rows = [{k: r.get(k) for k in keep} | {"nll": r["test_nll"], "ece": r["test_ece"]} for r in generations]
+    for g in range(1, len(rows)):  # each student against the generation that taught it, on the test set
+        rows[g] |= agreement_with(probs[g], probs[g - 1])
     # how sure one run can be: each student against the teacher, example by example on the test set
     correct = {g: p.argmax(dim=1) == labels for g, p in probs.items()}
     pairs = [(f"BAN-{g}", correct[g], "teacher", correct[0]) for g in range(1, len(generations))]

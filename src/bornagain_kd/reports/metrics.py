@@ -38,3 +38,15 @@ def confidence_bins(confidence: torch.Tensor, bins: int) -> torch.Tensor:
     inner = torch.arange(1, bins, dtype=torch.float64) / bins  # (bins - 1,)
     # bucketize with right=False: edges[i-1] < v <= edges[i], i.e. right-closed intervals
     return torch.bucketize(confidence.double(), inner, right=False)
+
+
+def agreement_with(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    """How far a student follows its teacher on the same examples (Stanton et al. 2021: students that disagree
+    with their teachers can still generalise better, so agreement is reported beside accuracy): top-1 agreement
+    (%, the examples whose argmax classes are equal) and the mean KL(teacher || student) in nats, from the two
+    (n, classes) probability tensors."""
+    t, s = teacher.double(), student.double()
+    agree = 100.0 * (t.argmax(dim=1) == s.argmax(dim=1)).double().mean().item()
+    kl = (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(dim=1).mean().item()
+    return {"agreement_with_teacher": agree, "kl_from_teacher": kl}
+
