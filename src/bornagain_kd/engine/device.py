@@ -38,18 +38,25 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 """/proc/cpuinfo flags of bf16 instructions: x86 AVX512-BF16 and AMX-BF16, Arm's BF16 ("Features: ... bf16")."""
 
 
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's instruction-set flags as Linux lists them in /proc/cpuinfo ("flags" on x86, "Features" on Arm);
-    None where there is no such file (macOS, Windows)."""
+def cpuinfo_value(*names: str) -> str | None:
+    """The first /proc/cpuinfo value of a line named one of ``names``; None where there is none, or no such file
+    (macOS, Windows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 name, _, value = line.partition(":")
-                if name.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                if name.strip() in names:
+                    return value.strip()
     except OSError:
         return None
     return None
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's instruction-set flags as Linux lists them in /proc/cpuinfo ("flags" on x86, "Features" on Arm);
+    None where there is no such file (macOS, Windows)."""
+    flags = cpuinfo_value("flags", "Features")
+    return None if flags is None else frozenset(flags.split())
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -207,6 +207,12 @@ def load_exported(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     if settings is None:
         raise UserError(f"{folder} is not a folder `bornagain export` wrote (no config.json with bornagain_format "
                         f"{EXPORT_FORMAT})")
+    return rebuild_with_weights(folder, settings), settings
+
+
+def rebuild_with_weights(folder: Path, settings: dict) -> torch.nn.Module:
+    """The model ``settings`` (config.json's form) describe, with ``folder``'s model.safetensors, in eval mode
+    (weights that do not fit raise load_state_dict's RuntimeError)."""
     model = rebuild(settings)
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model.eval(), settings
+    return model.eval()

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from bornagain_kd.engine.device import resolve_device
 from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json
-from bornagain_kd.pipelines.export import export_settings, read_finished_run, rebuild
+from bornagain_kd.pipelines.export import export_settings, read_finished_run, rebuild_with_weights
 from bornagain_kd.pipelines.teacher_source import local_teacher, read_export_config
 from bornagain_kd.reports.ensembles import average_probabilities, generation_dir
 from bornagain_kd.vision.batches import BatchPipeline, predict_logits
@@ -67,13 +66,12 @@ class Member:
 
 
 def _load(folder: Path, settings: dict) -> Member:
-    model = rebuild(settings)
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        model = rebuild_with_weights(folder, settings)
     except (RuntimeError, OSError, ValueError) as e:
         raise UserError(f"{folder}: its weights do not load into the model its config describes ({str(e)[:200]}); "
                         "is the folder complete and unedited?") from None
-    return Member(str(folder), model.eval(), settings)
+    return Member(str(folder), model, settings)
 
 
 def load_member(folder: Path, data_cache: dict | None = None) -> Member:
