@@ -73,7 +73,7 @@ def test_saved_and_parquet_datasets_decode_to_the_images_they_hold(saved, tmp_pa
         assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape) == (36, 3, 8, 8)
         assert torch.equal(data.train.images, _nchw(train_x)) and data.train.labels.tolist() == train_y
         assert torch.equal(data.test.images, _nchw(test_x)) and data.test.labels.tolist() == test_y
-    assert len(list((root / ".bornagain-cache").glob("hf-*.npz"))) == 1  # decoded once, beside the data
+    assert len(list((root / ".bornagain-cache").glob("hf-*/meta.json"))) == 1  # decoded once, beside the data
 
 
 def test_the_cache_is_read_back_and_renewed_when_the_dataset_changes(saved, monkeypatch):
@@ -81,7 +81,7 @@ def test_the_cache_is_read_back_and_renewed_when_the_dataset_changes(saved, monk
 
     root, dd, train, _ = saved
     first = load_vision_data("hf", root)
-    monkeypatch.setattr(hf_datasets, "decode_split", lambda *a: pytest.fail("decoded again instead of the cache"))
+    monkeypatch.setattr(hf_datasets, "decode_split_into", lambda *a: pytest.fail("decoded again instead of the cache"))
     again = load_vision_data("hf", root)
     assert torch.equal(first.train.images, again.train.images)
     monkeypatch.undo()
@@ -171,7 +171,7 @@ def test_16_bit_gray_images_are_scaled_to_8_bit_not_clipped(tmp_path, hf_cache):
 
 
 def test_a_hub_datasets_cache_goes_where_bornagain_cache_dir_says(tmp_path, monkeypatch):
-    from bornagain_kd.vision.hf_datasets import _cache_path
+    from bornagain_kd.vision.hf_datasets import _cache_folder
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "mine"))
-    assert _cache_path("someone/pictures", "train,test").parent == tmp_path / "mine"
+    assert _cache_folder("someone/pictures", "train,test").parent == tmp_path / "mine"

@@ -226,19 +226,20 @@ def test_image_folder_decodes_sorted_classes_and_rgb(tmp_path):
         assert np.array_equal(data.train.images[i].permute(1, 2, 0).numpy(), arrays[rel])
     jpeg = data.train.images[3].int()
     assert (jpeg - 200).abs().max() <= 3  # lossy but close
-    assert (tmp_path / ".bornagain-cache" / "imagefolder.npz").is_file()
+    assert (tmp_path / ".bornagain-cache" / "imagefolder" / "meta.json").is_file()  # the arrays, mapped
+    assert isinstance(load_image_folder(tmp_path)[0][0], np.memmap)
 
 
 def test_image_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     write_image_folder(tmp_path)
     cache = tmp_path / "cache"
     first = load_image_folder(tmp_path, cache_dir=cache)
-    real_decode = imagefolder.decode_images
+    real_decode = imagefolder.decode_into
 
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(imagefolder, "decode_images", must_not_decode)
+    monkeypatch.setattr(imagefolder, "decode_into", must_not_decode)
     second = load_image_folder(tmp_path, cache_dir=cache)
     assert np.array_equal(first[0][0], second[0][0]) and np.array_equal(first[1][1], second[1][1])
     assert first[2] == second[2]
@@ -246,10 +247,11 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     _save(tmp_path / "test/cat/e.png", np.zeros((5, 6, 3), dtype=np.uint8), "PNG")
     with pytest.raises(AssertionError, match="decoded again"):
         load_image_folder(tmp_path, cache_dir=cache)
-    monkeypatch.setattr(imagefolder, "decode_images", real_decode)
+    monkeypatch.setattr(imagefolder, "decode_into", real_decode)
     third = load_image_folder(tmp_path, cache_dir=cache)
     assert third[1][0].shape == (3, 3, 5, 6) and third[1][1].tolist() == [0, 0, 1]
-    assert len(os.listdir(cache)) == 1  # replaced atomically, no temporary files left
+    # replaced atomically: one cache folder, no temporary ones left (and the lock file, which means nothing alone)
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1 and not list(cache.glob("*.tmp-*"))
 
 
 def test_parallel_decoding_matches_serial(tmp_path, monkeypatch):
@@ -267,7 +269,7 @@ def test_parallel_decoding_matches_serial(tmp_path, monkeypatch):
     odd = str(tmp_path / "test/cat/odd.png")
     with pytest.raises(UserError, match="must all have one size"):
         imagefolder.decode_images(paths[:5] + [odd], workers=2)
-    with pytest.raises(UserError, match="different sizes"):
+    with pytest.raises(UserError, match="data.image_size=N"):
         imagefolder.decode_images(paths[:4] + [odd], workers=2)
 
 

@@ -123,7 +123,8 @@ class ClassifierTask:
         train = cfg.train
         self.train_pipe = BatchPipeline(data.mean, data.std, device, augment=cfg.data.augment, pad=data.crop_pad,
                                         hflip=data.hflip, channels_last=train.channels_last,
-                                        pad_mode=cfg.data.pad_mode)
+                                        pad_mode=cfg.data.pad_mode, style=data.augment_style,
+                                        rrc_scale=tuple(cfg.data.rrc_scale))
         # data.flip_mode=alternate: image i is flipped in epoch e iff base_flip[i] xor (e odd) -- a pure function
         # of (seed, image, epoch), so a resumed run and every rank agree without keeping any state
         self.base_flip = (torch.randint(0, 2, data.train_labels.shape, generator=torch.Generator().manual_seed(
@@ -227,25 +228,36 @@ class ClassifierTask:
         timing["calls"] += 1
         timing["seconds"] += seconds
 
+    evaluate_on_every_rank = True  # under torchrun the ranks share the validation predictions
+
+    def _predict(self, model, images) -> torch.Tensor:
+        """Logits on ``images``, every rank predicting its share of the batches under torchrun (all get all)."""
+        train = self.cfg.train
+        return predict_logits(model, images, self.eval_pipe, batch_size=train.eval_batch_size,
+                              precision=train.precision, tta=train.tta, dist=self.dist)
+
     def evaluate(self, model, epoch: int) -> dict:
         if not self.data.val_labels.numel():
             return {}
-        val_logits = predict_logits(model, self.data.val_images, self.eval_pipe, batch_size=self.cfg.train.eval_batch_size,
-                                    precision=self.cfg.train.precision, tta=self.cfg.train.tta)
-        val = classification_metrics(val_logits.softmax(dim=1), self.data.val_labels)
+        val = classification_metrics(self._predict(model, self.data.val_images).softmax(dim=1), self.data.val_labels)
         return {"val_accuracy": val["accuracy"], "val_nll": val["nll"]}
 
+    def predict_on_every_rank(self, model) -> None:
+        """The final model's validation and test predictions, shared by the ranks (finish() writes them)."""
+        data = self.data
+        self._val_probs = self._predict(model, data.val_images).softmax(1) if data.val_labels.numel() else None
+        self._test_probs = self._predict(model, data.test_images).softmax(1)
+
     def finish(self, model, run_dir: Path) -> dict:
-        """Validation and test probabilities, and this run's fields of results.json."""
-        data, precision, bs, tta = self.data, self.cfg.train.precision, self.cfg.train.eval_batch_size, self.cfg.train.tta
+        """Validation and test probabilities (predicted by predict_on_every_rank), and this run's fields of
+        results.json."""
+        data, tta = self.data, self.cfg.train.tta
         val = {"accuracy": float("nan"), "nll": float("nan")}
         if data.val_labels.numel():
-            val_probs = predict_logits(model, data.val_images, self.eval_pipe, batch_size=bs,
-                                       precision=precision, tta=tta).softmax(1)
+            val_probs = self._val_probs
             save_tensors({"probs": val_probs, "labels": data.val_labels}, run_dir / "val_probs.safetensors", {})
             val = classification_metrics(val_probs, data.val_labels)
-        test_probs = predict_logits(model, data.test_images, self.eval_pipe, batch_size=bs,
-                                    precision=precision, tta=tta).softmax(1)
+        test_probs = self._test_probs
         save_tensors({"probs": test_probs, "labels": data.test_labels}, run_dir / "test_probs.safetensors", {})
         test = classification_metrics(test_probs, data.test_labels)
         return {

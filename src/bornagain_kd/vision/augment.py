@@ -8,6 +8,7 @@ from an explicit `torch.Generator`, so a run's augmentation is fixed by its seed
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -100,6 +101,56 @@ def _reflect_window(images: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.
     cols = mirrored(dx[:, None] + torch.where(flip[:, None], w - 1 - col_step, col_step) - pad, w)  # (b, w)
     flat_idx = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w)  # (b, 1, h*w)
     return images.reshape(b, c, h * w).gather(2, flat_idx.expand(b, c, h * w)).reshape(b, c, h, w)
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    *,
+    scale: tuple[float, float],
+    hflip: bool,
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Random-resized crop and horizontal flip of a whole batch on its device (timm's / torchvision's ImageNet
+    augmentation, without a Python loop per image), for images larger than CIFAR.
+
+    For image i: an area fraction s_i ~ U(scale) of the h x w image and a log aspect ratio a_i ~ U(log ratio) give a
+    crop of width sqrt(s_i h w e^a_i) and height sqrt(s_i h w / e^a_i), each clamped to the image (torchvision
+    instead retries ten times, then falls back to a centre crop); its top-left corner is uniform over the positions
+    that keep it inside the image. The crop is resampled bilinearly to h x w (always enlarged or kept: no
+    antialiasing is needed), mirrored when flip_i (drawn ~ Bernoulli(0.5), or given: ``flip``).
+
+    images: (b, c, h, w) uint8; returns (b, c, h, w) uint8 (rounded), on the same device. Draws (s, a, y, x, flip)
+    as one (b, 5) uniform tensor from ``generator``, so the stream does not depend on ``hflip``.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (b, c, h, w), got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    device = images.device
+    u = torch.rand((b, 5), generator=generator, device=generator.device).to(device, torch.float32)  # (b, 5)
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * (h * w)  # (b,) pixels
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])  # (b,) width / height
+    crop_w = torch.sqrt(area * aspect).clamp(1, w)  # (b,)
+    crop_h = torch.sqrt(area / aspect).clamp(1, h)  # (b,)
+    top = u[:, 2] * (h - crop_h)  # (b,) in pixels, continuous
+    left = u[:, 3] * (w - crop_w)
+    drawn = u[:, 4] < 0.5
+    flip = drawn if flip is None else flip.to(device=device, dtype=torch.bool)
+    if not hflip:
+        flip = torch.zeros_like(flip)
+    if b == 0:
+        return images.clone()
+    # affine_grid maps output coordinates in [-1, 1] to input ones: x_in = theta_00 x_out + theta_02
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = (crop_w / w) * torch.where(flip, -1.0, 1.0)  # a mirrored crop reads right to left
+    theta[:, 0, 2] = (left + crop_w / 2) / w * 2 - 1  # the crop's centre
+    theta[:, 1, 1] = crop_h / h
+    theta[:, 1, 2] = (top + crop_h / 2) / h * 2 - 1
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)  # (b, h, w, 2)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)  # (b, c, h, w)
 
 
 def normalize(

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from bornagain_kd.engine.device import autocast
-from bornagain_kd.vision.augment import normalize, random_crop_flip
+from bornagain_kd.engine.distributed import DistInfo, all_gather_objects
+from bornagain_kd.vision.augment import normalize, random_crop_flip, random_resized_crop_flip
 from bornagain_kd.vision.splits import iterate_batches
 
 
@@ -24,12 +25,17 @@ class BatchPipeline:
     hflip: bool = True
     channels_last: bool = False
     pad_mode: str = "zeros"
+    style: str = "crop"  # crop: pad and crop (random_crop_flip); rrc: random-resized crop (random_resized_crop_flip)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
 
     def __call__(self, images_u8: torch.Tensor, generator: torch.Generator | None = None,
                  flip: torch.Tensor | None = None) -> torch.Tensor:
         """``flip``: (b,) bool, this batch's flips where a schedule fixes them (data.flip_mode=alternate)."""
         x = images_u8.to(self.device, non_blocking=True)  # (b, c, h, w) uint8: 4x fewer bytes to move than float
-        if self.augment:
+        if self.augment and self.style == "rrc":
+            x = random_resized_crop_flip(x, scale=tuple(self.rrc_scale), hflip=self.hflip, generator=generator,
+                                         flip=flip)
+        elif self.augment:
             x = random_crop_flip(x, pad=self.pad, hflip=self.hflip, generator=generator, pad_mode=self.pad_mode,
                                  flip=flip)
         x = normalize(x, self.mean, self.std)  # (b, c, h, w) float32
@@ -70,16 +76,26 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta: str) -> torch.Tenso
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, pipeline: BatchPipeline, *,
-                   batch_size: int, precision: str, tta: str = "off") -> torch.Tensor:
-    """Logits of ``model`` in eval mode on un-augmented images: (n, c, h, w) uint8 -> (n, classes) float32 on CPU;
-    ``tta``: test-time augmentation (:func:`tta_logits`)."""
+def predict_logits(model: torch.nn.Module, images, pipeline: BatchPipeline, *,
+                   batch_size: int, precision: str, tta: str = "off", dist: DistInfo | None = None) -> torch.Tensor:
+    """Logits of ``model`` in eval mode on un-augmented images: (n, c, h, w) uint8 (a tensor or an ``ImageView``)
+    -> (n, classes) float32 on CPU; ``tta``: test-time augmentation (:func:`tta_logits`).
+
+    With ``dist`` (under torchrun) every rank must call it: rank r predicts batches r, r + world, ... of the same
+    batches one process would make (so every image meets the same batch and the same numbers come out), and every
+    rank gets all the logits back, in order."""
     model.eval()
+    batches = list(iterate_batches(images.shape[0], batch_size, shuffle=False, generator=None))
+    sharded = dist is not None and dist.enabled
+    mine = batches[dist.rank::dist.world_size] if sharded else batches
     out = []
-    for index in iterate_batches(images.shape[0], batch_size, shuffle=False, generator=None):
+    for index in mine:
         x = pipeline(images[index])
         with autocast(pipeline.device, precision):
             out.append(tta_logits(model, x, tta).cpu())
+    if sharded:  # rank r's k-th batch is batch r + k * world: put every rank's back in order
+        parts = all_gather_objects(out)
+        out = [parts[i % dist.world_size][i // dist.world_size] for i in range(len(batches))]
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out)

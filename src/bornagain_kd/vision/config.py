@@ -24,11 +24,11 @@ from bornagain_kd.errors import UserError
 class DataConfig:
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "tensors", "hf"] = "digits"
     """digits (scikit-learn, embedded) | cifar10 | cifar100 (python-pickle dirs) | imagefolder |
-    tensors (one .safetensors / .npz file of uint8 images and int labels: vision/tensors.py) |
+    tensors (one .safetensors / .npz file, or a folder of .npy files, of uint8 images and int labels: vision/tensors.py) |
     hf (a Hugging Face dataset: a hub id, or a save_to_disk / parquet / image folder; pip install "bornagain-kd[hf]")."""
     root: str | None = field(default=None, metadata=may_differ("teacher"))  # where the data are, not which
     """Dataset directory (CIFAR: downloaded here when missing; imagefolder: holds train/ and test/), the
-    file of a tensors dataset, or (hf) a hub id such as uoft-cs/cifar100 or a local datasets folder."""
+    file (or folder of .npy files) of a tensors dataset, or (hf) a hub id such as uoft-cs/cifar100 or a local datasets folder."""
     download: bool = field(default=True, metadata=may_differ("teacher"))
     """Download the official CIFAR archive (MD5-checked) when `root` lacks it."""
     val_size: int | float = 0.1
@@ -46,6 +46,16 @@ class DataConfig:
     both ways every two epochs)."""
     pad_mode: Literal["zeros", "reflect"] = "zeros"
     """How the random crop pads the image: zeros (the Wide-ResNet protocol's) or reflect (the fast recipes')."""
+    image_size: int | None = None
+    """imagefolder and hf: resize every image once, as the decoded cache is written (shorter side to N, then the
+    centre N x N square), so images of mixed sizes can train; null: the images as they are (all of one size)."""
+    augment_style: Literal["auto", "crop", "rrc"] = "auto"
+    """crop: a random crop after padding (data.crop_padding) and a flip, the CIFAR protocol; rrc: a random-resized
+    crop (an area fraction in data.rrc_scale, aspect ratio 3/4 to 4/3, resampled bilinearly to the image size) and a
+    flip, per batch on the device (timm's and torchvision's ImageNet training augmentation); auto: crop for images
+    up to 64 pixels a side (CIFAR, downsampled ImageNet), rrc above."""
+    rrc_scale: tuple[float, ...] = (0.08, 1.0)
+    """rrc only: the range of the crop's area as a fraction of the image's (timm's default 0.08 to 1)."""
     layout: Literal["auto", "nchw", "nhwc"] = field(default="auto", metadata=may_differ("teacher"))
     """tensors only: where the channels of the image arrays are (auto: the axis of size 1, 3 or 4)."""
     train_subset: int | None = None
@@ -69,9 +79,13 @@ class DataConfig:
                             "written by save_to_disk, of parquet files or of images)")
         if self.name == "tensors" and not self.root:
             raise UserError("data.name=tensors needs data.root=FILE (a .safetensors or .npz file with train_images, "
-                            "train_labels, test_images, test_labels)")
+                            "train_labels, test_images, test_labels, or a folder of those .npy files)")
         if self.crop_padding is not None and self.crop_padding < 0:
             raise UserError(f"data.crop_padding={self.crop_padding} must be >= 0 (0: no crop; null: the default)")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"data.image_size={self.image_size} must be a positive number of pixels (or null)")
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise UserError(f"data.rrc_scale={list(self.rrc_scale)} must be [low, high] with 0 < low <= high <= 1")
         if self.train_subset is not None and self.train_subset < 2:
             raise UserError(f"data.train_subset={self.train_subset} must be at least 2 (or null for all)")
 
@@ -338,6 +352,9 @@ class VisionConfig:
         "data.crop_padding": None,
         "data.hflip": None,
         "data.layout": "auto",
+        "data.image_size": None,
+        "data.augment_style": "crop",  # every image was padded and cropped, at any size
+        "data.rrc_scale": [0.08, 1.0],
         "model.kwargs": {},
         "ban.student_kwargs": None,
         "ban.controls": [],

@@ -8,6 +8,7 @@ test set never shapes anything.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -55,10 +56,20 @@ class VisionData:
     train: ImageDataset
     test: ImageDataset
     classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     hflip: bool
     name: str
+
+    @functools.cached_property
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return channel_stats(self.train.images)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._stats[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._stats[1]
 
     @property
     def num_classes(self) -> int:
@@ -81,10 +92,16 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     if n == 0:
         raise UserError("cannot compute normalisation statistics of an empty training split: add training images")
     values = torch.arange(256, dtype=torch.float64) / 255.0  # (256,)
+    counts = torch.zeros(c, 256, dtype=torch.float64)  # (c, 256)
+    per_image = int(np.prod(images.shape[1:]))
+    step = max(1, (64 << 20) // per_image)  # ~64 MB of images at a time: a mapped split is never copied whole
+    for start in range(0, n, step):
+        chunk = images[start:start + step]  # (k, c, h, w) uint8 (a view's rows gathered, a mapped file's read)
+        for ch in range(c):
+            counts[ch] += torch.bincount(chunk[:, ch].reshape(-1), minlength=256).to(torch.float64)
     mean, std = [], []
     for ch in range(c):
-        counts = torch.bincount(images[:, ch].reshape(-1), minlength=256).to(torch.float64)  # (256,)
-        p = counts / counts.sum()
+        p = counts[ch] / counts[ch].sum()
         m = float((p * values).sum())
         var = float((p * values.square()).sum()) - m * m
         mean.append(m)
@@ -109,17 +126,21 @@ def _digits_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
 
 
 def _to_dataset(split: tuple[np.ndarray, np.ndarray]) -> ImageDataset:
+    """Tensors sharing the arrays' memory: a memory-mapped split stays mapped (a strided view, such as (n, h, w, c)
+    transposed to (n, c, h, w), stays a view)."""
     images, labels = split
     return ImageDataset(
-        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+        images=torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.uint8)),
         labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
     )
 
 
 def load_vision_data(name: str, root: str | os.PathLike | None, *, download: bool = True,
                      layout: str = "auto", splits: tuple[str, str] = ("train", "test"),
-                     columns: tuple[str | None, str | None] = (None, None)) -> VisionData:
-    """Load a whole vision dataset into memory.
+                     columns: tuple[str | None, str | None] = (None, None),
+                     image_size: int | None = None) -> VisionData:
+    """Load a vision dataset: small ones into memory, decoded image folders and Hugging Face datasets (and tensors
+    files where their format allows) memory-mapped from disk, so processes share one copy.
 
     name: "digits" (scikit-learn's bundled 8x8 digits; `root` is ignored),
     "cifar10" / "cifar100" (python-pickle folders under `root`, downloaded and
@@ -127,7 +148,8 @@ def load_vision_data(name: str, root: str | os.PathLike | None, *, download: boo
     (`root`/{train,test}/<class>/*.png|jpg, decoded once and cached), or "tensors"
     (`root` is a .safetensors / .npz file of arrays, `layout` where its channels are; vision/tensors.py), or "hf"
     (a Hugging Face dataset: a hub id or a local folder, its (train, test) `splits` and (image, label) `columns`,
-    None to detect; vision/hf_datasets.py).
+    None to detect; vision/hf_datasets.py). ``image_size`` (data.image_size): imagefolder and hf images are resized
+    to it once, as the cache is written; the other sources must already have that size.
     """
     if name not in DATASET_NAMES:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -147,17 +169,19 @@ def load_vision_data(name: str, root: str | os.PathLike | None, *, download: boo
         elif name == "hf":
             from bornagain_kd.vision.hf_datasets import load_hf_dataset  # noqa: PLC0415  (the optional `datasets`)
 
-            train, test, classes = load_hf_dataset(str(root), splits=splits, columns=columns)
+            train, test, classes = load_hf_dataset(str(root), splits=splits, columns=columns, image_size=image_size)
         else:
-            train, test, classes = load_image_folder(root)
+            train, test, classes = load_image_folder(root, image_size=image_size)
         hflip = True  # natural images: a mirrored scene keeps its label (data.hflip=false says otherwise)
     train_ds, test_ds = _to_dataset(train), _to_dataset(test)
+    if image_size is not None and tuple(train_ds.images.shape[2:]) != (image_size, image_size):
+        h, w = train_ds.images.shape[2:]
+        raise UserError(f"data.image_size={image_size}, but {name}'s images are {w}x{h}: the size is applied where "
+                        "images are decoded (data.name=imagefolder or hf); for this source drop data.image_size, or "
+                        "write the images at that size")
     if train_ds.images.shape[1:] != test_ds.images.shape[1:]:
         raise UserError(
             f"{name}: train images are {tuple(train_ds.images.shape[1:])} but test images are "
             f"{tuple(test_ds.images.shape[1:])} (c, h, w): make both splits the same size"
         )
-    mean, std = channel_stats(train_ds.images)
-    return VisionData(
-        train=train_ds, test=test_ds, classes=classes, mean=mean, std=std, hflip=hflip, name=name
-    )
+    return VisionData(train=train_ds, test=test_ds, classes=classes, hflip=hflip, name=name)

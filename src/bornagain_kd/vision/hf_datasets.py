@@ -10,11 +10,11 @@ The splits are ``data.train_split`` / ``data.test_split``; the image column is `
 ``Image`` feature, else "img" or "image"), the label column ``data.label_column`` (null: the one ``ClassLabel``
 feature, else "label" or "fine_label"). The classes are the ClassLabel's names, or 0..max label.
 
-Decoding is the slow part (Pillow, one image at a time), so the decoded arrays go to the image folders' .npz cache
-(vision/imagefolder.py): ROOT/.bornagain-cache/ for a local folder, the user cache ($BORNAGAIN_CACHE_DIR, else ~/.cache/bornagain/) for a hub id, keyed by the
+Decoding is the slow part (Pillow, one image at a time), so the decoded arrays go, a batch of rows at a time, to
+the memory-mapped cache of the image folders (vision/array_cache.py): ROOT/.bornagain-cache/ for a local folder, the user cache ($BORNAGAIN_CACHE_DIR, else ~/.cache/bornagain/) for a hub id, keyed by the
 root, splits and columns asked for. Its fingerprint: the local folder's files (path, size, mtime), checked before
-`datasets` opens anything; for a hub id, the arrow files `datasets` keeps in its cache. The next load reads the
-.npz unless those files changed. `datasets` is imported only here, and only when used.
+`datasets` opens anything; for a hub id, the arrow files `datasets` keeps in its cache. The next load maps the
+arrays unless those files changed. `datasets` is imported only here, and only when used.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import numpy as np
 
 from bornagain_kd.engine.run_log import bars_shown
 from bornagain_kd.errors import UserError, describe
-from bornagain_kd.vision.imagefolder import default_cache_dir, eight_bit, read_cache, user_cache_dir, write_cache
+from bornagain_kd.vision.array_cache import ArrayWriter, load_or_build, read_arrays
+from bornagain_kd.vision.imagefolder import default_cache_dir, eight_bit, fit_size, user_cache_dir
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
 Split = tuple[np.ndarray, np.ndarray]
 
-CACHE_VERSION = "hf-v1"  # bump when the decoding or the cache layout changes
+CACHE_VERSION = "hf-v2"  # bump when the decoding or the cache layout changes
 IMAGE_COLUMNS = ("img", "image")  # the usual names, when no single Image feature says which
 LABEL_COLUMNS = ("label", "fine_label")  # fine_label: CIFAR-100's 100 classes, as data.name=cifar100 reads
 _GRAY_MODES = ("L", "1")  # kept as one channel; every other mode is converted to RGB
@@ -133,50 +134,52 @@ def pick_columns(features: dict, image_column: str | None, label_column: str | N
     return image, label
 
 
-def _pixels(image, row: int, what: str) -> np.ndarray:
-    """(h, w) uint8 for a gray image, (h, w, 3) for every other mode (P, RGBA, CMYK, ... converted to RGB)."""
+def _pixels(image, row: int, what: str, size: int | None) -> np.ndarray:
+    """(h, w) uint8 for a gray image, (h, w, 3) for every other mode (P, RGBA, CMYK, ... converted to RGB), resized
+    to ``size`` (data.image_size: shorter side, centre crop) where given."""
     if image is None:
         raise UserError(f"{what}: row {row} has no image: drop the empty rows (ds.filter) and save the dataset again")
     image = eight_bit(image, f"{what}: row {row}")  # 16-bit gray scaled, not clipped
     if image.mode != "L":
         image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(fit_size(image, size), dtype=np.uint8)
 
 
-def decode_split(ds, image_column: str, label_column: str, what: str) -> Split:
-    """(images (n, c, h, w) uint8 with c = 1 (all gray) or 3, labels (n,) int64) of one split."""
+def split_labels(ds, label_column: str, what: str) -> np.ndarray:
     labels = np.asarray(ds.select_columns([label_column]).with_format("numpy")[:][label_column])  # (n,)
     if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
         raise UserError(f"{what}: the labels of column {label_column!r} must be class numbers 0..K-1, but they hold "
                         f"{'missing values' if labels.dtype.kind not in 'iu' else int(labels.min())} (an unlabelled "
                         "split, such as some datasets' test split): choose a labelled one with data.test_split")
-    pixels, row = [], 0
-    for batch in ds.select_columns([image_column]).iter(batch_size=1024):  # decoded one batch at a time: a split's PIL images never all in memory
-        for image in batch[image_column]:
-            pixels.append(_pixels(image, row, what))
-            row += 1
-    if not pixels:
+    if not labels.size:
         raise UserError(f"{what} holds no images: choose a split with images")
-    sizes = {p.shape[:2] for p in pixels}
-    if len(sizes) > 1:
-        first = next(i for i, p in enumerate(pixels) if p.shape[:2] != pixels[0].shape[:2])
-        raise UserError(f"{what}: images must all have one size, but row 0 is {pixels[0].shape[1]}x"
-                        f"{pixels[0].shape[0]} and row {first} is {pixels[first].shape[1]}x{pixels[first].shape[0]}: "
-                        "resize them to one size first (ds.map with PIL's resize) and save the dataset again")
-    if all(p.ndim == 2 for p in pixels):
-        images = np.stack(pixels)[:, None]  # (n, 1, h, w)
-    else:  # some color: every image RGB, a gray one repeated over the 3 channels
-        images = np.stack([p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pixels])
-        images = images.transpose(0, 3, 1, 2)  # (n, h, w, 3) -> (n, 3, h, w)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    return labels.astype(np.int64)
 
 
-def _same_channels(train: Split, test: Split) -> tuple[Split, Split]:
-    """A gray split beside a color one becomes RGB too (a dataset whose train images happen to be all gray)."""
-    if train[0].shape[1] == test[0].shape[1]:
-        return train, test
-    color = lambda s: (np.ascontiguousarray(np.repeat(s[0], 3, axis=1)) if s[0].shape[1] == 1 else s[0], s[1])
-    return color(train), color(test)
+def decode_split_into(writer: ArrayWriter, split: str, ds, image_column: str, label_column: str, what: str, *,
+                      size: int | None, shape: tuple[int, int] | None) -> tuple[tuple[int, int], bool]:
+    """Decode one split into ``writer``'s (n, 3, h, w) uint8 array, a batch of rows at a time (a split's PIL images
+    are never all in memory); a gray image is repeated over the three channels. ``shape``: the (h, w) every image
+    must have (the first image's, where None); the first odd image is refused, naming data.image_size.
+    Returns ((h, w), whether every image was gray)."""
+    writer.set_labels(split, split_labels(ds, label_column, what))
+    out, row, all_gray = None, 0, True
+    for batch in ds.select_columns([image_column]).iter(batch_size=256):
+        for image in batch[image_column]:
+            pixels = _pixels(image, row, what, size)  # (h, w) or (h, w, 3)
+            if shape is None:
+                shape = pixels.shape[:2]
+            if pixels.shape[:2] != shape:
+                raise UserError(f"{what}: images must all have one size, but row {row} is {pixels.shape[1]}x"
+                                f"{pixels.shape[0]} and the first is {shape[1]}x{shape[0]}: set data.image_size=N to "
+                                "resize every image once, as the cache is written (shorter side to N, centre crop), "
+                                "or resize them first (ds.map with PIL's resize) and save the dataset again")
+            if out is None:
+                out = writer.new_images(split, (len(ds), 3, *shape))
+            all_gray &= pixels.ndim == 2
+            out[row] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            row += 1
+    return shape, all_gray
 
 
 def class_names(feature, train_labels: np.ndarray, test_labels: np.ndarray, root: str) -> tuple[str, ...]:
@@ -218,23 +221,27 @@ def _arrow_fingerprint(request: str, parts: list) -> str | None:
     return h.hexdigest()
 
 
-def _cache_path(root: str, request: str) -> Path:
-    """ROOT/.bornagain-cache/hf-<key>.npz for a local folder (as image folders), the user cache for a hub id;
-    the key: what was asked, so other splits or columns of one dataset are cached apart."""
+def _cache_folder(root: str, request: str) -> Path:
+    """ROOT/.bornagain-cache/hf-<key>/ for a local folder (as image folders), the user cache for a hub id;
+    the key: what was asked, so other splits, columns or sizes of one dataset are cached apart."""
     folder = Path(root).expanduser()
     cache_dir = default_cache_dir(folder) if folder.is_dir() else user_cache_dir()
-    return cache_dir / f"hf-{hashlib.sha256(request.encode()).hexdigest()[:16]}.npz"
+    return cache_dir / f"hf-{hashlib.sha256(request.encode()).hexdigest()[:16]}"
 
 
 def load_hf_dataset(root: str, *, splits: tuple[str, str] = ("train", "test"),
-                    columns: tuple[str | None, str | None] = (None, None)) -> tuple[Split, Split, tuple[str, ...]]:
+                    columns: tuple[str | None, str | None] = (None, None),
+                    image_size: int | None = None) -> tuple[Split, Split, tuple[str, ...]]:
     """(train, test, class names) of a Hugging Face dataset; ``splits`` = (train, test) split names, ``columns`` =
-    (image, label) column names or None to detect them. Decoded once, then read from the cache."""
+    (image, label) column names or None to detect them; ``image_size``: data.image_size. Decoded once into the
+    memory-mapped cache (vision/array_cache.py), then mapped."""
     folder = Path(root).expanduser()
     request = f"{folder.resolve() if folder.is_dir() else root}\0{splits}\0{columns}"
-    cache = _cache_path(root, request)
+    if image_size is not None:
+        request += f"\0{image_size}"
+    cache = _cache_folder(root, request)
     fingerprint = _folder_fingerprint(folder, request) if folder.is_dir() else None
-    cached = read_cache(cache, fingerprint) if fingerprint else None
+    cached = read_arrays(cache, fingerprint) if fingerprint else None
     if cached is not None:
         return cached
     opened = open_splits(root)
@@ -247,13 +254,18 @@ def load_hf_dataset(root: str, *, splits: tuple[str, str] = ("train", "test"),
                         f"(its columns: {', '.join(test_ds.features)}): choose splits of one layout")
     if fingerprint is None:  # a hub id: known by the files `datasets` keeps in its cache
         fingerprint = _arrow_fingerprint(request, [train_ds, test_ds])
-        cached = read_cache(cache, fingerprint) if fingerprint else None
-        if cached is not None:
-            return cached
-    train = decode_split(train_ds, image, label, f"split {splits[0]!r} of {root}")
-    test = decode_split(test_ds, image, label, f"split {splits[1]!r} of {root}")
-    train, test = _same_channels(train, test)
-    classes = class_names(train_ds.features[label], train[1], test[1], root)
-    if fingerprint:
-        write_cache(cache, fingerprint, train, test, classes)
-    return train, test, classes
+    if fingerprint is None:  # held only in memory by `datasets`: its own fingerprints of the two splits' contents
+        fingerprint = hashlib.sha256(f"{CACHE_VERSION}\0{request}\0{getattr(train_ds, '_fingerprint', '')}"
+                                     f"\0{getattr(test_ds, '_fingerprint', '')}".encode()).hexdigest()
+
+    def build(writer: ArrayWriter) -> tuple[str, ...]:
+        shape, train_gray = decode_split_into(writer, "train", train_ds, image, label, f"split {splits[0]!r} of {root}",
+                                              size=image_size, shape=None)
+        _, test_gray = decode_split_into(writer, "test", test_ds, image, label, f"split {splits[1]!r} of {root}",
+                                         size=image_size, shape=shape)
+        if train_gray and test_gray:  # every image gray: one channel (a gray split beside a colour one stays RGB)
+            for split in ("train", "test"):
+                writer.replace_images(split, writer.images[split][:, :1])
+        return class_names(train_ds.features[label], writer.labels["train"], writer.labels["test"], root)
+
+    return load_or_build(cache, fingerprint, build, what=f"{root} (data.name=hf)")

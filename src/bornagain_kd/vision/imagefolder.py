@@ -3,10 +3,11 @@
 Layout:  root/train/<class>/*.{png,jpg,jpeg}  and  root/test/<class>/*  with the
 same class folders in both; classes are sorted by name (label = position).
 
-Decoding tens of thousands of small JPEGs with Pillow takes seconds, so the
-decoded arrays are cached in one .npz (no pickle) together with a fingerprint
-of the folder (relative paths, sizes, mtimes): the next load reads the .npz
-unless a file was added, removed or changed, in which case it decodes again.
+Decoding tens of thousands of small JPEGs with Pillow takes seconds (a million: many minutes), so the
+decoded arrays are written once to a cache of memory-mappable .npy files (vision/array_cache.py) together with a
+fingerprint of the folder (relative paths, sizes, mtimes) and of data.image_size: the next load maps the arrays
+unless a file was added, removed or changed, in which case it decodes again. An .npz cache of an earlier version is
+converted once.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bornagain_kd.files import atomic_write
+from bornagain_kd.vision.array_cache import ArrayWriter, load_or_build
 from bornagain_kd.errors import UserError
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
 Split = tuple[np.ndarray, np.ndarray]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-CACHE_VERSION = "imagefolder-v1"  # bump when the cache layout changes
+CACHE_VERSION = "imagefolder-v2"  # bump when the decoding or the cache layout changes
+OLD_CACHE_VERSION = "imagefolder-v1"  # the .npz caches of earlier versions: converted when found
 _PARALLEL_MIN_IMAGES = 4096  # below this a process pool costs more than it saves
 _CHUNK = 2048  # images per worker task
 
@@ -87,9 +89,10 @@ def scan_image_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple
     return tuple(classes), files
 
 
-def folder_fingerprint(classes: tuple[str, ...], files: dict[str, list[tuple[str, int, int, int]]]) -> str:
-    """SHA-256 over the cache version, the classes and every (path, size, mtime)."""
-    h = hashlib.sha256(CACHE_VERSION.encode())
+def folder_fingerprint(classes: tuple[str, ...], files: dict[str, list[tuple[str, int, int, int]]],
+                       image_size: int | None = None, *, version: str = CACHE_VERSION) -> str:
+    """SHA-256 over the cache version, the image size asked for, the classes and every (path, size, mtime)."""
+    h = hashlib.sha256(version.encode() if image_size is None else f"{version}\0{image_size}".encode())
     h.update("\0".join(classes).encode())
     for split in ("train", "test"):
         for rel, label, size, mtime in files[split]:
@@ -109,60 +112,86 @@ def eight_bit(image: "Image.Image", what: str) -> "Image.Image":
     return image
 
 
-def _decode_one(path: str) -> np.ndarray:
+def fit_size(image: "Image.Image", size: int | None) -> "Image.Image":
+    """``image`` as it is (size None), else its shorter side resized to ``size`` (antialiased bicubic) and the
+    centre ``size`` x ``size`` square cut out (data.image_size: done once, when the cache is written)."""
+    if size is None or image.size == (size, size):
+        return image
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _decode_one(path: str, size: int | None = None) -> np.ndarray:
     """(h, w, 3) uint8; every mode (L, P, RGBA, CMYK, 16-bit gray ...) is converted to RGB."""
     try:
         with Image.open(path) as im:
-            return np.asarray(eight_bit(im, path).convert("RGB"), dtype=np.uint8)
+            return np.asarray(fit_size(eight_bit(im, path).convert("RGB"), size), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot decode image {path} ({err}): replace or delete the file") from None
 
 
-def _decode_chunk(paths: list[str]) -> np.ndarray:
-    """(n, h, w, 3) uint8 for images of one size; a size mismatch names both files."""
-    first = _decode_one(paths[0])
-    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
-    out[0] = first
-    for i, path in enumerate(paths[1:], start=1):
-        img = _decode_one(path)
-        if img.shape != first.shape:
-            raise UserError(
-                f"images must all have one size, but {path} is {img.shape[1]}x{img.shape[0]} and {paths[0]} is "
-                f"{first.shape[1]}x{first.shape[0]}: resize the folder's images to one size first"
-            )
+def mixed_sizes(path: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...]) -> UserError:
+    return UserError(
+        f"images must all have one size, but {path} is {shape[1]}x{shape[0]} and {first} is "
+        f"{first_shape[1]}x{first_shape[0]}: set data.image_size=N to resize every image once, as the cache is "
+        "written (shorter side to N, centre crop N x N), or resize the images to one size first"
+    )
+
+
+def _decode_chunk(task: tuple[list[str], int | None, tuple[int, ...], str]) -> np.ndarray:
+    """(n, h, w, 3) uint8 for images of the size ``shape``; the first odd image is refused, naming both files."""
+    paths, size, shape, first = task
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        img = _decode_one(path, size)
+        if img.shape != shape:
+            raise mixed_sizes(path, img.shape, first, shape)
         out[i] = img
     return out
 
 
-def decode_images(paths: list[str], workers: int | None = None) -> np.ndarray:
-    """Decode `paths` to one (n, 3, h, w) uint8 array, in a process pool when there are many.
+def decode_into(out: np.ndarray, paths: list[str], *, size: int | None, shape: tuple[int, ...], first: str,
+                workers: int | None = None) -> None:
+    """Decode ``paths`` into ``out`` (n, 3, h, w) uint8 (a memory-mapped cache file), a chunk at a time, in a process
+    pool when there are many.
 
     Pillow decoding of small JPEGs is Python-bound (threads do not help), so
     large folders are split into chunks decoded by `workers` processes
-    (default: all CPUs). The pool forks, as torch's DataLoader does on Linux:
+    (default: all CPUs) and written in order as they come back: no more than a few chunks are ever in memory. The
+    pool forks, as torch's DataLoader does on Linux:
     forkserver/spawn would re-run the caller's script in every worker, which
     breaks any script without an `if __name__ == "__main__":` guard. Where fork
     is unavailable (macOS, Windows) or the pool dies, decoding runs serially.
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
-    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    parts = None
+    per_chunk = max(16, min(_CHUNK, (32 << 20) // max(1, int(np.prod(shape)))))  # at most ~32 MB a chunk
+    tasks = [(paths[i : i + per_chunk], size, shape, first) for i in range(0, len(paths), per_chunk)]
     can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    done = 0
     if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES and can_fork:
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                parts = list(pool.map(_decode_chunk, chunks))
+                for part in pool.map(_decode_chunk, tasks):  # in order; a worker's UserError is raised here
+                    out[done:done + part.shape[0]] = part.transpose(0, 3, 1, 2)  # (n, h, w, 3) -> (n, 3, h, w)
+                    done += part.shape[0]
         except BrokenProcessPool as err:
             warnings.warn(f"the image-decoding worker pool failed ({err}); decoding in this process instead")
-    if parts is None:
-        parts = [_decode_chunk(c) for c in chunks]
-    shapes = {p.shape[1:] for p in parts}
-    if len(shapes) > 1:
-        raise UserError(
-            f"images in the folder have different sizes {sorted(s[:2] for s in shapes)} (h, w): "
-            "resize them to one size first"
-        )
-    return np.ascontiguousarray(np.concatenate(parts).transpose(0, 3, 1, 2))  # (n, h, w, 3) -> (n, 3, h, w)
+    for task in tasks[done // per_chunk:] if done < len(paths) else ():
+        part = _decode_chunk(task)
+        out[done:done + part.shape[0]] = part.transpose(0, 3, 1, 2)
+        done += part.shape[0]
+
+
+def decode_images(paths: list[str], workers: int | None = None, size: int | None = None) -> np.ndarray:
+    """Decode ``paths`` to one (n, 3, h, w) uint8 array in memory (a few images: the cache uses decode_into)."""
+    first = _decode_one(paths[0], size)
+    out = np.empty((len(paths), 3, *first.shape[:2]), dtype=np.uint8)
+    decode_into(out, paths, size=size, shape=first.shape, first=paths[0], workers=workers)
+    return out
 
 
 def user_cache_dir() -> Path:
@@ -183,15 +212,16 @@ def default_cache_dir(root: Path) -> Path:
     return user_cache_dir()
 
 
-def _cache_file(root: Path, cache_dir: Path) -> Path:
+def _cache_name(root: Path, cache_dir: Path, image_size: int | None) -> str:
+    size = "" if image_size is None else f"-{image_size}px"
     if cache_dir == root / ".bornagain-cache":
-        return cache_dir / "imagefolder.npz"
-    # A shared cache holds many folders: key the file by the folder's absolute path.
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache_dir / f"imagefolder-{key}.npz"
+        return f"imagefolder{size}"
+    # A shared cache holds many folders: key the name by the folder's absolute path.
+    return f"imagefolder-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}{size}"
 
 
-def read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, ...]] | None:
+def read_npz_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, ...]] | None:
+    """An .npz cache of the tool's earlier versions (read whole into memory), or None."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
@@ -204,18 +234,16 @@ def read_cache(path: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, .
     return train, test, classes
 
 
-def write_cache(path: Path, fingerprint: str, train: Split, test: Split, classes: tuple[str, ...]) -> None:
-    """Write atomically (temporary file + rename) so readers never see half a cache."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, fingerprint=np.array(fingerprint), classes=np.array(classes, dtype=str),
-                     train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
-
-    try:
-        atomic_write(path, write)
-    except OSError as err:
-        warnings.warn(f"cannot write the image cache {path} ({err}); the next load decodes again")
+def convert_npz_cache(old: Path, cached: tuple[Split, Split, tuple[str, ...]], writer: ArrayWriter) -> tuple[str, ...]:
+    """Write an earlier version's .npz cache (read whole) into ``writer`` and remove it, saying so."""
+    train, test, classes = cached
+    for split, (images, labels) in (("train", train), ("test", test)):
+        writer.replace_images(split, images)
+        writer.set_labels(split, labels)
+    print(f"bornagain: converting the image cache {old} (an earlier version's .npz, read whole into memory) to "
+          f"memory-mapped arrays in {writer.folder}; the .npz is removed", flush=True)
+    old.unlink(missing_ok=True)
+    return classes
 
 
 def load_image_folder(
@@ -223,24 +251,34 @@ def load_image_folder(
     *,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    image_size: int | None = None,
 ) -> tuple[Split, Split, tuple[str, ...]]:
-    """(train, test, classes) from root/{train,test}/<class>/*, decoded once and cached.
+    """(train, test, classes) from root/{train,test}/<class>/*, decoded once into a cache and memory-mapped.
 
-    images (n, 3, h, w) uint8 (every image converted to RGB), labels (n,) int64
-    indexing the sorted class names. `cache_dir` defaults to `default_cache_dir`.
+    images (n, 3, h, w) uint8 (every image converted to RGB; with ``image_size`` resized once, shorter side to it
+    and centre-cropped square), labels (n,) int64 indexing the sorted class names. `cache_dir` defaults to
+    `default_cache_dir`; the cache's layout and who writes it: vision/array_cache.py.
     """
     root = Path(root)
     classes, files = scan_image_folder(root)
-    fingerprint = folder_fingerprint(classes, files)
-    cache_path = _cache_file(root, Path(cache_dir) if cache_dir is not None else default_cache_dir(root))
-    cached = read_cache(cache_path, fingerprint)
-    if cached is not None:
-        return cached
-    n_train = len(files["train"])
-    entries = files["train"] + files["test"]
-    images = decode_images([str(root / rel) for rel, *_ in entries], workers)
-    labels = np.array([label for _, label, *_ in entries], dtype=np.int64)
-    train = (images[:n_train], labels[:n_train])
-    test = (images[n_train:], labels[n_train:])
-    write_cache(cache_path, fingerprint, train, test, classes)
-    return train, test, classes
+    fingerprint = folder_fingerprint(classes, files, image_size)
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir(root)
+    name = _cache_name(root, base, image_size)
+
+    def build(writer: ArrayWriter) -> tuple[str, ...]:
+        old = base / f"{name}.npz"  # the earlier versions' file (same name, no image size)
+        cached = read_npz_cache(old, folder_fingerprint(classes, files, None, version=OLD_CACHE_VERSION)) \
+            if image_size is None else None
+        if cached is not None:
+            return convert_npz_cache(old, cached, writer)
+        first_path = str(root / files["train"][0][0])
+        shape = _decode_one(first_path, image_size).shape  # (h, w, 3): every image must match it
+        for split in ("train", "test"):
+            paths = [str(root / rel) for rel, *_ in files[split]]
+            out = writer.new_images(split, (len(paths), shape[2], shape[0], shape[1]))
+            decode_into(out, paths, size=image_size, shape=shape, first=first_path, workers=workers)
+            writer.set_labels(split, np.array([label for _, label, *_ in files[split]], dtype=np.int64))
+        return classes
+
+    n = len(files["train"]) + len(files["test"])
+    return load_or_build(base / name, fingerprint, build, what=f"{root} ({n} images)")

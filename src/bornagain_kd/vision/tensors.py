@@ -1,6 +1,7 @@
 """A dataset from one file of arrays (``data.name=tensors``): no folder layout, any image size and channel count.
 
-The file is ``.safetensors`` or ``.npz`` (numpy, read without pickle) holding
+The file is ``.safetensors`` (memory-mapped), ``.npz`` (numpy, read whole, without pickle), or data.root is a folder
+of ``.npy`` files (memory-mapped; class names in ``classes.txt``, one per line), holding
 
     train_images, test_images   uint8, (n, c, h, w) or (n, h, w, c), or (n, h, w) for one channel
     train_labels, test_labels   integers, (n,), classes 0..K-1 (K = the largest label + 1)
@@ -14,6 +15,7 @@ key and the fix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,25 +29,74 @@ _CHANNEL_SIZES = (1, 3, 4)
 Split = tuple[np.ndarray, np.ndarray]
 
 
+_SAFETENSORS_DTYPES = {"U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32,
+                       "I32": np.int32, "U64": np.uint64, "I64": np.int64, "F16": np.float16, "F32": np.float32,
+                       "F64": np.float64, "BOOL": np.bool_}
+
+
+def map_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .safetensors file, memory-mapped (copy-on-write: nothing is written back), not read: the
+    format is an 8-byte header length, a JSON header of (dtype, shape, [start, end)) per array, then the bytes."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if not 2 <= header_len <= 100_000_000:
+            raise ValueError(f"header length {header_len}")
+        header = json.loads(f.read(header_len))
+    base = 8 + header_len
+    size = path.stat().st_size
+    arrays = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        shape = tuple(int(d) for d in info["shape"])
+        start, end = (int(v) for v in info["data_offsets"])
+        if end - start != int(np.prod(shape)) * dtype.itemsize or base + end > size:
+            raise ValueError(f"array {key!r}: its offsets do not match its shape or the file's size")
+        arrays[key] = (np.memmap(path, dtype=dtype, mode="c", offset=base + start, shape=shape) if end > start
+                       else np.zeros(shape, dtype))
+    return arrays
+
+
+def read_npy_folder(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a folder of .npy files (NAME.npy -> NAME), memory-mapped; class names from classes.txt (one per
+    line) where present."""
+    arrays = {p.stem: np.load(p, mmap_mode="c", allow_pickle=False) for p in sorted(path.glob("*.npy"))}
+    names = path / "classes.txt"
+    if names.is_file():
+        arrays["classes"] = np.array(names.read_text().splitlines())
+    return arrays
+
+
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array in a .safetensors or .npz file (no pickle)."""
+    """Every array in a .safetensors file or a folder of .npy files (both memory-mapped: the images are read as
+    batches need them), or an .npz (read whole: numpy cannot map it). No pickle."""
+    if path.is_dir():
+        try:
+            arrays = read_npy_folder(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"data.root={path}: a .npy file in it cannot be read ({describe(e, 150)}): write it "
+                            "again with numpy.save") from None
+        if not arrays:
+            raise UserError(f"data.root={path} is a folder without .npy files; data.name=tensors needs "
+                            f"{', '.join(k + '.npy' for k in KEYS)} there, or a .safetensors or .npz file")
+        return arrays
     if not path.is_file():
-        raise UserError(f"data.root={path}: no such file; data.name=tensors needs a .safetensors or .npz file")
+        raise UserError(f"data.root={path}: no such file; data.name=tensors needs a .safetensors or .npz file "
+                        "(or a folder of .npy files)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
-            from safetensors.numpy import load_file  # noqa: PLC0415
-
-            return dict(load_file(str(path)))
+            return map_safetensors(path)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-    except Exception as e:  # noqa: BLE001 - OSError, ValueError, zipfile.BadZipFile, safetensors errors: unreadable
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, KeyError, zipfile.BadZipFile: unreadable
         raise UserError(f"data.root={path} cannot be read as {suffix} ({describe(e, 150)}): the file is "
                         "corrupt or not what its name says; write it again (numpy.savez or "
                         "safetensors.numpy.save_file)") from None
     raise UserError(f"data.root={path} is a {suffix or 'file without suffix'}: data.name=tensors reads .safetensors "
-                    "or .npz files")
+                    "or .npz files, or a folder of .npy files")
 
 
 def _to_nchw(images: np.ndarray, key: str, layout: str, path: Path) -> np.ndarray:
@@ -63,7 +114,8 @@ def _to_nchw(images: np.ndarray, key: str, layout: str, path: Path) -> np.ndarra
             raise UserError(f"{path}: cannot tell where the channels of '{key}' {images.shape} are; "
                             "set data.layout=nchw or data.layout=nhwc")
         layout = "nchw" if first else "nhwc"
-    return np.ascontiguousarray(images if layout == "nchw" else images.transpose(0, 3, 1, 2))
+    # a view, not a copy: a mapped (n, h, w, c) file stays mapped, and a batch's rows are gathered as they are drawn
+    return images if layout == "nchw" else images.transpose(0, 3, 1, 2)
 
 
 def _labels(labels: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:

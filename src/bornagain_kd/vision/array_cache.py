@@ -1,0 +1,193 @@
+"""Decoded image splits on disk as memory-mappable .npy files: written once per node, mapped by every process.
+
+    CACHE/<name>/                  one decoded dataset (an image folder, a Hugging Face dataset) at one image size
+        train_images.npy           (n, c, h, w) uint8          test_images.npy
+        train_labels.npy           (n,) int64                  test_labels.npy
+        meta.json                  format, fingerprint, classes, shapes, checksums: written last, inside a temporary
+                                   folder renamed into place, so a folder with a meta.json is whole
+
+Every process maps the image arrays (numpy ``mmap_mode="c"``: pages come from the page cache, shared by every
+process of the node, and nothing is written back), so two processes of one node hold one copy of the images, and
+a process's own (anonymous) memory holds only what a batch needs.
+
+Who writes: under torchrun, the node's local rank 0; its other ranks wait for the folder to appear (no collective
+with a timeout is held while it decodes; if the writer fails, torchrun stops the others). Outside torchrun,
+processes that start together take turns through a lock file, so the first writes and the others map its folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bornagain_kd.errors import UserError
+
+FORMAT = "bornagain-arrays-v1"
+SPLITS = ("train", "test")
+META = "meta.json"
+_CHECKSUM_ROWS = 256  # images read for a folder's checksum: enough to see a rewritten or truncated file, cheap to read
+
+# (images (n, c, h, w) uint8, labels (n,) int64)
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def sampled_checksum(images: np.ndarray) -> str:
+    """SHA-256 over the shape and up to 256 evenly spaced images (reading a 16 GB split whole at every start would
+    cost a minute; a rewritten, truncated or zeroed file changes these rows too)."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    n = images.shape[0]
+    for i in np.unique(np.linspace(0, n - 1, min(n, _CHECKSUM_ROWS)).astype(np.int64)) if n else ():
+        h.update(np.ascontiguousarray(images[i]).tobytes())
+    return h.hexdigest()
+
+
+def labels_checksum(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def read_arrays(folder: Path, fingerprint: str) -> tuple[Split, Split, tuple[str, ...]] | None:
+    """(train, test, classes) mapped from ``folder``, or None where it is missing, of another fingerprint or format,
+    or damaged (shapes or checksums differ from its meta.json): then it is written again."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+            return None
+        splits = []
+        for split in SPLITS:
+            images = np.load(folder / f"{split}_images.npy", mmap_mode="c")  # (n, c, h, w) uint8, mapped
+            labels = np.load(folder / f"{split}_labels.npy")  # (n,) int64: small, read
+            info = meta["splits"][split]
+            if (list(images.shape) != info["shape"] or images.dtype != np.uint8 or labels.shape != images.shape[:1]
+                    or labels_checksum(labels) != info["labels_sha256"]
+                    or sampled_checksum(images) != info["images_sample_sha256"]):
+                return None
+            splits.append((images, labels.astype(np.int64, copy=False)))
+        classes = tuple(str(c) for c in meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return splits[0], splits[1], classes
+
+
+class ArrayWriter:
+    """Fills a cache folder's arrays in a temporary folder beside it; ``commit`` renames it into place."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.images: dict[str, np.ndarray] = {}
+        self.labels: dict[str, np.ndarray] = {}
+
+    def new_images(self, split: str, shape: tuple[int, int, int, int]) -> np.ndarray:
+        """A writable (n, c, h, w) uint8 array on disk for ``split`` (filled by the caller, a chunk at a time)."""
+        self.images[split] = np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                                                       shape=shape)
+        return self.images[split]
+
+    def replace_images(self, split: str, images: np.ndarray) -> None:
+        """Write ``images`` (n, c, h, w) as the split's array, a chunk at a time: an earlier version's arrays, or a
+        view of the split's own array (its first channel, where every image was gray)."""
+        path = self.tmp / f"{split}_images.npy"
+        new = np.lib.format.open_memmap(self.tmp / f"{split}_images.new", mode="w+", dtype=np.uint8,
+                                        shape=tuple(images.shape))
+        for start in range(0, images.shape[0], 4096):
+            new[start:start + 4096] = images[start:start + 4096]
+        new.flush()
+        os.replace(self.tmp / f"{split}_images.new", path)  # a mapped old file stays readable until unmapped
+        self.images[split] = new
+
+    def set_labels(self, split: str, labels: np.ndarray) -> None:
+        self.labels[split] = np.ascontiguousarray(labels, dtype=np.int64)
+
+    def commit(self, fingerprint: str, classes: tuple[str, ...], extra: dict | None = None) -> None:
+        info = {}
+        for split in SPLITS:
+            images, labels = self.images[split], self.labels[split]
+            images.flush()
+            np.save(self.tmp / f"{split}_labels.npy", labels)
+            info[split] = {"shape": list(images.shape), "labels_sha256": labels_checksum(labels),
+                           "images_sample_sha256": sampled_checksum(images)}
+        meta = {"format": FORMAT, "fingerprint": fingerprint, "classes": list(classes), "splits": info, **(extra or {})}
+        (self.tmp / META).write_text(json.dumps(meta, indent=1))
+        self.images.clear()  # unmap before the rename
+        if self.folder.exists():  # a stale or damaged copy (another fingerprint): replaced
+            shutil.rmtree(self.folder)
+        os.replace(self.tmp, self.folder)
+
+    def abort(self) -> None:
+        self.images.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def local_rank() -> tuple[int, int]:
+    """(this process's rank on its node, processes on the node) under torchrun; (0, 1) outside."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    except ValueError:
+        return 0, 1
+
+
+@contextlib.contextmanager
+def _turn(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (processes started together take turns); none where fcntl is not."""
+    try:
+        import fcntl  # noqa: PLC0415  (POSIX)
+    except ImportError:
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_or_build(folder: Path, fingerprint: str, build: Callable[[ArrayWriter], tuple[str, ...]], *,
+                  what: str, poll_seconds: float = 0.5) -> tuple[Split, Split, tuple[str, ...]]:
+    """The cache ``folder`` mapped, built first by ``build(writer) -> classes`` where it is missing or stale: by the
+    node's local rank 0 under torchrun (the other ranks wait for it), by the first of processes that start
+    together otherwise. ``what`` names the data in the messages."""
+    rank, local_size = local_rank()
+    if rank > 0 and local_size > 1:  # local rank 0 writes it: wait, then map
+        said = False
+        while (cached := read_arrays(folder, fingerprint)) is None:
+            if not said:
+                print(f"bornagain: local rank {rank} waits for local rank 0 to write the cache of {what} ({folder})",
+                      flush=True)
+                said = True
+            time.sleep(poll_seconds)
+        return cached
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = folder.parent / f".{folder.name}.lock"
+        with _turn(lock):
+            cached = read_arrays(folder, fingerprint)
+            if cached is not None:
+                return cached
+            writer = ArrayWriter(folder)
+            started = time.perf_counter()
+            try:
+                classes = build(writer)
+                writer.commit(fingerprint, classes)
+            except BaseException:
+                writer.abort()
+                raise
+            print(f"bornagain: wrote the decoded images of {what} to {folder} in {time.perf_counter() - started:.1f} s "
+                  "(once: later runs and every process of a node map it)", flush=True)
+    except OSError as err:
+        raise UserError(f"cannot write the image cache {folder} ({err}): set BORNAGAIN_CACHE_DIR to a writable folder "
+                        "with room for the decoded images (n x c x h x w bytes)") from None
+    cached = read_arrays(folder, fingerprint)
+    if cached is None:  # written a moment ago: only a file changed under us gets here
+        raise UserError(f"the image cache {folder} was written but cannot be read back: delete it and run again")
+    return cached
