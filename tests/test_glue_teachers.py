@@ -270,3 +270,36 @@ def test_sharded_prediction_equals_one_process(setup, monkeypatch):
         assert [len(share) for share in shares] == [3, 2]  # batches 0, 2, 4 and 1, 3
         assert sorted(rows[0] + rows[1]) == list(range(24))  # disjoint, and every row once
         assert torch.allclose(gathered, whole, atol=1e-6)
+
+
+def test_tokenisation_is_cached_on_disk_by_examples_tokenizer_and_length(tmp_path, monkeypatch):
+    """A second encoding of the same examples reads the cache instead of calling the tokenizer; another maximum
+    length or another text makes another file; the read-back split equals the tokenised one."""
+    from bornagain_kd.glue.data import GlueExample
+    from bornagain_kd.glue.tokenization import token_cache_path
+
+    monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "cache"))
+    tokenizer = load_tokenizer(str(write_tiny_encoder(tmp_path / "enc")))
+    task = get_task("RTE")
+    examples = [GlueExample(f"RTE/train/{i}", i, "the dog " * (i + 1), "a cat runs", i % 2) for i in range(7)]
+    first = encode_examples(task, examples, tokenizer, max_seq_length=16)
+    assert token_cache_path(task, examples, tokenizer, 16).is_file()
+
+    class Refusing:  # the same tokenizer, whose call fails: the second encoding must not tokenise
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("tokenised again although the cache holds these examples")
+
+    again = encode_examples(task, examples, Refusing(tokenizer), max_seq_length=16)
+    assert again.ids == first.ids and torch.equal(again.labels, first.labels)
+    assert all(np.array_equal(a, b) for a, b in zip(again.input_ids, first.input_ids))
+    assert all(np.array_equal(a, b) for a, b in zip(again.token_type_ids, first.token_type_ids))
+    with pytest.raises(AssertionError, match="tokenised again"):  # another truncation: not the cached tokens
+        encode_examples(task, examples, Refusing(tokenizer), max_seq_length=12)
+    changed = examples[:6] + [GlueExample("RTE/train/6", 6, "other words", "a cat runs", 0)]
+    assert token_cache_path(task, changed, tokenizer, 16) != token_cache_path(task, examples, tokenizer, 16)

@@ -6,6 +6,7 @@ rank 0 of a distributed run calls these (the callers check).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,29 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bornagain_kd.errors import UserError
+
+
+def user_cache_dir() -> Path:
+    """$BORNAGAIN_CACHE_DIR, else $XDG_CACHE_HOME/bornagain, else ~/.cache/bornagain (as the compile record)."""
+    base = os.environ.get("BORNAGAIN_CACHE_DIR")
+    return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bornagain"
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | Path):
+    """Hold an exclusive ``flock`` on ``lock_path`` (created) for the block: processes that reach it together take
+    turns, and the kernel releases it when a holder dies. No lock where fcntl is missing (not POSIX)."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:

@@ -12,15 +12,18 @@ costs about twice the tokens).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from bornagain_kd.errors import UserError
+from bornagain_kd.files import atomic_write, exclusive_lock, user_cache_dir
 from bornagain_kd.glue.data import GlueExample
 from bornagain_kd.glue.locations import resolve_location
 from bornagain_kd.glue.tasks import GlueTask
@@ -94,9 +97,74 @@ def label_tensor(task: GlueTask, examples: list[GlueExample]) -> torch.Tensor:
     return torch.tensor([-1 if e.label is None else e.label for e in examples], dtype=torch.int64)
 
 
+TOKEN_CACHE_FORMAT = "bornagain-glue-tokens-v1"
+
+
+def token_cache_path(task: GlueTask, examples: list[GlueExample], tokenizer, max_seq_length: int) -> Path:
+    """$BORNAGAIN_CACHE_DIR/glue-tokens/<task>-<key>.npz, the key a sha256 of the examples (ids, texts, labels, in
+    order), the tokenizer's definition, the truncation and the task: any change makes another file."""
+    fingerprint = getattr(tokenizer, "_bornagain_fingerprint", None)
+    if fingerprint is None:  # the tokenizer's definition is hashed once per tokenizer object
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        with contextlib.suppress(AttributeError):
+            tokenizer._bornagain_fingerprint = fingerprint
+    h = hashlib.sha256(f"{TOKEN_CACHE_FORMAT}\0{task.name}\0{task.is_pair}\0{fingerprint}\0{max_seq_length}".encode())
+    for e in examples:
+        h.update(json.dumps([e.id, e.text_a, e.text_b]).encode("utf-8"))
+        h.update(b"\n")
+    return user_cache_dir() / "glue-tokens" / f"{task.name}-{h.hexdigest()[:24]}.npz"
+
+
+def _read_tokens(path: Path, count: int) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) != TOKEN_CACHE_FORMAT or z["offsets"].shape != (count + 1,):
+                return None
+            offsets, ids, types = z["offsets"], z["input_ids"], z["token_type_ids"]
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+    return ([ids[offsets[i]:offsets[i + 1]] for i in range(count)],
+            [types[offsets[i]:offsets[i + 1]] for i in range(count)])
+
+
+def _write_tokens(path: Path, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> None:
+    offsets = np.zeros(len(input_ids) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in input_ids], out=offsets[1:])
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, format=np.array(TOKEN_CACHE_FORMAT), offsets=offsets,
+                     input_ids=np.concatenate(input_ids) if input_ids else np.zeros(0, np.int32),
+                     token_type_ids=np.concatenate(token_type_ids) if token_type_ids else np.zeros(0, np.int8))
+
+    atomic_write(path, write)
+
+
 def encode_examples(task: GlueTask, examples: list[GlueExample], tokenizer, max_seq_length: int,
-                    chunk_size: int = 2048) -> EncodedSplit:
-    """Tokenise single sentences or sentence pairs (longest-first truncation, no padding)."""
+                    chunk_size: int = 2048, *, cache: bool = True) -> EncodedSplit:
+    """Tokenise single sentences or sentence pairs (longest-first truncation, no padding).
+
+    With ``cache`` the token ids are kept on disk (``token_cache_path``): every teacher, seed and rank after the
+    first reads them back instead of tokenising again (MNLI: 393k pairs); processes that start together take turns
+    through a lock file, so one tokenises and the others read what it wrote."""
+    if not cache or not examples:
+        return _encode(task, examples, tokenizer, max_seq_length, chunk_size)
+    path = token_cache_path(task, examples, tokenizer, max_seq_length)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(path.with_suffix(".lock")):
+            tokens = _read_tokens(path, len(examples))
+            if tokens is None:
+                encoded = _encode(task, examples, tokenizer, max_seq_length, chunk_size)
+                _write_tokens(path, encoded.input_ids, encoded.token_type_ids)
+                return encoded
+    except OSError:  # an unwritable cache folder: tokenise here, as without a cache
+        return _encode(task, examples, tokenizer, max_seq_length, chunk_size)
+    return EncodedSplit(task.name, [e.id for e in examples], tokens[0], tokens[1], label_tensor(task, examples))
+
+
+def _encode(task: GlueTask, examples: list[GlueExample], tokenizer, max_seq_length: int,
+            chunk_size: int) -> EncodedSplit:
     input_ids: list[np.ndarray] = []
     token_type_ids: list[np.ndarray] = []
     for start in range(0, len(examples), chunk_size):

@@ -268,6 +268,7 @@ class ClassifierTask:
             "test_accuracy": test["accuracy"], "test_error": test["error"], "test_nll": test["nll"],
             "test_ece": test["ece"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
             "tta": tta, "label_smoothing": self.cfg.train.label_smoothing,
+            "augmentation": data.augment_style if self.cfg.data.augment else "off",  # data.augment_style resolved
             **(self.spec.extra or {}),
         }
 

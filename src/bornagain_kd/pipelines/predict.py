@@ -94,6 +94,18 @@ def load_member(folder: Path, data_cache: dict | None = None) -> Member:
     return _load(folder, export_settings(folder, cfg, results, cache[key]))
 
 
+def _image_size(folder: Path) -> int | None:
+    """The run's data.image_size: image files are resized to it as its training images were (None: as they are,
+    or where the folder cannot say: loading it names the problem)."""
+    exported = read_export_config(folder)
+    try:
+        size = (exported.get("data", {}).get("image_size") if exported is not None
+                else read_finished_run(folder)[0].data.image_size)
+    except UserError:
+        return None
+    return int(size) if size else None
+
+
 def ensemble_members(run_dir: Path, name: str) -> list[Path]:
     """The run folders of ensemble ``name`` of the `ban` output ``run_dir`` (its results.json's members)."""
     path = run_dir / "results.json"
@@ -188,7 +200,8 @@ def predict(source: str | os.PathLike, images_source: str | os.PathLike, *, ense
                         "--ensemble NAME for one of its ensembles (the names in its table: Ens*2, All, ...)")
     dev = resolve_device(device)  # auto, cpu, cuda[:N]; cuda without a GPU is refused here
     folders = ensemble_members(source, ensemble) if ensemble else [source]
-    images = read_new_images(images_source, split=split, layout=layout, image_column=image_column)  # errors first
+    images = read_new_images(images_source, split=split, layout=layout, image_column=image_column,
+                             size=_image_size(folders[0]))  # errors first
     if images.images.shape[0] == 0:
         raise UserError(f"{images_source} holds no images: nothing to predict")
     cache: dict = {}

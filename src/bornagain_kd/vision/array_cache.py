@@ -17,7 +17,6 @@ processes that start together take turns through a lock file, so the first write
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bornagain_kd.errors import UserError
+from bornagain_kd.files import exclusive_lock
 
 FORMAT = "bornagain-arrays-v1"
 SPLITS = ("train", "test")
@@ -136,22 +136,6 @@ def local_rank() -> tuple[int, int]:
         return 0, 1
 
 
-@contextlib.contextmanager
-def _turn(lock_path: Path):
-    """Hold an exclusive lock on ``lock_path`` (processes started together take turns); none where fcntl is not."""
-    try:
-        import fcntl  # noqa: PLC0415  (POSIX)
-    except ImportError:
-        yield
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def load_or_build(folder: Path, fingerprint: str, build: Callable[[ArrayWriter], tuple[str, ...]], *,
                   what: str, poll_seconds: float = 0.5) -> tuple[Split, Split, tuple[str, ...]]:
     """The cache ``folder`` mapped, built first by ``build(writer) -> classes`` where it is missing or stale: by the
@@ -170,7 +154,7 @@ def load_or_build(folder: Path, fingerprint: str, build: Callable[[ArrayWriter],
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = folder.parent / f".{folder.name}.lock"
-        with _turn(lock):
+        with exclusive_lock(lock):
             cached = read_arrays(folder, fingerprint)
             if cached is not None:
                 return cached

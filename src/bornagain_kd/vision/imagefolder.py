@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bornagain_kd.vision.array_cache import ArrayWriter, load_or_build
 from bornagain_kd.errors import UserError
+from bornagain_kd.files import user_cache_dir
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
 Split = tuple[np.ndarray, np.ndarray]
@@ -192,12 +193,6 @@ def decode_images(paths: list[str], workers: int | None = None, size: int | None
     out = np.empty((len(paths), 3, *first.shape[:2]), dtype=np.uint8)
     decode_into(out, paths, size=size, shape=first.shape, first=paths[0], workers=workers)
     return out
-
-
-def user_cache_dir() -> Path:
-    """$BORNAGAIN_CACHE_DIR, else $XDG_CACHE_HOME/bornagain, else ~/.cache/bornagain (as the compile record)."""
-    base = os.environ.get("BORNAGAIN_CACHE_DIR")
-    return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bornagain"
 
 
 def default_cache_dir(root: Path) -> Path:

@@ -49,34 +49,34 @@ def _class_folders(folder: Path) -> list[Path]:
 
 
 def _from_files(paths: list[Path], base: Path, labels: np.ndarray | None = None,
-                classes: tuple[str, ...] | None = None) -> NewImages:
+                classes: tuple[str, ...] | None = None, size: int | None = None) -> NewImages:
     if not paths:
         raise UserError(f"{base} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a folder of images, a folder "
                         "of class folders, an image file, a .safetensors / .npz file or hf://DATASET")
-    images = decode_images([str(p) for p in paths])  # (n, 3, h, w): one size, or an error naming two files
+    images = decode_images([str(p) for p in paths], size=size)  # (n, 3, h, w): one size, or an error naming two files
     names = [str(p.relative_to(base)) if p != base else p.name for p in paths]
     return NewImages(images, names, labels, classes)
 
 
-def _from_folder(folder: Path, split: str) -> NewImages:
+def _from_folder(folder: Path, split: str, size: int | None = None) -> NewImages:
     subfolders = _class_folders(folder)
     if {"train", "test"} <= {p.name for p in subfolders}:  # an image-folder dataset: one of its splits
         if not (folder / split).is_dir():
             raise UserError(f"{folder} has no {split}/ folder: --split takes train or test here")
-        return _from_folder(folder / split, split)
+        return _from_folder(folder / split, split, size)
     loose = _images_in(folder)
     if loose and subfolders:
         raise UserError(f"{folder} holds images ({loose[0].name}, ...) beside folders ({subfolders[0].name}, ...): "
                         "give a folder of images alone, or of class folders alone (the folder names are the labels)")
     if loose or not subfolders:
-        return _from_files(loose, folder)
+        return _from_files(loose, folder, size=size)
     classes = tuple(p.name for p in subfolders)
     paths, labels = [], []
     for label, sub in enumerate(subfolders):
         found = _images_in(sub)
         paths += found
         labels += [label] * len(found)
-    return _from_files(paths, folder, np.asarray(labels, dtype=np.int64), classes)
+    return _from_files(paths, folder, np.asarray(labels, dtype=np.int64), classes, size=size)
 
 
 def _from_tensors(path: Path, split: str, layout: str) -> NewImages:
@@ -123,20 +123,21 @@ def _from_hf(root: str, split: str, image_column: str | None) -> NewImages:
 
 
 def read_new_images(source: str | os.PathLike, *, split: str = "test", layout: str = "auto",
-                    image_column: str | None = None) -> NewImages:
-    """The images ``source`` names (see the module docstring); one UserError naming the problem otherwise."""
+                    image_column: str | None = None, size: int | None = None) -> NewImages:
+    """The images ``source`` names (see the module docstring); one UserError naming the problem otherwise.
+    ``size``: the run's data.image_size, to which image files are resized as its training images were."""
     text = str(source)
     if text.startswith(HF_PREFIX):
         return _from_hf(text[len(HF_PREFIX):], split, image_column)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _from_folder(path, split)
+        return _from_folder(path, split, size)
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a folder of images, an image file, a .safetensors / .npz file "
                         "or hf://DATASET")
     if path.suffix.lower() in (".safetensors", ".npz"):
         return _from_tensors(path, split, layout)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _from_files([path], path)
+        return _from_files([path], path, size=size)
     raise UserError(f"{path} is a {path.suffix or 'file without suffix'}: predict reads images "
                     f"({', '.join(IMAGE_SUFFIXES)}), folders of them, .safetensors / .npz files or hf://DATASET")
