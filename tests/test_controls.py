@@ -92,3 +92,41 @@ def test_choosing_the_smoothing_needs_a_validation_split():
     with pytest.raises(UserError, match="chosen on the validation split"):  # refused before anything trains
         _cfg(*CONTROLS, "data.val_size=0")
     assert _cfg("ban.controls=[label_smoothing]", "ban.label_smoothing=[0.1]", "data.val_size=0")  # given: fine
+
+
+def test_the_longer_control_trains_the_teacher_for_both_trainings_epochs_and_is_reused(tmp_path):
+    from bornagain_kd.api import run_ban as api_run_ban
+
+    out = tmp_path / "run"
+    results = api_run_ban(_cfg("ban.generations=1", "ban.ensembles=[]", "ban.controls=[longer]"), output=out)
+    longer = json.loads((out / "controls/longer/results.json").read_text())
+    teacher = json.loads((out / "gen0/results.json").read_text())
+    assert longer["epochs"] == 2 == 2 * teacher["epochs"] and results["controls"]["longer"]["epochs"] == 2
+    assert longer["model"] == teacher["model"] and longer["seed"] == teacher["seed"]  # the teacher's init, longer
+    records = [json.loads(line) for line in (out / "controls/longer/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "epoch_seconds" in r] == [1, 2]
+    assert "| Longer |" in (out / "table.md").read_text()
+    assert any(r.startswith("BAN-1 - longer: ") for r in results["readings"])
+    stamp = (out / "controls/longer/model.safetensors").stat().st_mtime_ns
+    api_run_ban(_cfg("ban.generations=1", "ban.ensembles=[]", "ban.controls=[longer,doubled_label]"), output=out,
+                resume=True)
+    assert (out / "controls/longer/model.safetensors").stat().st_mtime_ns == stamp  # finished: reused
+    assert (out / "controls/doubled-label/results.json").is_file()  # the added control alone was trained
+
+
+def test_the_doubled_label_control_is_ban_1_without_its_teacher(tmp_path):
+    """With the teacher's weight 0, BAN-1's loss is its label term alone: the control, which is BAN-1 without the
+    teacher (its seed, order and augmentation), must then end with BAN-1's very predictions. With the paper's
+    weights 1 / 1 its label term is doubled."""
+    from bornagain_kd.api import run_ban as api_run_ban
+
+    out = tmp_path / "zero"
+    api_run_ban(_cfg("ban.generations=1", "ban.ensembles=[]", "ban.controls=[doubled_label]",
+                     "ban.normalize_loss_weights=false", "ban.teacher_weight=0"), output=out)
+    ban1 = load_probs(out / "gen1/test_probs.safetensors")[0]
+    control = load_probs(out / "controls/doubled-label/test_probs.safetensors")[0]
+    torch.testing.assert_close(control, ban1, rtol=0, atol=1e-6)
+    paper = api_run_ban(_cfg("ban.generations=1", "ban.ensembles=[]", "ban.controls=[doubled_label]",
+                             "ban.normalize_loss_weights=false"), output=tmp_path / "paper")
+    assert paper["controls"]["doubled_label"]["label_weight"] == 2.0
+    assert json.loads((tmp_path / "paper/controls/doubled-label/results.json").read_text())["label_weight"] == 2.0

@@ -7,6 +7,14 @@
     controls/label-smoothing-<eps>                 the students' architecture and schedule, labels smoothed by
                                                    eps, no teacher (one run per candidate eps; the one with the
                                                    lowest validation error is reported)
+    controls/longer                                the teacher's architecture and recipe for 2 x train.epochs
+                                                   (teacher + student: BAN-1's compute), labels only, from gen0's
+                                                   initialisation: tells "a second training helped" apart from
+                                                   "the teacher helped" (Ens*K is set beside it too)
+    controls/doubled-label                         BAN-1 without its teacher: BAN-1's seed (initialisation, order,
+                                                   augmentation), the label term weighted by the students' label +
+                                                   teacher weights (Eq. 2's 1 / 1: 2 x CE), so the step size of
+                                                   BAN's loss without the teacher's targets
 
 Each is a complete run directory like a generation's (pipelines/classifier.py). Finished ones are never
 retrained, so adding a control to a finished sequence (`--resume` with `ban.controls` set) trains only the
@@ -15,6 +23,7 @@ control. Nothing here is chosen on the test set.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +32,7 @@ import torch
 from bornagain_kd.distill.ban_losses import label_smoothing_loss, resolve_loss
 from bornagain_kd.engine.rng import derive_seed
 from bornagain_kd.pipelines.classifier import RunSpec, fit, load_probs
-from bornagain_kd.reports.ensembles import average_probabilities, ensemble_windows, member_dir
+from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, average_probabilities, ensemble_windows, member_dir
 from bornagain_kd.reports.metrics import classification_metrics
 from bornagain_kd.vision.config import VisionConfig, independent_sizes
 from bornagain_kd.vision.prepare import PreparedData
@@ -53,7 +62,35 @@ def run_controls(cfg: VisionConfig, output: Path, data: PreparedData, teacher_di
         out["independent"] = _independent(cfg, output, data, teacher_dir, run_config, model_factory, resume)
     if "label_smoothing" in cfg.ban.controls:
         out["label_smoothing"] = _label_smoothing(cfg, output, data, run_config, model_factory, resume)
+    for kind in SINGLE_CONTROLS:
+        if kind in cfg.ban.controls:
+            out[kind] = _single_control(kind, cfg, output, data, run_config, model_factory, resume)
     return out
+
+
+def control_dir(kind: str) -> str:
+    return f"{CONTROLS}/{kind.replace('_', '-')}"
+
+
+def _single_control(kind, cfg, output, data, run_config, model_factory, resume) -> dict:
+    """The `longer` or `doubled_label` control (module docstring), trained or reused."""
+    if kind == "longer":
+        name, epochs = cfg.model.name, 2 * cfg.train.epochs
+        run_cfg = run_config(name)
+        run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, epochs=epochs))
+        loss, seed, warmup = resolve_loss("ce"), derive_seed(cfg.seed, "generation", 0), 0.0
+    else:
+        name = cfg.ban.student_model or cfg.model.name
+        label_weight, teacher_weight, _ = cfg.ban.weights()
+        run_cfg, epochs = run_config(name), cfg.train.epochs
+        loss = resolve_loss("ce", label_weight=label_weight + teacher_weight)
+        seed, warmup = derive_seed(cfg.seed, "generation", 1), cfg.ban.student_warmup_epochs
+    spec = RunSpec(name=kind.replace("_", "-"), model_name=name, seed=seed, loss_fn=loss, warmup_epochs=warmup,
+                   extra={"generation": None, "loss": "ce", "label_weight": loss.label_weight, "control": kind})
+    r = fit(output / control_dir(kind), run_cfg, data, spec, model_factory(name), resume=resume)
+    return {"dir": control_dir(kind), "model": name, "epochs": epochs, "label_weight": loss.label_weight,
+            "test_error": r["test_error"], "nll": r["test_nll"], "ece": r["test_ece"],
+            "val_error": 100.0 - r["val_accuracy"]}
 
 
 def _independent(cfg, output, data, teacher_dir, run_config, model_factory, resume) -> dict:
@@ -102,6 +139,17 @@ def control_pairs(controls: dict | None, output: Path, correct: dict[int, torch.
     if "label_smoothing" in controls and 1 in correct:
         smoothed = load_probs(output / controls["label_smoothing"]["dir"] / "test_probs.safetensors")[0]
         pairs.append(("BAN-1", correct[1], "label smoothing", smoothed.argmax(dim=1) == labels))
+    for kind, column in SINGLE_CONTROLS.items():
+        if kind not in controls:
+            continue
+        other = load_probs(output / controls[kind]["dir"] / "test_probs.safetensors")[0].argmax(dim=1) == labels
+        if 1 in correct:
+            pairs.append(("BAN-1", correct[1], column, other))
+        if kind == "longer":  # Ens*2 (BANE's first ensemble) beside it too
+            for name, window in ensemble_windows(sorted(probs), (2,), include_teacher=include_teacher):
+                if name == "Ens*2":
+                    ens = average_probabilities([probs[g] for g in window]).argmax(dim=1) == labels
+                    pairs.append((name, ens, column, other))
     for e in (controls.get("independent") or {}).get("ensembles", []):
         k = int(e["beside"][4:])
         (_, window), = [w for w in ensemble_windows(sorted(probs), (k,), include_teacher=include_teacher)

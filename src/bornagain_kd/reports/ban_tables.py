@@ -141,7 +141,9 @@ TABLE1_CAPTION = ("Test error (%), last epoch of each generation. Ens*k averages
                   "students, All those of every generation, the teacher included.")
 CONTROLS_CAPTION = ("Controls (ban.controls): Ind*K averages K independently trained copies of the teacher (gen0 and "
                     "K - 1 more seeds, the same schedule), as many networks as Ens*K (one training fewer); label smoothing is a student of the "
-                    "students' architecture trained from labels smoothed by epsilon, no teacher.")
+                    "students' architecture trained from labels smoothed by epsilon, no teacher; longer is the teacher "
+                    "trained for twice the epochs (BAN-1's compute), labels only; doubled label is BAN-1 without its "
+                    "teacher, its label term weighted by the students' two weights together.")
 TABLE2_CAPTION = "Cross-architecture students (Table 2 layout)."
 
 

@@ -80,6 +80,9 @@ def evaluate_ensembles(test_probs: dict[int, torch.Tensor], labels: torch.Tensor
 
 
 LABEL_SMOOTHING = "Label smoothing"
+SINGLE_CONTROLS = {"longer": "longer", "doubled_label": "doubled label"}
+"""The controls that are one run each (pipelines/ban_controls.py): ban.controls value -> column name in the pooled
+tables and comparisons (a run's own table capitalises it)."""
 
 
 def control_errors(results: dict) -> dict[str, float]:
@@ -88,4 +91,7 @@ def control_errors(results: dict) -> dict[str, float]:
     out = {e["name"]: e["test_error"] for e in (controls.get("independent") or {}).get("ensembles", [])}
     if controls.get("label_smoothing"):
         out[LABEL_SMOOTHING] = controls["label_smoothing"]["test_error"]
+    for kind, column in SINGLE_CONTROLS.items():
+        if controls.get(kind):
+            out[column.capitalize()] = controls[kind]["test_error"]
     return out

@@ -33,7 +33,7 @@ from bornagain_kd.config import keys_that_may_differ, load_yaml
 from bornagain_kd.engine.settings import changed_keys, recorded
 from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json, write_json
-from bornagain_kd.reports.ensembles import average_probabilities, generation_dir, load_probs, member_dir
+from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, average_probabilities, generation_dir, load_probs, member_dir
 from bornagain_kd.vision.config import VisionConfig
 from bornagain_kd.reports.power import NOTE as POWER_NOTE
 from bornagain_kd.reports.plots import plot_runs
@@ -96,6 +96,11 @@ def _columns(results: dict) -> list[dict]:
         cols.append({"name": "label smoothing", "kind": "control", "generation": None, "members": [],
                      "dirs": [ls["dir"]], "test_error": ls["test_error"], "nll": ls["nll"], "ece": ls["ece"],
                      "val_error": None})
+    for kind, name in SINGLE_CONTROLS.items():
+        if controls.get(kind):
+            c = controls[kind]
+            cols.append({"name": name, "kind": "control", "generation": None, "members": [], "dirs": [c["dir"]],
+                         "test_error": c["test_error"], "nll": c["nll"], "ece": c["ece"], "val_error": None})
     return cols
 
 
@@ -122,7 +127,8 @@ def _summary(values: list[float]) -> dict:
 
 def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     """(a, b) pairs: BAN-k vs teacher, ensembles vs teacher and vs the best single generation, BAN-1 vs the
-    student baseline, and the controls: Ens*K vs Ind*K (as many networks), BAN-1 vs the label-smoothing student."""
+    student baseline, and the controls: Ens*K vs Ind*K (as many networks), BAN-1 vs the label-smoothing student,
+    BAN-1 and Ens*2 vs the longer-trained teacher (compute-matched), BAN-1 vs the doubled-label student."""
     pairs = [(n, "teacher") for n in names if n.startswith("BAN-")]
     for n in names:
         if n.startswith("Ens*") or n == "All":
@@ -134,6 +140,10 @@ def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     pairs += [(f"Ens*{n[4:]}", n) for n in names if n.startswith("Ind*") and f"Ens*{n[4:]}" in names]
     if "label smoothing" in names and "BAN-1" in names:
         pairs.append(("BAN-1", "label smoothing"))
+    if "longer" in names:  # the compute-matched control: BAN-1 (two trainings) and BANE's Ens*2 beside it
+        pairs += [(a, "longer") for a in ("BAN-1", "Ens*2") if a in names]
+    if "doubled label" in names and "BAN-1" in names:
+        pairs.append(("BAN-1", "doubled label"))
     return pairs
 
 

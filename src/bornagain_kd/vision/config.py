@@ -244,12 +244,17 @@ class BanConfig:
     `bornagain export` wrote serves too, local or from the Hugging Face hub as hf://OWNER/NAME[@REVISION]. `{seed}` in
     the path is replaced by the run's seed, which lets `ban.seeds` reuse one teacher per seed
     (ban.teacher_run=runs/x/seed-{seed}/gen0: another loss over the same teachers)."""
-    controls: tuple[Literal["independent", "label_smoothing"], ...] = field(default=(), metadata=may_differ("resume"))
+    controls: tuple[Literal["independent", "label_smoothing", "longer", "doubled_label"], ...] = field(
+        default=(), metadata=may_differ("resume"))
     """The baselines a reviewer asks for, trained beside the sequence into OUTPUT/controls/ (pipelines/
     ban_controls.py): "independent" -- K independently trained copies of the teacher (gen0 and K - 1 more seeds,
     the same schedule) averaged as Ind*K beside each Ens*K: as many networks as Ens*K, one training fewer; "label_smoothing"
-    -- a student of the students' architecture trained from labels with label smoothing, no teacher. Adding
-    controls to a finished sequence (--resume) trains only the controls."""
+    -- a student of the students' architecture trained from labels with label smoothing, no teacher; "longer" -- the
+    teacher's architecture and recipe trained for twice train.epochs (teacher and student together: the same
+    compute as BAN-1), labels only, from the teacher's initialisation; "doubled_label" -- BAN-1 without its teacher:
+    the same initialisation, order and augmentation, the label term weighted by the students' label + teacher
+    weights (the paper's 1 / 1: twice the label loss; normalised weights: plain CE). Adding controls to a finished
+    sequence (--resume) trains only the controls."""
     label_smoothing: tuple[float, ...] = field(default=(0.1,), metadata=may_differ("resume"))
     """The label_smoothing control's epsilon: one value is given; several are each trained and the one with the
     lowest validation error is reported (the test set chooses nothing)."""
