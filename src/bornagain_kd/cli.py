@@ -3,6 +3,7 @@
     bornagain ban [--config FILE] [--output DIR] [--resume] [key=value ...]   teacher + born-again generations + table
     bornagain train [--config FILE] [--output DIR] [--resume] [key=value ...] one classification run
     bornagain report RUN_DIR [RUN_DIR ...] [--format F]                       tables of finished runs (any kind)
+    bornagain report --compare SWEEP_A SWEEP_B [--adjust holm]               two sweeps over the same teachers, pair by pair
     bornagain export RUN_DIR OUT_DIR                                          a finished vision run as a folder to share
     bornagain models [--match-table]                                          model families, the paper's zoo with parameter counts
     bornagain config [ban|train|glue-teachers|bam] [--markdown]               every config key: default and meaning
@@ -107,7 +108,7 @@ def cmd_report(args) -> None:
     from bornagain_kd.reports.runs import report_command
 
     print(report_command(args.run_dirs, args.output, plots=args.plots, fmt=args.format, per_run=args.per_run,
-                         effect=args.effect), end="")
+                         effect=args.effect, adjust=args.adjust, compare=args.compare), end="")
 
 
 def cmd_export(args) -> None:
@@ -273,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--effect", type=float, metavar="POINTS",
                    help="with runs pooled over seeds: how many seeds would detect a difference of this many test-error "
                         "points with 80%% power (e.g. 0.3)")
+    p.add_argument("--adjust", choices=("none", "holm"), default="none",
+                   help="pooled tables: Holm-adjusted paired-t p-values over the table's comparisons")
+    p.add_argument("--compare", action="store_true",
+                   help="two sweeps A B over the same teachers (ban.seeds outputs): every column's test error B - A, "
+                        "pair by pair over the seeds, with the paired test and interval")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export", help="a finished `train` run or `ban` generation as a folder to share: "
                                         "model.safetensors, config.json, README.md model card (reusable as ban.teacher_run)")

@@ -156,7 +156,7 @@ def render(results: list[dict]) -> tuple[str, str]:
     """(markdown, csv) of Table 1, plus Table 2 where a run trained a student baseline."""
     h1, r1 = table1_rows(results)
     md = (f"{TABLE1_CAPTION} {loss_caption(results)}{_controls_caption(results)}{training_caption(results)}\n\n"
-          + markdown(h1, r1))
+          + markdown(h1, r1) + agreement_lines(results))
     csv_out = csv_text(*_with_loss_columns(h1, r1, results))
     cross = [r for r in results if r.get("student_baseline")]
     if cross:
@@ -164,6 +164,20 @@ def render(results: list[dict]) -> tuple[str, str]:
         md += f"\n{TABLE2_CAPTION} {loss_caption(cross)}\n\n" + markdown(h2, r2)
         csv_out += "\n" + csv_text(*_with_loss_columns(h2, r2, cross))
     return md, csv_out
+
+
+def agreement_lines(results: list[dict]) -> str:
+    """Each student's test top-1 agreement with its teacher and KL(teacher || student), under the table (Stanton
+    et al. 2021: students that disagree with their teachers can generalise better: accuracy alone hides it)."""
+    lines = []
+    for r in results:
+        cells = [f"BAN-{g['generation']} {g['agreement_with_teacher']:.2f}% / {g['kl_from_teacher']:.3f}"
+                 for g in r.get("generations", []) if g.get("agreement_with_teacher") is not None]
+        if cells:
+            who = f"{r.get('model')}: " if len(results) > 1 else ""
+            lines.append(f"{who}test top-1 agreement with its teacher / KL(teacher || student) in nats: "
+                         + ", ".join(cells) + ".")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def training_caption(results: list[dict]) -> str:

@@ -7,6 +7,8 @@ PDF (`bornagain report --plots`, the `ban.seeds` aggregate) or PNG only (the end
                            the ensembles as separate marked points to the right
     reliability.{png,pdf}  reliability diagram per generation: accuracy against confidence in 15
                            equal-width bins (closed on the right), test examples of every seed pooled
+    forest.{png,pdf}       pooled over seeds: every comparison's per-seed differences, mean and 95% interval on
+                           one axis with 0 marked (plot_forest)
     curves.{png,pdf}       per epoch: validation accuracy, the label term (CE with the labels) and the
                            teacher term of the students' loss, each on its own axis (they are different
                            quantities: the teacher term is the KL to the teacher, or CWTM's weighted CE)
@@ -232,3 +234,48 @@ def plot_runs(output: str | Path, run_dirs: list[str | Path], results: list[dict
 def plot_run(run_dir: str | Path, results: dict, formats: tuple[str, ...] = BOTH) -> list[Path]:
     """The plots of one finished run, written into it."""
     return plot_runs(run_dir, [run_dir], [results], formats)
+
+
+def plot_forest(output: str | Path, agg: dict, formats: tuple[str, ...] = BOTH) -> list[Path]:
+    """forest.{png,pdf}: every comparison of a pooled table on one axis of test-error differences (a - b, points),
+    each seed's difference a dot, the mean a diamond with its 95% interval, 0 marked: the paired evidence at a glance
+    (the generations plot's columns are unpaired)."""
+    comparisons = [c for c in agg.get("comparisons", []) if c.get("differences")]
+    if not comparisons:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(comparisons) + 1.4))
+    rng = np.random.default_rng(0)  # a fixed vertical jitter, so dots of equal differences stay apart
+    labelled: set[str] = set()
+
+    def once(text: str) -> str | None:  # each kind of mark in the legend once
+        if text in labelled:
+            return None
+        labelled.add(text)
+        return text
+
+    for row, c in enumerate(comparisons):
+        y = len(comparisons) - 1 - row
+        diffs = np.asarray(c["differences"], dtype=np.float64)
+        ax.plot(diffs, y + rng.uniform(-0.12, 0.12, diffs.size), "o", color="C0", alpha=0.45, ms=4,
+                label=once("one seed"))
+        power = c.get("power") or {}
+        low, high = power.get("ci_low", np.nan), power.get("ci_high", np.nan)
+        excludes = not (np.isnan(low) or low <= 0 <= high)
+        color = "C3" if excludes else "C7"
+        if not np.isnan(low):
+            ax.plot([low, high], [y, y], "-", color=color, lw=2, label=None)
+        ax.plot([c["mean_difference"]], [y], "D", color=color, ms=7,
+                label=once("mean, 95% interval excluding 0" if excludes else "mean, 95% interval (includes 0)"))
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(comparisons)),
+                  [f"{c['a']} - {c['b']}" for c in reversed(comparisons)])
+    n = len(agg.get("seeds", [])) or max(len(c["differences"]) for c in comparisons)
+    ax.set(xlabel="test-error difference a - b (points; negative: a better)",
+           title=f"Paired differences over {n} seeds")
+    ax.grid(alpha=0.3, axis="x")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
+    paths = _save(fig, Path(output) / "forest", formats)
+    plt.close(fig)
+    return paths

@@ -12,6 +12,7 @@ from bornagain_kd.files import atomic_write_text, read_json
 from bornagain_kd.reports.bam_tables import render_markdown
 from bornagain_kd.reports.ban_tables import load_run_results, markdown, render, render_latex, write_tables
 from bornagain_kd.reports.plots import plot_run
+from bornagain_kd.reports.compare import compare_command
 from bornagain_kd.reports.seeds import pool_command, pools
 
 # The fields of a single run's results.json shown first, in this order, when present.
@@ -93,7 +94,8 @@ REPORT_FORMATS = ("markdown", "csv", "latex")
 
 
 def report_command(run_dirs: list[str], output: str | None = None, *, plots: bool = False, fmt: str = "markdown",
-                   per_run: bool = False, effect: float | None = None) -> str:
+                   per_run: bool = False, effect: float | None = None, adjust: str = "none",
+                   compare: bool = False) -> str:
     """Re-render tables from finished runs and return the text to print in ``fmt`` (writing tables and plots
     where asked). Several `ban` runs of one config that differ in their seed are pooled (reports/seeds.py)
     unless ``per_run``, with the seeds needed to detect ``effect`` (test-error points); other `ban` runs give one
@@ -102,9 +104,14 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         raise UserError("bornagain report needs at least one run directory")
     if fmt not in REPORT_FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(REPORT_FORMATS)}")
+    if compare:  # two sweeps over the same teachers, pair by pair (reports/compare.py)
+        return compare_command(run_dirs, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     kinds = [kind_of(Path(d)) for d in run_dirs]
     if "ban-seeds" in kinds or (not per_run and set(kinds) == {"ban"} and pools(run_dirs)):
-        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt, effect=effect)
+        return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
+    if adjust != "none":
+        raise UserError("--adjust holm adjusts the p-values of a pooled table (runs that differ only in their seed, "
+                        "a ban.seeds output, or --compare): drop it for these runs")
     if effect is not None:
         raise UserError("--effect sizes the seeds a pooled comparison needs: give runs that differ only in their seed "
                         "(or a ban.seeds output), without --per-run")

@@ -19,13 +19,13 @@ from bornagain_kd.reports.ban_tables import (LOSS_COLUMNS, csv_text, format_para
 from bornagain_kd.reports.stats import format_p_value
 
 FORMATS = ("markdown", "csv", "latex")
-_METRIC_TITLES = {"test_error": "test error (%)", "nll": "test NLL (nats)", "ece": "test ECE (%)"}
-_DIGITS = {"test_error": 2, "nll": 3, "ece": 2}
+_METRIC_TITLES = {"test_error": "test error (%)", "nll": "test NLL (nats)", "ece": "test ECE (%)",
+                  "agreement": "top-1 agreement with its teacher (%)", "kl": "KL(teacher || student) (nats)"}
+_DIGITS = {"test_error": 2, "nll": 3, "ece": 2, "agreement": 2, "kl": 3}
 
 
 def _heading(name: str) -> str:
-    return {"teacher": "Teacher", "student baseline": "Student baseline", "label smoothing": "Label smoothing"}.get(
-        name, name)
+    return name[:1].upper() + name[1:]  # teacher -> Teacher, label smoothing -> Label smoothing, BAN-1 as it is
 
 
 def _cell(summary: dict, digits: int, pm: str) -> str:
@@ -45,6 +45,9 @@ def metric_rows(agg: dict, *, pm: str = "±") -> tuple[list[str], list[list[str]
               *["Baseline (teacher)" if n == "teacher" else _heading(n) for n in names]]
     rows = []
     for metric in _METRIC_TITLES:
+        if metric not in agg["columns"][0] or all(c[metric]["n"] == 0 or math.isnan(c[metric]["mean"])
+                                                  for c in agg["columns"]):
+            continue  # an aggregate written before the metric existed, or runs that did not record it
         rows.append([network, format_params(agg["params"]), _METRIC_TITLES[metric], str(agg["columns"][0][metric]["n"]),
                      *[_cell(c[metric], _DIGITS[metric], pm) for c in agg["columns"]]])
     return header, rows
@@ -63,6 +66,8 @@ def comparison_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
             t_text = "-"  # fewer than two seeds
         else:
             t_text = f"t({t['df']}) = {t['statistic']:.2f}, p = {format_p_value(t['p_value'])}"
+            if "p_holm" in t:
+                t_text += f" (Holm: {format_p_value(t['p_holm'])})"
         per_seed = ", ".join(f"{format_p_value(s['p_value'])} ({s['only_a_correct']}/{s['only_b_correct']})"
                              for s in c["mcnemar"])
         pooled = c["mcnemar_pooled"]
@@ -84,9 +89,19 @@ def caption(agg: dict) -> str:
             "Baseline is the teacher (generation 0). ECE: 15 equal-width confidence bins, closed on the right.")
 
 
+def family_note(agg: dict) -> str:
+    """How many comparisons the table holds, and whether their paired-t p-values are adjusted for it."""
+    n = len(agg["comparisons"])
+    if (agg.get("adjust") or {}).get("method") == "holm":
+        return (f"This table holds {n} comparisons; in brackets after each paired-t p, Holm's step-down adjustment "
+                f"over them (family-wise error at alpha over all {n}).")
+    return (f"This table holds {n} comparisons, each p unadjusted (about one in 20 true nulls gives p < 0.05: "
+            "--adjust holm adjusts them for the family).")
+
+
 def notes(agg: dict) -> str:
     best = agg.get("best_single_generation")
-    return (f"Differences are a - b in test-error points (negative: a has the lower error). Paired t: "
+    return (f"{family_note(agg)} Differences are a - b in test-error points (negative: a has the lower error). Paired t: "
             f"{agg['tests']['paired']}, df = n - 1. McNemar: {agg['tests']['mcnemar']}; in brackets the test "
             f"examples only a / only b got right. Pooled: {agg['tests']['mcnemar_pooled']}; in brackets the sums over "
             f"seeds. {agg['tests'].get('power', '')} Best single generation: "

@@ -36,13 +36,14 @@ from bornagain_kd.files import atomic_write_text, read_json, write_json
 from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, average_probabilities, generation_dir, load_probs, member_dir
 from bornagain_kd.vision.config import VisionConfig
 from bornagain_kd.reports.power import NOTE as POWER_NOTE
-from bornagain_kd.reports.plots import plot_runs
+from bornagain_kd.reports.plots import plot_forest, plot_runs
 from bornagain_kd.reports.power import paired_power, reading
 from bornagain_kd.reports.seed_tables import render
-from bornagain_kd.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test, summarize
+from bornagain_kd.reports.stats import TEST_NAMES, holm, mcnemar_exact, mcnemar_pooled, paired_test, summarize
 
 KIND = "ban-seeds"
-METRICS = ("test_error", "nll", "ece")
+METRICS = ("test_error", "nll", "ece", "agreement", "kl")  # agreement, kl: students only (with their teacher)
+NAN = float("nan")
 PAIRED = "t"
 POOLED_TEST = ("McNemar's exact test pooled over seeds: the test examples only a got right, summed over seeds, "
                "against those only b got right, in one exact binomial test (scipy.stats.binomtest), two-sided. "
@@ -78,6 +79,7 @@ def _columns(results: dict) -> list[dict]:
     cols = [{"name": "teacher" if g["generation"] == 0 else f"BAN-{g['generation']}", "kind": "generation",
              "generation": g["generation"], "members": [g["generation"]],
              "test_error": g["test_error"], "nll": g["test_nll"], "ece": g["test_ece"],
+             "agreement": g.get("agreement_with_teacher", NAN), "kl": g.get("kl_from_teacher", NAN),
              "val_error": None if g.get("val_accuracy") is None else 100.0 - g["val_accuracy"]}
             for g in results["generations"]]
     if results.get("student_baseline"):
@@ -147,10 +149,26 @@ def comparisons_of(names: list[str], best: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: float | None = None) -> dict:
+ADJUSTMENTS = ("none", "holm")
+
+
+def adjust_p_values(comparisons: list[dict], method: str) -> dict:
+    """With ``holm``, each comparison's paired t gets ``p_holm``, Holm's adjustment over the table's defined paired
+    t-tests (stats.holm); returns what the table's notes say: the method and the number of comparisons."""
+    if method not in ADJUSTMENTS:
+        raise UserError(f"--adjust {method}: choose one of {', '.join(ADJUSTMENTS)}")
+    if method == "holm":
+        for c, p in zip(comparisons, holm([c["paired_t"]["p_value"] for c in comparisons])):
+            c["paired_t"]["p_holm"] = p
+    return {"method": method, "comparisons": len(comparisons)}
+
+
+def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: float | None = None,
+              adjust: str = "none") -> dict:
     """The aggregate of finished ban runs of one config, one per seed (checked by the caller). Each comparison
-    carries its interval and minimum detectable effect (reports/power.py) and, with ``effect`` (test-error
-    points), the seeds needed to detect that effect."""
+    carries its per-seed differences, its interval and minimum detectable effect (reports/power.py) and, with
+    ``effect`` (test-error points), the seeds needed to detect that effect; ``adjust="holm"`` adds Holm-adjusted
+    paired-t p-values over the table's comparisons."""
     runs = [read_json(d / "results.json") for d in run_dirs]
     seeds = [r["seed"] for r in runs]
     columns = [_columns(r) for r in runs]
@@ -160,7 +178,7 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: 
     rows = []
     for i, name in enumerate(names):
         row = {"name": name, "kind": columns[0][i]["kind"], "members": columns[0][i]["members"]}
-        row |= {m: _summary([cols[i][m] for cols in columns]) for m in METRICS}
+        row |= {m: _summary([cols[i].get(m, NAN) for cols in columns]) for m in METRICS}
         val = [cols[i]["val_error"] for cols in columns]
         row["val_error"] = None if None in val else _summary(val)
         rows.append(row)
@@ -179,6 +197,7 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: 
         power = paired_power(err_a, err_b, effect=effect)
         tests.append({"a": a, "b": b, "b_is_best_single": b == best and b != "teacher",
                       "mean_difference": t.mean_difference, "power": power.to_dict(),
+                      "differences": [x - y for x, y in zip(err_a, err_b)],
                       "reading": reading(f"{a} - {b}", power),
                       "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
                       "mcnemar": [{"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
@@ -192,7 +211,7 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: 
         "params": first["params"], "loss": first.get("loss"), "loss_weights": first.get("loss_weights"),
         "normalize_loss_weights": first.get("normalize_loss_weights"), "epochs": first.get("epochs"),
         "columns": rows, "best_single_generation": best, "best_single_selected_by": "lowest mean validation error",
-        "comparisons": tests,
+        "comparisons": tests, "adjust": adjust_p_values(tests, adjust),
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar": "McNemar's exact test per seed (binomial on the discordant test examples, "
                              "scipy.stats.binomtest), two-sided",
@@ -211,6 +230,7 @@ def write_aggregate(agg: dict, run_dirs: list[Path], output: Path, *, plots: boo
         written.append(output / name)
     if plots:
         written += plot_runs(output, run_dirs, [read_json(d / "results.json") for d in run_dirs])
+        written += plot_forest(output, agg)
     write_json(output / "results.json", agg)  # last: it marks the aggregate as complete
     return [*written, output / "results.json"]
 
@@ -228,7 +248,7 @@ def seed_runs_of(top: Path) -> list[Path]:
 
 
 def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, plots: bool, fmt: str,
-                 effect: float | None = None) -> str:
+                 effect: float | None = None, adjust: str = "none") -> str:
     """`bornagain report` on one `ban.seeds` output, or on `ban` runs of one config that differ in the seed."""
     if "ban-seeds" in kinds:
         if len(run_dirs) != 1:
@@ -241,9 +261,10 @@ def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, p
         if plots and not output:
             raise UserError("--plots of runs pooled over seeds needs --output DIR (where to draw them)")
     check_poolable(dirs)
-    agg = aggregate(dirs, labels=labels, effect=effect)
+    agg = aggregate(dirs, labels=labels, effect=effect, adjust=adjust)
     if output:
         write_aggregate(agg, dirs, Path(output), plots=plots)
     elif plots:
         plot_runs(top, dirs, [read_json(d / "results.json") for d in dirs])
+        plot_forest(top, agg)
     return render(agg, fmt)

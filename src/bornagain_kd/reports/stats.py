@@ -196,6 +196,20 @@ def _wilcoxon(difference: np.ndarray, tol: float, mean_difference: float) -> Pai
     return PairedTest("wilcoxon", statistic, min(1.0, p), n, mean_difference)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the given order: the k-th smallest of the m defined p-values
+    becomes max over j <= k of min(1, (m - j + 1) p_(j)). A family of m comparisons keeps its chance of any false
+    rejection at alpha, with more power than Bonferroni's m p. NaN (an undefined test) stays NaN and is not counted."""
+    defined = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(defined)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(defined, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def format_mean_std(summary: Summary, *, scale: float = 1.0, digits: int = 1) -> str:
     """'mean +- std' with ``digits`` decimals after multiplying by ``scale`` ('-' when empty)."""
     if summary.n == 0 or math.isnan(summary.mean):

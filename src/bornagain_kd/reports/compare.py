@@ -1,0 +1,166 @@
+"""Two sweeps over the same teachers, compared pair by pair (`bornagain report --compare A B`).
+
+A and B are `ban.seeds` outputs (or folders of `seed-<s>/` runs) whose seed-s runs share their teacher: typically B
+reuses A's teachers with another student setting (``ban.teacher_run=A/seed-{seed}/gen0``), e.g. the paper's loss
+weights against the default. For every column both sweeps have (BAN-k, the ensembles, the controls) it takes the
+per-seed difference B - A of test error over the seeds both hold, with the paired t-test, its 95% interval and
+minimum detectable effect (reports/power.py), McNemar's exact test per seed and pooled (the same test images), and
+optionally Holm's adjustment over the table's comparisons. The teacher column is the check, not a comparison: the
+two runs of a seed must hold the same teacher predictions, or the pairing means nothing and the command refuses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bornagain_kd.errors import UserError
+from bornagain_kd.files import atomic_write_text, read_json, write_json
+from bornagain_kd.reports.ensembles import generation_dir, load_probs
+from bornagain_kd.reports.plots import plot_forest
+from bornagain_kd.reports.power import NOTE as POWER_NOTE
+from bornagain_kd.reports.power import paired_power, reading
+from bornagain_kd.reports.seed_tables import comparison_rows, family_note
+from bornagain_kd.reports.seeds import PAIRED, POOLED_TEST, _columns, _correct, _summary, adjust_p_values
+from bornagain_kd.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test
+from bornagain_kd.reports.ban_tables import csv_text, markdown
+
+KIND = "ban-sweep-comparison"
+
+
+def seed_runs(top: Path) -> dict[int, Path]:
+    """{seed: run directory} of a `ban.seeds` output (its results.json's list) or of a folder of seed-<s>/ runs."""
+    top = Path(top)
+    summary = top / "results.json"
+    if summary.is_file() and read_json(summary).get("kind") == "ban-seeds":
+        dirs = [top / name for name in read_json(summary)["runs"]]
+    else:
+        dirs = sorted(d for d in top.glob("seed-*") if (d / "results.json").is_file())
+    if not dirs:
+        raise UserError(f"'{top}' is not a sweep over seeds: --compare takes two `ban.seeds` outputs (or folders of "
+                        "finished seed-<s>/ runs)")
+    runs = {}
+    for d in dirs:
+        results = read_json(d / "results.json")
+        if "generations" not in results:
+            raise UserError(f"'{d}' is not a `bornagain ban` run: --compare takes sweeps of ban runs")
+        runs[int(results["seed"])] = d
+    return runs
+
+
+def _teacher_probs(run_dir: Path, results: dict) -> torch.Tensor:
+    teacher = next(g for g in results["generations"] if g["generation"] == 0)
+    return load_probs(generation_dir(run_dir, teacher) / "test_probs.safetensors")[0]
+
+
+def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, effect: float | None = None,
+                   adjust: str = "none") -> dict:
+    """The comparison of sweep ``b`` against sweep ``a`` (differences b - a), seed by seed (module docstring)."""
+    runs_a, runs_b = seed_runs(a), seed_runs(b)
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if len(seeds) < 2:
+        raise UserError(f"'{a}' (seeds {sorted(runs_a)}) and '{b}' (seeds {sorted(runs_b)}) share "
+                        f"{'only seed ' + str(seeds[0]) if seeds else 'no seed'}: a paired comparison needs at least "
+                        "two seeds run in both")
+    label_a, label_b = labels or (Path(a).name, Path(b).name)
+    if label_a == label_b:
+        label_a, label_b = str(a), str(b)
+    res_a = {s: read_json(runs_a[s] / "results.json") for s in seeds}
+    res_b = {s: read_json(runs_b[s] / "results.json") for s in seeds}
+    for s in seeds:  # the same teachers: otherwise seed s of A and of B are unrelated and the pairing means nothing
+        if not torch.equal(_teacher_probs(runs_a[s], res_a[s]), _teacher_probs(runs_b[s], res_b[s])):
+            raise UserError(f"seed {s}: the teachers of '{runs_a[s]}' and '{runs_b[s]}' differ (their test "
+                            "predictions are not the same): --compare pairs sweeps over the same teachers (run the "
+                            f"second with ban.teacher_run={a}/seed-{{seed}}/gen0); for unrelated sweeps, report "
+                            "each on its own")
+    cols_a = {s: {c["name"]: c for c in _columns(res_a[s])} for s in seeds}
+    cols_b = {s: {c["name"]: c for c in _columns(res_b[s])} for s in seeds}
+    names = [n for n in cols_a[seeds[0]] if n != "teacher"
+             and all(n in cols_a[s] and n in cols_b[s] for s in seeds)]
+    if not names:
+        raise UserError(f"'{a}' and '{b}' have no column in common besides the teacher: nothing to compare")
+    comparisons, rows = [], []
+    for name in names:
+        err_a = [cols_a[s][name]["test_error"] for s in seeds]
+        err_b = [cols_b[s][name]["test_error"] for s in seeds]
+        t = paired_test(err_b, err_a, test=PAIRED)
+        power = paired_power(err_b, err_a, effect=effect)
+        mcnemar = [mcnemar_exact(_correct(runs_b[s], res_b[s], cols_b[s][name]).tolist(),
+                                 _correct(runs_a[s], res_a[s], cols_a[s][name]).tolist()) for s in seeds]
+        pooled = mcnemar_pooled(mcnemar)
+        a_name, b_name = f"{label_b} {name}", f"{label_a} {name}"
+        comparisons.append({
+            "a": a_name, "b": b_name, "column": name, "b_is_best_single": False,
+            "mean_difference": t.mean_difference, "differences": [y - x for x, y in zip(err_a, err_b)],
+            "power": power.to_dict(), "reading": reading(f"{a_name} - {b_name}", power),
+            "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
+            "mcnemar": [{"seed": s, "only_a_correct": m.only_a, "only_b_correct": m.only_b, "p_value": m.p_value}
+                        for s, m in zip(seeds, mcnemar)],
+            "mcnemar_pooled": {"only_a_correct": pooled.only_a, "only_b_correct": pooled.only_b,
+                               "p_value": pooled.p_value}})
+        rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
+    return {
+        "kind": KIND, "a": str(a), "b": str(b), "labels": [label_a, label_b], "seeds": seeds,
+        "only_in_a": sorted(set(runs_a) - set(seeds)), "only_in_b": sorted(set(runs_b) - set(seeds)),
+        "dataset": res_a[seeds[0]].get("dataset"), "model": res_a[seeds[0]].get("model"),
+        "loss_weights": [res_a[seeds[0]].get("loss_weights"), res_b[seeds[0]].get("loss_weights")],
+        "columns": rows, "comparisons": comparisons, "adjust": adjust_p_values(comparisons, adjust),
+        "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
+                  "mcnemar_pooled": POOLED_TEST, "power": POWER_NOTE},
+    }
+
+
+def _error_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
+    label_a, label_b = agg["labels"]
+    header = ["Column", f"{label_a}: test error (%)", f"{label_b}: test error (%)"]
+    cell = lambda s: f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
+    return header, [[r["name"], cell(r[label_a]), cell(r[label_b])] for r in agg["columns"]]
+
+
+def caption(agg: dict) -> str:
+    label_a, label_b = agg["labels"]
+    skipped = "".join(f" Seeds {v} are only in {k} and left out." for k, v in
+                      ((label_a, agg["only_in_a"]), (label_b, agg["only_in_b"])) if v)
+    return (f"{label_b} against {label_a}, pair by pair over the same teachers: {agg['model']} on {agg['dataset']}, "
+            f"seeds {', '.join(map(str, agg['seeds']))} (n = {len(agg['seeds'])}); mean ± sample std of each "
+            f"column's test error, each seed's last epoch.{skipped}")
+
+
+def notes(agg: dict) -> str:
+    return (f"{family_note(agg)} Differences are {agg['labels'][1]} - {agg['labels'][0]} in test-error points per "
+            f"seed (negative: {agg['labels'][1]} better). Paired t: {agg['tests']['paired']}, df = n - 1. McNemar: "
+            "exact tests on the test examples where the two runs of a seed disagree (in brackets: only the first "
+            "right / only the second right); pooled: " + agg["tests"]["mcnemar_pooled"] + ". " + agg["tests"]["power"])
+
+
+def render(agg: dict, fmt: str = "markdown") -> str:
+    h1, r1 = _error_rows(agg)
+    h2, r2 = comparison_rows(agg)
+    if fmt == "csv":
+        return csv_text(h1, r1) + "\n" + csv_text(h2, r2)
+    readings = "\n".join(f"- {c['reading']}" for c in agg["comparisons"] if c.get("reading"))
+    return (caption(agg) + "\n\n" + markdown(h1, r1) + "\n" + markdown(h2, r2) + "\n" + readings + "\n\n"
+            + notes(agg) + "\n")
+
+
+def compare_command(run_dirs: list[str], output: str | None, *, plots: bool, fmt: str, effect: float | None,
+                    adjust: str) -> str:
+    """`bornagain report --compare A B`: the table printed; with --output, table.md/.csv, results.json and (with
+    --plots) the forest plot written there."""
+    if len(run_dirs) != 2:
+        raise UserError(f"--compare takes two sweeps (A B: differences B - A), got {len(run_dirs)} folders")
+    if fmt == "latex":
+        raise UserError("--compare prints markdown or csv: drop --format latex")
+    if plots and not output:
+        raise UserError("--compare --plots needs --output DIR (where to draw the forest plot)")
+    agg = compare_sweeps(Path(run_dirs[0]), Path(run_dirs[1]), effect=effect, adjust=adjust)
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "table.md", render(agg, "markdown"))
+        atomic_write_text(out / "table.csv", render(agg, "csv"))
+        if plots:
+            plot_forest(out, agg)
+        write_json(out / "results.json", agg)
+    return render(agg, fmt)

@@ -1,0 +1,67 @@
+"""Paired evidence across sweeps and comparisons: `bornagain report --compare A B` over the same teachers, Holm's
+adjustment, the forest plot, agreement with the teacher in the pooled table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bornagain_kd.cli import main
+from bornagain_kd.reports.stats import holm
+
+TINY = ["train.epochs=1", "ban.generations=2", "ban.ensembles=[2]", "data.train_subset=300", "data.val_size=100",
+        "train.progress=false", "train.trackers=[]", "train.num_threads=1", "ban.seeds=[0,1]"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """A: the default weights; B: the paper's weights over A's teachers; C: teachers of another learning rate."""
+    root = tmp_path_factory.mktemp("sweeps")
+    assert main(["ban", "--output", str(root / "A"), *TINY]) == 0
+    assert main(["ban", "--output", str(root / "B"), *TINY, "ban.normalize_loss_weights=false",
+                 f"ban.teacher_run={root / 'A'}/seed-{{seed}}/gen0"]) == 0
+    assert main(["ban", "--output", str(root / "C"), *TINY, "train.lr=0.05"]) == 0
+    return root
+
+
+def _errors(run_dir, column):
+    results = json.loads((run_dir / "results.json").read_text())
+    if column.startswith("BAN-"):
+        return next(g["test_error"] for g in results["generations"] if g["generation"] == int(column[4:]))
+    return next(e["test_error"] for e in results["ensembles"] if e["name"] == column)
+
+
+def test_compare_gives_each_columns_per_seed_differences_over_the_same_teachers(sweeps, capsys):
+    assert main(["report", "--compare", str(sweeps / "A"), str(sweeps / "B"), "--output", str(sweeps / "AB"),
+                 "--plots"]) == 0
+    out = capsys.readouterr().out
+    agg = json.loads((sweeps / "AB" / "results.json").read_text())
+    assert agg["seeds"] == [0, 1] and [c["column"] for c in agg["comparisons"]] == ["BAN-1", "BAN-2", "Ens*2", "All"]
+    for c in agg["comparisons"]:  # B - A per seed, from each run's own results
+        expected = [_errors(sweeps / "B" / f"seed-{s}", c["column"]) - _errors(sweeps / "A" / f"seed-{s}", c["column"])
+                    for s in (0, 1)]
+        assert c["differences"] == pytest.approx(expected)
+        assert c["mean_difference"] == pytest.approx(sum(expected) / 2)
+    assert "B BAN-1 - A BAN-1" in out and "This table holds 4 comparisons" in out
+    assert (sweeps / "AB" / "forest.png").is_file() and (sweeps / "AB" / "table.md").is_file()
+
+
+def test_compare_refuses_sweeps_whose_teachers_differ(sweeps, cli_error):
+    assert "teachers of" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "C")])
+    assert "two sweeps" in cli_error(["report", "--compare", str(sweeps / "A")])
+
+
+def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
+    adjusted = holm([0.01, 0.04, 0.03, math.nan])  # m = 3: 3 x 0.01, then max(0.03, 2 x 0.03), max(0.06, 0.04)
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert main(["report", str(sweeps / "A"), "--adjust", "holm", "--output", str(sweeps / "A-holm"), "--plots"]) == 0
+    out = capsys.readouterr().out
+    agg = json.loads((sweeps / "A-holm" / "results.json").read_text())
+    ps = [c["paired_t"]["p_value"] for c in agg["comparisons"]]
+    assert [c["paired_t"]["p_holm"] for c in agg["comparisons"]] == pytest.approx(holm(ps), nan_ok=True)
+    assert f"This table holds {len(ps)} comparisons" in out and "(Holm: " in out
+    assert (sweeps / "A-holm" / "forest.png").is_file()
+    assert "top-1 agreement with its teacher (%)" in out  # each student's agreement, pooled over the seeds
