@@ -214,10 +214,13 @@ def _expected_ensembles(cfg) -> list[str]:
 
 
 def _expected_controls(cfg) -> list[str]:
-    """The control columns after the ensembles: Ind*K per Ens*K, then the label-smoothing student."""
+    """The control columns after the ensembles: Ind*K per Ens*K, the label-smoothing student, then the longer-trained
+    teacher and the doubled-label student."""
     independent = [f"Ind*{k}" for k in cfg.ban.ensembles if 2 <= k <= cfg.ban.generations]
     return [*(independent if "independent" in cfg.ban.controls else []),
-            *(["label smoothing"] if "label_smoothing" in cfg.ban.controls else [])]
+            *(["label smoothing"] if "label_smoothing" in cfg.ban.controls else []),
+            *(["longer"] if "longer" in cfg.ban.controls else []),
+            *(["doubled label"] if "doubled_label" in cfg.ban.controls else [])]
 
 
 def _check_ban_sequence(cfg, out: Path, results: dict) -> None:
