@@ -5,6 +5,7 @@ data.image_size, the random-resized crop, and validation predictions sharded ove
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import os
 import socket
@@ -258,3 +259,24 @@ def test_jpegs_of_mixed_sizes_train_through_data_image_size_and_predict_resizes_
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "img" / "test"), "--output",
                  str(tmp_path / "preds.csv")]) == 0
     assert len((tmp_path / "preds.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_a_run_recorded_before_the_new_data_keys_still_teaches(tmp_path):
+    """Runs recorded before data.image_size / augment_style / rrc_scale existed read them as the behaviour they had
+    (auto: the padded crop at these sizes), so an old teacher is not refused for 'other settings'."""
+    import yaml
+
+    from bornagain_kd.cli import main
+
+    small = ["train.epochs=1", "data.train_subset=300", "data.val_size=100", "train.trackers=[]",
+             "train.progress=false"]
+    assert main(["train", "--output", str(tmp_path / "old"), *small]) == 0
+    for name in ("settings.json", "config.yaml"):  # as the tool wrote them before the keys existed
+        path = tmp_path / "old" / name
+        tree = yaml.safe_load(path.read_text())
+        data = tree["settings"]["data"] if name == "settings.json" else tree["data"]
+        for key in ("image_size", "augment_style", "rrc_scale"):
+            data.pop(key)
+        path.write_text(json.dumps(tree) if name == "settings.json" else yaml.safe_dump(tree))
+    assert main(["ban", "--output", str(tmp_path / "seq"), *small, "ban.generations=1",
+                 f"ban.teacher_run={tmp_path / 'old'}"]) == 0

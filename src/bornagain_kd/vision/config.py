@@ -358,7 +358,9 @@ class VisionConfig:
         "data.hflip": None,
         "data.layout": "auto",
         "data.image_size": None,
-        "data.augment_style": "crop",  # every image was padded and cropped, at any size
+        # auto: the padded crop every run used, for images up to 64 px (CIFAR, digits: the same augmentation); a
+        # run recorded before on larger images resumes with the random-resized crop (CHANGELOG)
+        "data.augment_style": "auto",
         "data.rrc_scale": [0.08, 1.0],
         "model.kwargs": {},
         "ban.student_kwargs": None,
