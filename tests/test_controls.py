@@ -130,3 +130,16 @@ def test_the_doubled_label_control_is_ban_1_without_its_teacher(tmp_path):
                              "ban.normalize_loss_weights=false"), output=tmp_path / "paper")
     assert paper["controls"]["doubled_label"]["label_weight"] == 2.0
     assert json.loads((tmp_path / "paper/controls/doubled-label/results.json").read_text())["label_weight"] == 2.0
+
+
+def test_the_longer_control_starts_from_a_reused_train_runs_seed(tmp_path):
+    from bornagain_kd.api import run_ban as api_run_ban
+    from bornagain_kd.cli import main
+
+    assert main(["train", "--output", str(tmp_path / "teacher"), *SMALL[:1], *SMALL[3:]]) == 0
+    api_run_ban(_cfg("ban.generations=1", "ban.ensembles=[]", "ban.controls=[longer]",
+                     f"ban.teacher_run={tmp_path / 'teacher'}"), output=tmp_path / "seq")
+    teacher = json.loads((tmp_path / "teacher/results.json").read_text())
+    assert json.loads((tmp_path / "seq/controls/longer/results.json").read_text())["seed"] == teacher["seed"]
+    with pytest.raises(UserError, match="teacher_run_other_schedule"):
+        _cfg("ban.controls=[longer]", "ban.teacher_run_other_schedule=true", f"ban.teacher_run={tmp_path}")

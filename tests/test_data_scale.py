@@ -166,9 +166,11 @@ def test_random_resized_crop_is_the_identity_at_full_scale_and_reads_inside_its_
     cols = out[:, 0, 5].float() / 6  # (4, 40) source columns
     assert torch.all(cols[:, 1:] >= cols[:, :-1]) and torch.all(cols[:, -1] - cols[:, 0] <= 20)
     assert torch.all(cols[:, -1] - cols[:, 0] >= 17)  # and not less (bilinear: the edges move by half a pixel)
-    again = random_resized_crop_flip(ramp, scale=(0.25, 0.25), ratio=(1.0, 1.0), hflip=False,
-                                     generator=torch.Generator().manual_seed(0).manual_seed(0))
-    assert again.shape == out.shape and again.dtype == torch.uint8
+    draws = [random_resized_crop_flip(ramp, scale=(0.08, 1.0), hflip=True, generator=torch.Generator().manual_seed(5))
+             for _ in range(2)]
+    assert torch.equal(draws[0], draws[1]) and draws[0].dtype == torch.uint8  # the seed fixes the crops
+    other = random_resized_crop_flip(ramp, scale=(0.08, 1.0), hflip=True, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(other, draws[0])
 
 
 def _free_port() -> int:
@@ -280,3 +282,32 @@ def test_a_run_recorded_before_the_new_data_keys_still_teaches(tmp_path):
         path.write_text(json.dumps(tree) if name == "settings.json" else yaml.safe_dump(tree))
     assert main(["ban", "--output", str(tmp_path / "seq"), *small, "ban.generations=1",
                  f"ban.teacher_run={tmp_path / 'old'}"]) == 0
+
+
+def test_a_whole_cache_is_read_without_the_lock_and_a_stale_one_does_not_keep_a_rank_waiting(tmp_path, monkeypatch):
+    from bornagain_kd.vision import array_cache
+
+    write_folder(tmp_path / "img")
+    first = load_image_folder(tmp_path / "img", cache_dir=tmp_path / "c")
+    # a read-only cache (a shared mount): reading a whole one takes no lock and writes nothing
+    monkeypatch.setattr(array_cache, "exclusive_lock", lambda *a: pytest.fail("took the lock to read a whole cache"))
+    assert np.array_equal(load_image_folder(tmp_path / "img", cache_dir=tmp_path / "c")[0][0], first[0][0])
+    monkeypatch.undo()
+    # local rank 1 expects another fingerprint than the whole cache holds, and nobody writes: an error, not a hang
+    folder = next(p for p in (tmp_path / "c").iterdir() if p.is_dir())
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(array_cache, "STUCK_SECONDS", 0.2)
+    with pytest.raises(UserError, match="the data folder changed while the ranks started"):
+        array_cache.load_or_build(folder, "another-fingerprint", lambda w: pytest.fail("rank 1 must not write"),
+                                  what="img", poll_seconds=0.01)
+
+
+def test_a_stale_temporary_folder_of_a_killed_writer_is_removed(tmp_path):
+    write_folder(tmp_path / "img")
+    name = imagefolder._cache_name(tmp_path / "img", tmp_path / "c", None)
+    stale = tmp_path / "c" / f".{name}.tmp-99999999"
+    stale.mkdir(parents=True)
+    (stale / "train_images.npy").write_bytes(b"half")
+    load_image_folder(tmp_path / "img", cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").glob(".*.tmp-*"))

@@ -175,3 +175,25 @@ def test_a_hub_datasets_cache_goes_where_bornagain_cache_dir_says(tmp_path, monk
 
     monkeypatch.setenv("BORNAGAIN_CACHE_DIR", str(tmp_path / "mine"))
     assert _cache_folder("someone/pictures", "train,test").parent == tmp_path / "mine"
+
+
+def test_an_earlier_npz_cache_of_a_local_dataset_is_converted(saved, monkeypatch, capsys):
+    from bornagain_kd.vision import hf_datasets
+
+    root = saved[0]
+    fresh = load_vision_data("hf", root)  # decoded now: what the old cache held
+    folder = next(p for p in (root / ".bornagain-cache").iterdir() if p.is_dir())
+    request = f"{root.resolve()}\0{('train', 'test')}\0{(None, None)}"
+    old = folder.with_name(f"{folder.name}.npz")
+    with open(old, "wb") as f:  # the earlier layout and fingerprint
+        np.savez(f, fingerprint=np.array(hf_datasets._folder_fingerprint(root, request, "hf-v1")),
+                 classes=np.array(fresh.classes), train_images=fresh.train.images.numpy(),
+                 train_labels=fresh.train.labels.numpy(), test_images=fresh.test.images.numpy(),
+                 test_labels=fresh.test.labels.numpy())
+    import shutil
+
+    shutil.rmtree(folder)
+    monkeypatch.setattr(hf_datasets, "decode_split_into", lambda *a, **k: pytest.fail("decoded instead of converted"))
+    converted = load_vision_data("hf", root)
+    assert "converting the image cache" in capsys.readouterr().out and not old.exists()
+    assert torch.equal(converted.train.images, fresh.train.images) and converted.classes == fresh.classes

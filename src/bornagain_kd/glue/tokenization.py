@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -101,8 +102,9 @@ TOKEN_CACHE_FORMAT = "bornagain-glue-tokens-v1"
 
 
 def token_cache_path(task: GlueTask, examples: list[GlueExample], tokenizer, max_seq_length: int) -> Path:
-    """$BORNAGAIN_CACHE_DIR/glue-tokens/<task>-<key>.npz, the key a sha256 of the examples (ids, texts, labels, in
-    order), the tokenizer's definition, the truncation and the task: any change makes another file."""
+    """$BORNAGAIN_CACHE_DIR/glue-tokens/<task>-<key>.npz, the key a sha256 of the examples (ids and texts, in
+    order: labels are not tokenised), the tokenizer's definition, the truncation and the task: any change makes
+    another file."""
     fingerprint = getattr(tokenizer, "_bornagain_fingerprint", None)
     if fingerprint is None:  # the tokenizer's definition is hashed once per tokenizer object
         fingerprint = tokenizer_fingerprint(tokenizer)
@@ -121,7 +123,7 @@ def _read_tokens(path: Path, count: int) -> tuple[list[np.ndarray], list[np.ndar
             if str(z["format"]) != TOKEN_CACHE_FORMAT or z["offsets"].shape != (count + 1,):
                 return None
             offsets, ids, types = z["offsets"], z["input_ids"], z["token_type_ids"]
-    except (OSError, KeyError, ValueError, EOFError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # missing, damaged: tokenised again
         return None
     return ([ids[offsets[i]:offsets[i + 1]] for i in range(count)],
             [types[offsets[i]:offsets[i + 1]] for i in range(count)])
@@ -150,16 +152,20 @@ def encode_examples(task: GlueTask, examples: list[GlueExample], tokenizer, max_
     if not cache or not examples:
         return _encode(task, examples, tokenizer, max_seq_length, chunk_size)
     path = token_cache_path(task, examples, tokenizer, max_seq_length)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(path.with_suffix(".lock")):
-            tokens = _read_tokens(path, len(examples))
+    tokens = _read_tokens(path, len(examples))  # a whole file is only read: no lock, no write access needed
+    if tokens is None:
+        with contextlib.ExitStack() as turn:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                turn.enter_context(exclusive_lock(path.with_suffix(".lock")))
+                tokens = _read_tokens(path, len(examples))  # written by a process that had the turn before
+            except OSError:  # an unwritable cache folder: tokenise here, as without a cache
+                pass
             if tokens is None:
                 encoded = _encode(task, examples, tokenizer, max_seq_length, chunk_size)
-                _write_tokens(path, encoded.input_ids, encoded.token_type_ids)
+                with contextlib.suppress(OSError):  # a full disk or quota: the tokens are kept all the same
+                    _write_tokens(path, encoded.input_ids, encoded.token_type_ids)
                 return encoded
-    except OSError:  # an unwritable cache folder: tokenise here, as without a cache
-        return _encode(task, examples, tokenizer, max_seq_length, chunk_size)
     return EncodedSplit(task.name, [e.id for e in examples], tokens[0], tokens[1], label_tensor(task, examples))
 
 

@@ -31,6 +31,7 @@ import torch
 
 from bornagain_kd.distill.ban_losses import label_smoothing_loss, resolve_loss
 from bornagain_kd.engine.rng import derive_seed
+from bornagain_kd.files import read_json
 from bornagain_kd.pipelines.classifier import RunSpec, fit, load_probs
 from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, average_probabilities, ensemble_windows, member_dir
 from bornagain_kd.reports.metrics import classification_metrics
@@ -64,7 +65,7 @@ def run_controls(cfg: VisionConfig, output: Path, data: PreparedData, teacher_di
         out["label_smoothing"] = _label_smoothing(cfg, output, data, run_config, model_factory, resume)
     for kind in SINGLE_CONTROLS:
         if kind in cfg.ban.controls:
-            out[kind] = _single_control(kind, cfg, output, data, run_config, model_factory, resume)
+            out[kind] = _single_control(kind, cfg, output, data, teacher_dir, run_config, model_factory, resume)
     return out
 
 
@@ -72,13 +73,15 @@ def control_dir(kind: str) -> str:
     return f"{CONTROLS}/{kind.replace('_', '-')}"
 
 
-def _single_control(kind, cfg, output, data, run_config, model_factory, resume) -> dict:
+def _single_control(kind, cfg, output, data, teacher_dir, run_config, model_factory, resume) -> dict:
     """The `longer` or `doubled_label` control (module docstring), trained or reused."""
     if kind == "longer":
         name, epochs = cfg.model.name, 2 * cfg.train.epochs
         run_cfg = run_config(name)
         run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, epochs=epochs))
-        loss, seed, warmup = resolve_loss("ce"), derive_seed(cfg.seed, "generation", 0), 0.0
+        # the teacher's own seed, so its initialisation (a ban gen0's derived seed, a `train` run's seed=...)
+        seed = read_json(teacher_dir / "results.json").get("seed", derive_seed(cfg.seed, "generation", 0))
+        loss, warmup = resolve_loss("ce"), 0.0
     else:
         name = cfg.ban.student_model or cfg.model.name
         label_weight, teacher_weight, _ = cfg.ban.weights()

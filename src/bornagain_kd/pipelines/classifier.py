@@ -29,7 +29,7 @@ from bornagain_kd.engine.compile import compile_frozen, fused_optimizer_kwargs, 
 from bornagain_kd.engine.device import autocast
 from bornagain_kd.engine.distributed import DistInfo, all_reduce_tensor, current, rank_slices
 from bornagain_kd.engine.rng import derive_seed
-from bornagain_kd.engine.run import is_finished, open_run, reuse_finished
+from bornagain_kd.engine.run import is_finished, open_run, recorded_settings, reuse_finished
 from bornagain_kd.engine.trainer import StepOutput, train
 from bornagain_kd.errors import UserError
 from bornagain_kd.models.registry import parameter_count
@@ -293,6 +293,12 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
     state = open_run(run_dir, vision_settings(cfg), resume=resume, main=dist.is_main, config=config_to_dict(cfg))
     if state == "finished":
         return reuse_finished(run_dir, main=dist.is_main)
+    if state == "resume" and data.augment_style == "rrc" and _recorded_before_augment_style(run_dir):
+        # it began with the padded crop (the only augmentation then): it ends with it, not the random-resized crop
+        data = dataclasses.replace(data, augment_style="crop")
+        if dist.is_main:
+            print(f"[{spec.name}] recorded before data.augment_style: continues with the padded crop it began with",
+                  flush=True)
     choices = {**(speed or own), **compiling}
     spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "speed": {k: c.as_dict() for k, c in choices.items()}})
     if dist.is_main:  # one line, with or without progress bars: what auto chose for this run and why
@@ -311,6 +317,16 @@ def fit(run_dir: str | Path, cfg: VisionConfig, data: PreparedData, spec: RunSpe
         task.teacher = None
         torch.compiler.reset()
     return results
+
+
+def _recorded_before_augment_style(run_dir: Path) -> bool:
+    """Whether ``run_dir`` recorded its settings before data.augment_style existed (every run then used the padded
+    crop; the key's ADDED_KEYS value, auto, is that at CIFAR sizes only)."""
+    try:
+        tree = recorded_settings(run_dir)
+    except UserError:
+        return False
+    return isinstance(tree, dict) and "augment_style" not in (tree.get("data") or {})
 
 
 WHITENING_IMAGES = 5000

@@ -33,6 +33,7 @@ from bornagain_kd.files import exclusive_lock
 FORMAT = "bornagain-arrays-v1"
 SPLITS = ("train", "test")
 META = "meta.json"
+STUCK_SECONDS = 300  # a waiting rank gives up when nobody has written the cache it expects for this long
 _CHECKSUM_ROWS = 256  # images read for a folder's checksum: enough to see a rewritten or truncated file, cheap to read
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
@@ -81,24 +82,24 @@ class ArrayWriter:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a writer killed before (the lock is ours now)
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.images: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
+        self.on_commit: list[Callable[[], None]] = []  # after the rename (an earlier cache removed only then)
 
     def new_images(self, split: str, shape: tuple[int, int, int, int]) -> np.ndarray:
         """A writable (n, c, h, w) uint8 array on disk for ``split`` (filled by the caller, a chunk at a time)."""
-        self.images[split] = np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                                                       shape=shape)
+        self.images[split] = _allocated(self.tmp / f"{split}_images.npy", shape)
         return self.images[split]
 
     def replace_images(self, split: str, images: np.ndarray) -> None:
         """Write ``images`` (n, c, h, w) as the split's array, a chunk at a time: an earlier version's arrays, or a
         view of the split's own array (its first channel, where every image was gray)."""
         path = self.tmp / f"{split}_images.npy"
-        new = np.lib.format.open_memmap(self.tmp / f"{split}_images.new", mode="w+", dtype=np.uint8,
-                                        shape=tuple(images.shape))
+        new = _allocated(self.tmp / f"{split}_images.new", tuple(images.shape))
         for start in range(0, images.shape[0], 4096):
             new[start:start + 4096] = images[start:start + 4096]
         new.flush()
@@ -122,10 +123,48 @@ class ArrayWriter:
         if self.folder.exists():  # a stale or damaged copy (another fingerprint): replaced
             shutil.rmtree(self.folder)
         os.replace(self.tmp, self.folder)
+        for action in self.on_commit:
+            action()
 
     def abort(self) -> None:
         self.images.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _allocated(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable (shape) uint8 .npy array on disk with its blocks reserved now: a sparse file would let a full disk
+    kill the writer with SIGBUS halfway through, where reserving it raises ENOSPC (an OSError, one clear message)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate") and array.size:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
+
+
+def _nobody_writes(lock: Path) -> bool:
+    """Whether no process holds ``lock`` now (a non-blocking try, released at once)."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _recorded_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / META).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
 
 
 def local_rank() -> tuple[int, int]:
@@ -142,18 +181,31 @@ def load_or_build(folder: Path, fingerprint: str, build: Callable[[ArrayWriter],
     node's local rank 0 under torchrun (the other ranks wait for it), by the first of processes that start
     together otherwise. ``what`` names the data in the messages."""
     rank, local_size = local_rank()
+    lock = folder.parent / f".{folder.name}.lock"
     if rank > 0 and local_size > 1:  # local rank 0 writes it: wait, then map
-        said = False
+        said, polls, idle_since = False, 0, None
         while (cached := read_arrays(folder, fingerprint)) is None:
             if not said:
                 print(f"bornagain: local rank {rank} waits for local rank 0 to write the cache of {what} ({folder})",
                       flush=True)
                 said = True
+            polls += 1
+            other = _recorded_fingerprint(folder)
+            if polls % 10 == 0:  # a whole cache of other files than this rank listed, and nobody writing it ...
+                stuck = bool(other) and other != fingerprint and _nobody_writes(lock)
+                idle_since = (idle_since or time.monotonic()) if stuck else None
+            if idle_since is not None and time.monotonic() - idle_since > STUCK_SECONDS:
+                # ... for minutes (local rank 0 lists the files and takes the lock long before): it will never end
+                raise UserError(f"local rank {rank} listed other files of {what} than the cache {folder} holds "
+                                f"(fingerprint {fingerprint[:12]} against {other[:12]}): the data folder changed "
+                                "while the ranks started; run again once it is complete")
             time.sleep(poll_seconds)
+        return cached
+    cached = read_arrays(folder, fingerprint)  # a whole cache is only read: no lock, no write access needed
+    if cached is not None:
         return cached
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = folder.parent / f".{folder.name}.lock"
         with exclusive_lock(lock):
             cached = read_arrays(folder, fingerprint)
             if cached is not None:

@@ -251,10 +251,11 @@ class BanConfig:
     the same schedule) averaged as Ind*K beside each Ens*K: as many networks as Ens*K, one training fewer; "label_smoothing"
     -- a student of the students' architecture trained from labels with label smoothing, no teacher; "longer" -- the
     teacher's architecture and recipe trained for twice train.epochs (teacher and student together: the same
-    compute as BAN-1), labels only, from the teacher's initialisation; "doubled_label" -- BAN-1 without its teacher:
-    the same initialisation, order and augmentation, the label term weighted by the students' label + teacher
-    weights (the paper's 1 / 1: twice the label loss; normalised weights: plain CE). Adding controls to a finished
-    sequence (--resume) trains only the controls."""
+    compute as BAN-1), labels only, from the teacher's seed; "doubled_label" -- BAN-1 without its teacher:
+    the same seed (initialisation, order, augmentation; with ban.share_stem_and_head its first and last layers start
+    fresh, not from the teacher's), the label term weighted by the students' label + teacher weights (the paper's
+    1 / 1: twice the label loss; normalised weights: plain CE). Adding controls to a finished sequence (--resume)
+    trains only the controls."""
     label_smoothing: tuple[float, ...] = field(default=(0.1,), metadata=may_differ("resume"))
     """The label_smoothing control's epsilon: one value is given; several are each trained and the one with the
     lowest validation error is reported (the test set chooses nothing)."""
@@ -305,6 +306,9 @@ def check_controls(ban: "BanConfig") -> None:
     if not ban.label_smoothing or any(not 0 < e < 1 for e in ban.label_smoothing):
         raise UserError(f"ban.label_smoothing={list(ban.label_smoothing)}: give one or more values between 0 and 1 "
                         "(one: used as given; several: chosen on the validation split)")
+    if "longer" in ban.controls and ban.teacher_run_other_schedule:
+        raise UserError("ban.controls=[longer] trains the teacher's recipe for twice this run's train.epochs, but "
+                        "ban.teacher_run_other_schedule=true says the teacher had another schedule: drop one of them")
     if "independent" in ban.controls:
         if ban.student_model is not None:
             raise UserError("ban.controls=[independent] sets BAN ensembles beside independently trained copies of the "

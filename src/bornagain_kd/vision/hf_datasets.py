@@ -29,12 +29,14 @@ import numpy as np
 from bornagain_kd.engine.run_log import bars_shown
 from bornagain_kd.errors import UserError, describe
 from bornagain_kd.vision.array_cache import ArrayWriter, load_or_build, read_arrays
-from bornagain_kd.vision.imagefolder import default_cache_dir, eight_bit, fit_size, user_cache_dir
+from bornagain_kd.vision.imagefolder import (convert_npz_cache, default_cache_dir, eight_bit, fit_size, read_npz_cache,
+                                             user_cache_dir)
 
 # (images (n, c, h, w) uint8, labels (n,) int64)
 Split = tuple[np.ndarray, np.ndarray]
 
 CACHE_VERSION = "hf-v2"  # bump when the decoding or the cache layout changes
+OLD_CACHE_VERSION = "hf-v1"  # the .npz caches of earlier versions: converted when found
 IMAGE_COLUMNS = ("img", "image")  # the usual names, when no single Image feature says which
 LABEL_COLUMNS = ("label", "fine_label")  # fine_label: CIFAR-100's 100 classes, as data.name=cifar100 reads
 _GRAY_MODES = ("L", "1")  # kept as one channel; every other mode is converted to RGB
@@ -194,11 +196,11 @@ def class_names(feature, train_labels: np.ndarray, test_labels: np.ndarray, root
     return tuple(str(c) for c in range(top + 1))
 
 
-def _folder_fingerprint(folder: Path, request: str) -> str:
+def _folder_fingerprint(folder: Path, request: str, version: str = CACHE_VERSION) -> str:
     """SHA-256 over the cache version, what was asked (root, splits, columns) and every file under a local dataset
     folder (path, size, mtime; hidden ones skipped, as `datasets` skips them, and our cache is one): read before
     `datasets` opens anything, so a cache hit costs a directory walk, not a load (60,000 files: seconds)."""
-    h = hashlib.sha256(f"{CACHE_VERSION}\0{request}".encode())
+    h = hashlib.sha256(f"{version}\0{request}".encode())
     for top, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if not f.startswith(".")):
@@ -207,10 +209,10 @@ def _folder_fingerprint(folder: Path, request: str) -> str:
     return h.hexdigest()
 
 
-def _arrow_fingerprint(request: str, parts: list) -> str | None:
+def _arrow_fingerprint(request: str, parts: list, version: str = CACHE_VERSION) -> str | None:
     """For a hub id: SHA-256 over the cache version, what was asked and the arrow files `datasets` made of it in
     its cache (path, size, mtime); None for a dataset held only in memory."""
-    h = hashlib.sha256(f"{CACHE_VERSION}\0{request}".encode())
+    h = hashlib.sha256(f"{version}\0{request}".encode())
     for ds in parts:
         files = [f["filename"] for f in ds.cache_files]
         if not files:
@@ -259,6 +261,13 @@ def load_hf_dataset(root: str, *, splits: tuple[str, str] = ("train", "test"),
                                      f"\0{getattr(test_ds, '_fingerprint', '')}".encode()).hexdigest()
 
     def build(writer: ArrayWriter) -> tuple[str, ...]:
+        old = cache.with_name(f"{cache.name}.npz")  # an earlier version's cache: the same key, no image size
+        old_fingerprint = None if image_size is not None else (
+            _folder_fingerprint(folder, request, OLD_CACHE_VERSION) if folder.is_dir()
+            else _arrow_fingerprint(request, [train_ds, test_ds], OLD_CACHE_VERSION))
+        cached = read_npz_cache(old, old_fingerprint) if old_fingerprint else None
+        if cached is not None:
+            return convert_npz_cache(old, cached, writer)
         shape, train_gray = decode_split_into(writer, "train", train_ds, image, label, f"split {splits[0]!r} of {root}",
                                               size=image_size, shape=None)
         _, test_gray = decode_split_into(writer, "test", test_ds, image, label, f"split {splits[1]!r} of {root}",

@@ -135,28 +135,30 @@ def _decode_one(path: str, size: int | None = None) -> np.ndarray:
         raise UserError(f"cannot decode image {path} ({err}): replace or delete the file") from None
 
 
-def mixed_sizes(path: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...]) -> UserError:
-    return UserError(
-        f"images must all have one size, but {path} is {shape[1]}x{shape[0]} and {first} is "
-        f"{first_shape[1]}x{first_shape[0]}: set data.image_size=N to resize every image once, as the cache is "
-        "written (shorter side to N, centre crop N x N), or resize the images to one size first"
-    )
+RESIZE_HINT = ("set data.image_size=N to resize every image once, as the cache is written (shorter side to N, centre "
+               "crop N x N), or resize the images to one size first")
 
 
-def _decode_chunk(task: tuple[list[str], int | None, tuple[int, ...], str]) -> np.ndarray:
+def mixed_sizes(path: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...],
+                hint: str = RESIZE_HINT) -> UserError:
+    return UserError(f"images must all have one size, but {path} is {shape[1]}x{shape[0]} and {first} is "
+                     f"{first_shape[1]}x{first_shape[0]}: {hint}")
+
+
+def _decode_chunk(task: tuple[list[str], int | None, tuple[int, ...], str, str]) -> np.ndarray:
     """(n, h, w, 3) uint8 for images of the size ``shape``; the first odd image is refused, naming both files."""
-    paths, size, shape, first = task
+    paths, size, shape, first, hint = task
     out = np.empty((len(paths), *shape), dtype=np.uint8)
     for i, path in enumerate(paths):
         img = _decode_one(path, size)
         if img.shape != shape:
-            raise mixed_sizes(path, img.shape, first, shape)
+            raise mixed_sizes(path, img.shape, first, shape, hint)
         out[i] = img
     return out
 
 
 def decode_into(out: np.ndarray, paths: list[str], *, size: int | None, shape: tuple[int, ...], first: str,
-                workers: int | None = None) -> None:
+                workers: int | None = None, hint: str = RESIZE_HINT) -> None:
     """Decode ``paths`` into ``out`` (n, 3, h, w) uint8 (a memory-mapped cache file), a chunk at a time, in a process
     pool when there are many.
 
@@ -170,7 +172,7 @@ def decode_into(out: np.ndarray, paths: list[str], *, size: int | None, shape: t
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     per_chunk = max(16, min(_CHUNK, (32 << 20) // max(1, int(np.prod(shape)))))  # at most ~32 MB a chunk
-    tasks = [(paths[i : i + per_chunk], size, shape, first) for i in range(0, len(paths), per_chunk)]
+    tasks = [(paths[i : i + per_chunk], size, shape, first, hint) for i in range(0, len(paths), per_chunk)]
     can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     done = 0
     if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES and can_fork:
@@ -187,11 +189,13 @@ def decode_into(out: np.ndarray, paths: list[str], *, size: int | None, shape: t
         done += part.shape[0]
 
 
-def decode_images(paths: list[str], workers: int | None = None, size: int | None = None) -> np.ndarray:
-    """Decode ``paths`` to one (n, 3, h, w) uint8 array in memory (a few images: the cache uses decode_into)."""
+def decode_images(paths: list[str], workers: int | None = None, size: int | None = None,
+                  hint: str = RESIZE_HINT) -> np.ndarray:
+    """Decode ``paths`` to one (n, 3, h, w) uint8 array in memory (a few images: the cache uses decode_into);
+    ``hint``: what a mixed-size error tells the user to do."""
     first = _decode_one(paths[0], size)
     out = np.empty((len(paths), 3, *first.shape[:2]), dtype=np.uint8)
-    decode_into(out, paths, size=size, shape=first.shape, first=paths[0], workers=workers)
+    decode_into(out, paths, size=size, shape=first.shape, first=paths[0], workers=workers, hint=hint)
     return out
 
 
@@ -237,7 +241,7 @@ def convert_npz_cache(old: Path, cached: tuple[Split, Split, tuple[str, ...]], w
         writer.set_labels(split, labels)
     print(f"bornagain: converting the image cache {old} (an earlier version's .npz, read whole into memory) to "
           f"memory-mapped arrays in {writer.folder}; the .npz is removed", flush=True)
-    old.unlink(missing_ok=True)
+    writer.on_commit.append(lambda: old.unlink(missing_ok=True))  # only once the new cache is whole
     return classes
 
 

@@ -53,7 +53,9 @@ def _from_files(paths: list[Path], base: Path, labels: np.ndarray | None = None,
     if not paths:
         raise UserError(f"{base} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a folder of images, a folder "
                         "of class folders, an image file, a .safetensors / .npz file or hf://DATASET")
-    images = decode_images([str(p) for p in paths], size=size)  # (n, 3, h, w): one size, or an error naming two files
+    hint = ("predict reads images of the size the run was trained on: resize them to one size first (a run trained "
+            "with data.image_size resizes them itself)")
+    images = decode_images([str(p) for p in paths], size=size, hint=hint)  # (n, 3, h, w): one size, or an error
     names = [str(p.relative_to(base)) if p != base else p.name for p in paths]
     return NewImages(images, names, labels, classes)
 
