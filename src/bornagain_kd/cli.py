@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -358,6 +359,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_showwarning = warnings.showwarning
 
 
+RANK_ERROR_GRACE = 5.0  # seconds a rank other than 0 waits, on an error, before it exits
+
+
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0":
         # PyTorch's C++ warnings (DDP's find_unused_parameters note, once per rank) bypass Python's warnings: on
@@ -376,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
             print(f"bornagain: error: {e}", file=sys.stderr)
+        else:  # the others leave rank 0 time to say it: torchrun stops every process when the first one exits
+            time.sleep(RANK_ERROR_GRACE)
         return 2
     except KeyboardInterrupt:
         print("bornagain: interrupted" + ("; continue with --resume" if hasattr(args, "resume") else ""),
