@@ -23,6 +23,8 @@ def sweeps(tmp_path_factory):
     assert main(["ban", "--output", str(root / "B"), *TINY, "ban.normalize_loss_weights=false",
                  f"ban.teacher_run={root / 'A'}/seed-{{seed}}/gen0"]) == 0
     assert main(["ban", "--output", str(root / "C"), *TINY, "train.lr=0.05"]) == 0
+    assert main(["ban", "--output", str(root / "D"), *TINY, "ban.generations=1",  # one student: All of 2 networks
+                 f"ban.teacher_run={root / 'A'}/seed-{{seed}}/gen0"]) == 0
     return root
 
 
@@ -45,12 +47,23 @@ def test_compare_gives_each_columns_per_seed_differences_over_the_same_teachers(
         assert c["differences"] == pytest.approx(expected)
         assert c["mean_difference"] == pytest.approx(sum(expected) / 2)
     assert "B BAN-1 - A BAN-1" in out and "This table holds 4 comparisons" in out
+    assert agg["differ_in"] == {"ban.normalize_loss_weights": [True, False]}  # what the comparison is about
+    assert "the sweeps differ in ban.normalize_loss_weights (A: True, B: False)" in out
     assert (sweeps / "AB" / "forest.png").is_file() and (sweeps / "AB" / "table.md").is_file()
 
 
 def test_compare_refuses_sweeps_whose_teachers_differ(sweeps, cli_error):
     assert "teachers of" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "C")])
     assert "two sweeps" in cli_error(["report", "--compare", str(sweeps / "A")])
+    assert "twice" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "A")])
+    assert "does not exist" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "nope")])
+
+
+def test_compare_leaves_out_a_column_that_averages_other_members(sweeps, capsys):
+    """D has one student: its All averages 2 networks, A's 3; BAN-1 is one thing in both."""
+    assert main(["report", "--compare", str(sweeps / "A"), str(sweeps / "D")]) == 0
+    out = capsys.readouterr().out
+    assert "D BAN-1 - A BAN-1" in out and "D All - A All" not in out and "Left out: All" in out
 
 
 def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
@@ -63,5 +76,7 @@ def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
     ps = [c["paired_t"]["p_value"] for c in agg["comparisons"]]
     assert [c["paired_t"]["p_holm"] for c in agg["comparisons"]] == pytest.approx(holm(ps), nan_ok=True)
     assert f"This table holds {len(ps)} comparisons" in out and "(Holm: " in out
+    assert all("Holm-adjusted over the" in c["reading"] for c in agg["comparisons"] if c["paired_t"]["p_holm"] == c[
+        "paired_t"]["p_holm"])  # every reading says what the adjustment leaves of it
     assert (sweeps / "A-holm" / "forest.png").is_file()
     assert "top-1 agreement with its teacher (%)" in out  # each student's agreement, pooled over the seeds

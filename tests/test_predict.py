@@ -168,3 +168,15 @@ def test_every_student_records_its_agreement_with_its_teacher(sequence):
         kl = sum(float((ti * (ti.clamp_min(1e-12).log() - si.clamp_min(1e-12).log())).sum()) for ti, si in zip(t, s))
         assert abs(rows[g]["agreement_with_teacher"] - agree) < 1e-9
         assert abs(rows[g]["kl_from_teacher"] - kl / len(t)) < 1e-9 and rows[g]["kl_from_teacher"] > 0
+
+
+def test_npy_files_and_folders_are_read_as_data_name_tensors_reads_them(sequence, tmp_path):
+    root, data = sequence
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "test_images.npy", data.test_images.numpy())
+    np.save(tmp_path / "npy" / "test_labels.npy", data.test_labels.numpy())
+    np.save(tmp_path / "one.npy", data.test_images.numpy())
+    for source in (tmp_path / "npy", tmp_path / "one.npy"):
+        _, probs, _, labels = predict(root / "seq" / "gen1", source)
+        torch.testing.assert_close(probs, _saved(root / "seq" / "gen1"), rtol=0, atol=1e-6)
+    assert labels is None  # a lone .npy holds no labels; the folder's test_labels.npy gave them above

@@ -57,6 +57,11 @@ def _teacher_probs(run_dir: Path, results: dict) -> torch.Tensor:
 def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, effect: float | None = None,
                    adjust: str = "none") -> dict:
     """The comparison of sweep ``b`` against sweep ``a`` (differences b - a), seed by seed (module docstring)."""
+    for top in (a, b):
+        if not Path(top).is_dir():
+            raise UserError(f"'{top}' does not exist: --compare takes two `ban.seeds` outputs (folders of seed-<s>/ runs)")
+    if Path(a).resolve() == Path(b).resolve():
+        raise UserError(f"--compare got '{a}' twice: give two sweeps (A B) to compare")
     runs_a, runs_b = seed_runs(a), seed_runs(b)
     seeds = sorted(set(runs_a) & set(runs_b))
     if len(seeds) < 2:
@@ -76,8 +81,12 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
                             "each on its own")
     cols_a = {s: {c["name"]: c for c in _columns(res_a[s])} for s in seeds}
     cols_b = {s: {c["name"]: c for c in _columns(res_b[s])} for s in seeds}
-    names = [n for n in cols_a[seeds[0]] if n != "teacher"
-             and all(n in cols_a[s] and n in cols_b[s] for s in seeds)]
+    shared = [n for n in cols_a[seeds[0]] if n != "teacher" and all(n in cols_a[s] and n in cols_b[s] for s in seeds)]
+    # a column is one thing in both only where it averages the same members (All of 2 and of 3 generations is not)
+    same = lambda n, s: (cols_a[s][n]["members"], cols_a[s][n].get("dirs")) == (  # noqa: E731
+        cols_b[s][n]["members"], cols_b[s][n].get("dirs"))
+    names = [n for n in shared if all(same(n, s) for s in seeds)]
+    unlike = [n for n in shared if n not in names]
     if not names:
         raise UserError(f"'{a}' and '{b}' have no column in common besides the teacher: nothing to compare")
     comparisons, rows = [], []
@@ -102,6 +111,7 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
         rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
     return {
         "kind": KIND, "a": str(a), "b": str(b), "labels": [label_a, label_b], "seeds": seeds,
+        "differ_in": _differences(runs_a[seeds[0]], runs_b[seeds[0]]), "left_out": unlike,
         "only_in_a": sorted(set(runs_a) - set(seeds)), "only_in_b": sorted(set(runs_b) - set(seeds)),
         "dataset": res_a[seeds[0]].get("dataset"), "model": res_a[seeds[0]].get("model"),
         "loss_weights": [res_a[seeds[0]].get("loss_weights"), res_b[seeds[0]].get("loss_weights")],
@@ -109,6 +119,21 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar_pooled": POOLED_TEST, "power": POWER_NOTE},
     }
+
+
+def _differences(run_a: Path, run_b: Path) -> dict[str, list]:
+    """{dotted key: [A's value, B's value]} of the settings the two sweeps' runs differ in (the seed, how they ran and
+    where the teacher came from left out): what the comparison is about."""
+    from bornagain_kd.config import keys_that_may_differ, load_yaml  # noqa: PLC0415
+    from bornagain_kd.engine.settings import changed_keys, recorded  # noqa: PLC0415
+    from bornagain_kd.vision.config import VisionConfig  # noqa: PLC0415
+
+    try:
+        ca, cb = (recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS) for d in (run_a, run_b))
+    except (OSError, UserError):
+        return {}
+    ignore = (*keys_that_may_differ(VisionConfig, "pool"), "ban.teacher_run", "output_dir")
+    return {k: [ca.get(k), cb.get(k)] for k in changed_keys(ca, cb, ignore=ignore)}
 
 
 def _error_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
@@ -122,16 +147,23 @@ def caption(agg: dict) -> str:
     label_a, label_b = agg["labels"]
     skipped = "".join(f" Seeds {v} are only in {k} and left out." for k, v in
                       ((label_a, agg["only_in_a"]), (label_b, agg["only_in_b"])) if v)
+    if agg.get("left_out"):
+        skipped += (f" Left out: {', '.join(agg['left_out'])} (in both, but averaging other members: not one "
+                    "column).")
+    differ = agg.get("differ_in") or {}
+    what = ("; the sweeps differ in " + ", ".join(f"{k} ({label_a}: {va}, {label_b}: {vb})"
+                                                  for k, (va, vb) in differ.items())) if differ else \
+        "; the sweeps' recorded settings differ in nothing but the teacher's source"
     return (f"{label_b} against {label_a}, pair by pair over the same teachers: {agg['model']} on {agg['dataset']}, "
-            f"seeds {', '.join(map(str, agg['seeds']))} (n = {len(agg['seeds'])}); mean ± sample std of each "
+            f"seeds {', '.join(map(str, agg['seeds']))} (n = {len(agg['seeds'])}){what}. Mean ± sample std of each "
             f"column's test error, each seed's last epoch.{skipped}")
 
 
 def notes(agg: dict) -> str:
     return (f"{family_note(agg)} Differences are {agg['labels'][1]} - {agg['labels'][0]} in test-error points per "
             f"seed (negative: {agg['labels'][1]} better). Paired t: {agg['tests']['paired']}, df = n - 1. McNemar: "
-            "exact tests on the test examples where the two runs of a seed disagree (in brackets: only the first "
-            "right / only the second right); pooled: " + agg["tests"]["mcnemar_pooled"] + ". " + agg["tests"]["power"])
+            "exact tests on the test examples where the two runs of a seed disagree (in brackets: only "
+            f"{agg['labels'][1]} right / only {agg['labels'][0]} right); pooled: " + agg["tests"]["mcnemar_pooled"] + ". " + agg["tests"]["power"])
 
 
 def render(agg: dict, fmt: str = "markdown") -> str:

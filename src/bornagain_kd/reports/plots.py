@@ -261,12 +261,17 @@ def plot_forest(output: str | Path, agg: dict, formats: tuple[str, ...] = BOTH) 
                 label=once("one seed"))
         power = c.get("power") or {}
         low, high = power.get("ci_low", np.nan), power.get("ci_high", np.nan)
-        excludes = not (np.isnan(low) or low <= 0 <= high)
-        color = "C3" if excludes else "C7"
+        holm_p = c.get("paired_t", {}).get("p_holm")
+        if holm_p is not None:  # --adjust holm: red where the adjusted test rejects, not the unadjusted interval
+            marked = holm_p == holm_p and holm_p < 0.05
+            text = "mean, 95% interval; Holm-adjusted p < 0.05" if marked else "mean, 95% interval; Holm p >= 0.05"
+        else:
+            marked = not (np.isnan(low) or low <= 0 <= high)
+            text = "mean, 95% interval excluding 0" if marked else "mean, 95% interval (includes 0)"
+        color = "C3" if marked else "C7"
         if not np.isnan(low):
             ax.plot([low, high], [y, y], "-", color=color, lw=2, label=None)
-        ax.plot([c["mean_difference"]], [y], "D", color=color, ms=7,
-                label=once("mean, 95% interval excluding 0" if excludes else "mean, 95% interval (includes 0)"))
+        ax.plot([c["mean_difference"]], [y], "D", color=color, ms=7, label=once(text))
     ax.axvline(0, color="k", lw=1)
     ax.set_yticks(range(len(comparisons)),
                   [f"{c['a']} - {c['b']}" for c in reversed(comparisons)])

@@ -25,7 +25,9 @@ _DIGITS = {"test_error": 2, "nll": 3, "ece": 2, "agreement": 2, "kl": 3}
 
 
 def _heading(name: str) -> str:
-    return name[:1].upper() + name[1:]  # teacher -> Teacher, label smoothing -> Label smoothing, BAN-1 as it is
+    if name in ("teacher", "student baseline", "label smoothing", "longer", "doubled label"):
+        return name[:1].upper() + name[1:]
+    return name  # BAN-1, Ens*2, All, Ind*2, and --compare's "SWEEP BAN-1" as they are
 
 
 def _cell(summary: dict, digits: int, pm: str) -> str:

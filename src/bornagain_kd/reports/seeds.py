@@ -39,7 +39,7 @@ from bornagain_kd.reports.power import NOTE as POWER_NOTE
 from bornagain_kd.reports.plots import plot_forest, plot_runs
 from bornagain_kd.reports.power import paired_power, reading
 from bornagain_kd.reports.seed_tables import render
-from bornagain_kd.reports.stats import TEST_NAMES, holm, mcnemar_exact, mcnemar_pooled, paired_test, summarize
+from bornagain_kd.reports.stats import TEST_NAMES, format_p_value, holm, mcnemar_exact, mcnemar_pooled, paired_test, summarize
 
 KIND = "ban-seeds"
 METRICS = ("test_error", "nll", "ece", "agreement", "kl")  # agreement, kl: students only (with their teacher)
@@ -160,6 +160,9 @@ def adjust_p_values(comparisons: list[dict], method: str) -> dict:
     if method == "holm":
         for c, p in zip(comparisons, holm([c["paired_t"]["p_value"] for c in comparisons])):
             c["paired_t"]["p_holm"] = p
+            if c.get("reading") and p == p:  # the reading says what the adjustment leaves of it
+                c["reading"] += (f"; Holm-adjusted over the {len(comparisons)} comparisons, p = {format_p_value(p)}"
+                                 + (" (significant at 0.05)" if p < 0.05 else " (not significant at 0.05)"))
     return {"method": method, "comparisons": len(comparisons)}
 
 

@@ -136,7 +136,7 @@ def pick_columns(features: dict, image_column: str | None, label_column: str | N
     return image, label
 
 
-def _pixels(image, row: int, what: str, size: int | None) -> np.ndarray:
+def _pixels(image, row: int, what: str, size: int | None = None) -> np.ndarray:
     """(h, w) uint8 for a gray image, (h, w, 3) for every other mode (P, RGBA, CMYK, ... converted to RGB), resized
     to ``size`` (data.image_size: shorter side, centre crop) where given."""
     if image is None:

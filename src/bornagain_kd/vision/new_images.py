@@ -133,13 +133,23 @@ def read_new_images(source: str | os.PathLike, *, split: str = "test", layout: s
         return _from_hf(text[len(HF_PREFIX):], split, image_column)
     path = Path(text).expanduser()
     if path.is_dir():
+        if any(path.glob("*.npy")) and not _images_in(path) and not _class_folders(path):
+            return _from_tensors(path, split, layout)  # a folder of .npy arrays, as data.name=tensors reads
         return _from_folder(path, split, size)
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a folder of images, an image file, a .safetensors / .npz file "
                         "or hf://DATASET")
     if path.suffix.lower() in (".safetensors", ".npz"):
         return _from_tensors(path, split, layout)
+    if path.suffix.lower() == ".npy":  # one array of images
+        try:
+            images = np.load(path, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} cannot be read as .npy ({e}): write it again with numpy.save") from None
+        return NewImages(_to_nchw(images, "images", layout, path), [f"#{i}" for i in range(images.shape[0])], None,
+                         None)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return _from_files([path], path, size=size)
     raise UserError(f"{path} is a {path.suffix or 'file without suffix'}: predict reads images "
-                    f"({', '.join(IMAGE_SUFFIXES)}), folders of them, .safetensors / .npz files or hf://DATASET")
+                    f"({', '.join(IMAGE_SUFFIXES)}), folders of them, .safetensors / .npz / .npy files, a folder of "
+                    ".npy files or hf://DATASET")
