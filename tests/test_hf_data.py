@@ -197,3 +197,17 @@ def test_an_earlier_npz_cache_of_a_local_dataset_is_converted(saved, monkeypatch
     converted = load_vision_data("hf", root)
     assert "converting the image cache" in capsys.readouterr().out and not old.exists()
     assert torch.equal(converted.train.images, fresh.train.images) and converted.classes == fresh.classes
+
+
+def test_predict_reads_a_datasets_split_as_training_decoded_it(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    from bornagain_kd.pipelines.predict import predict
+
+    root = saved[0]
+    assert main(["train", "--output", str(tmp_path / "run"), "data.name=hf", f"data.root={root}", "train.epochs=1",
+                 "data.val_size=6", "model.name=resnet-8", "train.trackers=[]", "train.progress=false"]) == 0
+    _, probs, classes, labels = predict(tmp_path / "run", f"hf://{root}", split="test")
+    torch.testing.assert_close(probs, load_file(str(tmp_path / "run" / "test_probs.safetensors"))["probs"], rtol=0,
+                               atol=1e-6)
+    assert classes == tuple(CLASSES) and labels is not None
