@@ -153,16 +153,29 @@ class TrainingConfig:
 
 
 def _article(name: str) -> str:
-    """'an int', 'a float', "a 'fill' | 'drop'" ."""
+    """'a whole number', 'true or false', "a list of number", "one of 'fill' | 'drop'"."""
+    if name.startswith("'"):
+        return f"one of {name}"
+    if name.startswith(("true or false", "text", "null")):
+        return name
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
+_PLAIN_NAMES = {int: "whole number", float: "number", bool: "true or false", str: "text", type(None): "null"}
+
+
 def _type_name(tp: Any) -> str:
+    """A type as a user reads it in an error: 'whole number | null', "list of number", "'fill' | 'drop'"."""
+    if tp in _PLAIN_NAMES:
+        return _PLAIN_NAMES[tp]
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        if int in args and float in args:  # int | float: a number
+            args = tuple(a for a in args if a is not int)
+        return " or ".join(_type_name(a) for a in args)
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
