@@ -19,11 +19,14 @@ from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json, write_json
 from bornagain_kd.reports.ensembles import generation_dir, load_probs
 from bornagain_kd.reports.plots import plot_forest
+from bornagain_kd.config import keys_that_may_differ, load_yaml
+from bornagain_kd.engine.settings import changed_keys, recorded
 from bornagain_kd.reports.power import NOTE as POWER_NOTE
-from bornagain_kd.reports.power import paired_power, reading
 from bornagain_kd.reports.seed_tables import comparison_rows, family_note
-from bornagain_kd.reports.seeds import PAIRED, POOLED_TEST, _columns, _correct, _summary, adjust_p_values
-from bornagain_kd.reports.stats import TEST_NAMES, mcnemar_exact, mcnemar_pooled, paired_test
+from bornagain_kd.reports.seeds import (PAIRED, POOLED_TEST, _columns, _correct, _summary, adjust_p_values,
+                                        paired_comparison)
+from bornagain_kd.reports.stats import TEST_NAMES
+from bornagain_kd.vision.config import VisionConfig
 from bornagain_kd.reports.ban_tables import csv_text, markdown
 
 KIND = "ban-sweep-comparison"
@@ -93,21 +96,10 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
     for name in names:
         err_a = [cols_a[s][name]["test_error"] for s in seeds]
         err_b = [cols_b[s][name]["test_error"] for s in seeds]
-        t = paired_test(err_b, err_a, test=PAIRED)
-        power = paired_power(err_b, err_a, effect=effect)
-        mcnemar = [mcnemar_exact(_correct(runs_b[s], res_b[s], cols_b[s][name]).tolist(),
-                                 _correct(runs_a[s], res_a[s], cols_a[s][name]).tolist()) for s in seeds]
-        pooled = mcnemar_pooled(mcnemar)
-        a_name, b_name = f"{label_b} {name}", f"{label_a} {name}"
-        comparisons.append({
-            "a": a_name, "b": b_name, "column": name, "b_is_best_single": False,
-            "mean_difference": t.mean_difference, "differences": [y - x for x, y in zip(err_a, err_b)],
-            "power": power.to_dict(), "reading": reading(f"{a_name} - {b_name}", power),
-            "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
-            "mcnemar": [{"seed": s, "only_a_correct": m.only_a, "only_b_correct": m.only_b, "p_value": m.p_value}
-                        for s, m in zip(seeds, mcnemar)],
-            "mcnemar_pooled": {"only_a_correct": pooled.only_a, "only_b_correct": pooled.only_b,
-                               "p_value": pooled.p_value}})
+        correct = [(_correct(runs_b[s], res_b[s], cols_b[s][name]), _correct(runs_a[s], res_a[s], cols_a[s][name]))
+                   for s in seeds]
+        comparisons.append({**paired_comparison(f"{label_b} {name}", f"{label_a} {name}", err_b, err_a, correct,
+                                                seeds, effect=effect), "column": name, "b_is_best_single": False})
         rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
     return {
         "kind": KIND, "a": str(a), "b": str(b), "labels": [label_a, label_b], "seeds": seeds,
@@ -124,10 +116,6 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
 def _differences(run_a: Path, run_b: Path) -> dict[str, list]:
     """{dotted key: [A's value, B's value]} of the settings the two sweeps' runs differ in (the seed, how they ran and
     where the teacher came from left out): what the comparison is about."""
-    from bornagain_kd.config import keys_that_may_differ, load_yaml  # noqa: PLC0415
-    from bornagain_kd.engine.settings import changed_keys, recorded  # noqa: PLC0415
-    from bornagain_kd.vision.config import VisionConfig  # noqa: PLC0415
-
     try:
         ca, cb = (recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS) for d in (run_a, run_b))
     except (OSError, UserError):

@@ -16,6 +16,7 @@ import math
 
 from bornagain_kd.reports.ban_tables import (LOSS_COLUMNS, csv_text, format_params, latex_table, loss_cells, loss_text,
                                           markdown)
+from bornagain_kd.reports.ensembles import SINGLE_CONTROLS
 from bornagain_kd.reports.stats import format_p_value
 
 FORMATS = ("markdown", "csv", "latex")
@@ -25,7 +26,7 @@ _DIGITS = {"test_error": 2, "nll": 3, "ece": 2, "agreement": 2, "kl": 3}
 
 
 def _heading(name: str) -> str:
-    if name in ("teacher", "student baseline", "label smoothing", "longer", "doubled label"):
+    if name in ("teacher", "student baseline", "label smoothing", *SINGLE_CONTROLS.values()):
         return name[:1].upper() + name[1:]
     return name  # BAN-1, Ens*2, All, Ind*2, and --compare's "SWEEP BAN-1" as they are
 

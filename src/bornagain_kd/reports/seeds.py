@@ -166,6 +166,26 @@ def adjust_p_values(comparisons: list[dict], method: str) -> dict:
     return {"method": method, "comparisons": len(comparisons)}
 
 
+def paired_comparison(a: str, b: str, err_a: list[float], err_b: list[float],
+                      correct: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int], *,
+                      effect: float | None) -> dict:
+    """One comparison a - b over seeds: the per-seed differences, the paired t-test, its interval and detectable
+    effect (and the seeds ``effect`` needs), the reading, McNemar's test per seed on ``correct`` ((n,) bool of a,
+    of b, per seed) and pooled over the seeds."""
+    t = paired_test(err_a, err_b, test=PAIRED)
+    power = paired_power(err_a, err_b, effect=effect)
+    mcnemar = [mcnemar_exact(ca.tolist(), cb.tolist()) for ca, cb in correct]
+    pooled = mcnemar_pooled(mcnemar)
+    return {"a": a, "b": b, "mean_difference": t.mean_difference, "power": power.to_dict(),
+            "differences": [x - y for x, y in zip(err_a, err_b)],
+            "reading": reading(f"{a} - {b}", power),
+            "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
+            "mcnemar": [{"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
+                         "p_value": m.p_value} for seed, m in zip(seeds, mcnemar)],
+            "mcnemar_pooled": {"only_a_correct": pooled.only_a, "only_b_correct": pooled.only_b,
+                               "p_value": pooled.p_value}}
+
+
 def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: float | None = None,
               adjust: str = "none") -> dict:
     """The aggregate of finished ban runs of one config, one per seed (checked by the caller). Each comparison
@@ -193,20 +213,9 @@ def aggregate(run_dirs: list[Path], *, labels: list[str] | None = None, effect: 
         ia, ib = by_name[a], by_name[b]
         err_a = [cols[ia]["test_error"] for cols in columns]
         err_b = [cols[ib]["test_error"] for cols in columns]
-        t = paired_test(err_a, err_b, test=PAIRED)
-        mcnemar = [mcnemar_exact(_correct(d, r, cols[ia]).tolist(), _correct(d, r, cols[ib]).tolist())
-                   for d, r, cols in zip(run_dirs, runs, columns)]
-        pooled = mcnemar_pooled(mcnemar)
-        power = paired_power(err_a, err_b, effect=effect)
-        tests.append({"a": a, "b": b, "b_is_best_single": b == best and b != "teacher",
-                      "mean_difference": t.mean_difference, "power": power.to_dict(),
-                      "differences": [x - y for x, y in zip(err_a, err_b)],
-                      "reading": reading(f"{a} - {b}", power),
-                      "paired_t": {"statistic": t.statistic, "p_value": t.p_value, "n": t.n, "df": t.n - 1},
-                      "mcnemar": [{"seed": seed, "only_a_correct": m.only_a, "only_b_correct": m.only_b,
-                                   "p_value": m.p_value} for seed, m in zip(seeds, mcnemar)],
-                      "mcnemar_pooled": {"only_a_correct": pooled.only_a, "only_b_correct": pooled.only_b,
-                                         "p_value": pooled.p_value}})
+        correct = [(_correct(d, r, cols[ia]), _correct(d, r, cols[ib])) for d, r, cols in zip(run_dirs, runs, columns)]
+        tests.append({**paired_comparison(a, b, err_a, err_b, correct, seeds, effect=effect),
+                      "b_is_best_single": b == best and b != "teacher"})
     first = runs[0]
     return {
         "kind": KIND, "seeds": seeds, "runs": labels or [str(d) for d in run_dirs],
