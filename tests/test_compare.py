@@ -80,3 +80,26 @@ def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
         "paired_t"]["p_holm"])  # every reading says what the adjustment leaves of it
     assert (sweeps / "A-holm" / "forest.png").is_file()
     assert "top-1 agreement with its teacher (%)" in out  # each student's agreement, pooled over the seeds
+
+
+def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, capsys):
+    """The controls trained without students (longer, Ind*2) serve B's students too, pair by pair; the doubled-label
+    control depends on the students' weights and is not borrowed."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert main(["ban", "--output", str(a), *TINY, "ban.controls=[longer,independent,doubled_label]"]) == 0
+    assert main(["ban", "--output", str(b), *TINY, "ban.normalize_loss_weights=false",
+                 f"ban.teacher_run={a}/seed-{{seed}}/gen0"]) == 0
+    assert main(["report", "--compare", str(a), str(b), "--output", str(tmp_path / "AB")]) == 0
+    out = capsys.readouterr().out
+    agg = json.loads((tmp_path / "AB" / "results.json").read_text())
+    borrowed = [(c["column"], c["control"]) for c in agg["comparisons"] if "control" in c]
+    assert borrowed == [("Ens*2", "Ind*2"), ("BAN-1", "longer"), ("Ens*2", "longer")]
+    assert agg["borrowed_controls"] == ["Ind*2", "longer"]
+    for c in agg["comparisons"]:
+        if c.get("control") != "longer":
+            continue
+        controls = [json.loads((a / f"seed-{s}" / "results.json").read_text())["controls"]["longer"]["test_error"]
+                    for s in (0, 1)]
+        expected = [_errors(b / f"seed-{s}", c["column"]) - controls[i] for i, s in enumerate((0, 1))]
+        assert c["differences"] == pytest.approx(expected)  # B's network minus A's control of the same seed
+    assert "B BAN-1 - A longer" in out and "compared with B's networks too" in out

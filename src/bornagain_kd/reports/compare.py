@@ -5,7 +5,9 @@ reuses A's teachers with another student setting (``ban.teacher_run=A/seed-{seed
 weights against the default. For every column both sweeps have (BAN-k, the ensembles, the controls) it takes the
 per-seed difference B - A of test error over the seeds both hold, with the paired t-test, its 95% interval and
 minimum detectable effect (reports/power.py), McNemar's exact test per seed and pooled (the same test images), and
-optionally Holm's adjustment over the table's comparisons. The teacher column is the check, not a comparison: the
+optionally Holm's adjustment over the table's comparisons. A's controls that B lacks and that do not depend on the
+students' loss (Ind*K, label smoothing, longer) control B's students too: B's BAN-1 and ensembles are compared with
+them as the pooled table compares A's own. The teacher column is the check, not a comparison: the
 two runs of a seed must hold the same teacher predictions, or the pairing means nothing and the command refuses.
 """
 
@@ -17,14 +19,14 @@ import torch
 
 from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json, write_json
-from bornagain_kd.reports.ensembles import generation_dir, load_probs
+from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, generation_dir, load_probs
 from bornagain_kd.reports.plots import plot_forest
 from bornagain_kd.config import keys_that_may_differ, load_yaml
 from bornagain_kd.engine.settings import changed_keys, recorded
 from bornagain_kd.reports.power import NOTE as POWER_NOTE
 from bornagain_kd.reports.seed_tables import comparison_rows, family_note
 from bornagain_kd.reports.seeds import (PAIRED, POOLED_TEST, _columns, _correct, _summary, adjust_p_values,
-                                        paired_comparison)
+                                        comparisons_of, paired_comparison)
 from bornagain_kd.reports.stats import TEST_NAMES
 from bornagain_kd.vision.config import VisionConfig
 from bornagain_kd.reports.ban_tables import csv_text, markdown
@@ -101,13 +103,27 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
         comparisons.append({**paired_comparison(f"{label_b} {name}", f"{label_a} {name}", err_b, err_a, correct,
                                                 seeds, effect=effect), "column": name, "b_is_best_single": False})
         rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
+    # A's controls that do not depend on the students' loss (Ind*K, label smoothing, longer: trained without the
+    # students) control B's students as well, seed by seed over the same teachers: B need not train them again
+    borrowed = [n for n, c in cols_a[seeds[0]].items() if c["kind"] == "control" and n not in names
+                and n != SINGLE_CONTROLS["doubled_label"] and all(n in cols_a[s] and n not in cols_b[s] for s in seeds)]
+    b_names = [n for n in cols_b[seeds[0]] if all(n in cols_b[s] for s in seeds)]
+    for x, ctl in [p for p in comparisons_of([*b_names, *borrowed], None) if p[1] in borrowed]:
+        err_b = [cols_b[s][x]["test_error"] for s in seeds]
+        err_a = [cols_a[s][ctl]["test_error"] for s in seeds]
+        correct = [(_correct(runs_b[s], res_b[s], cols_b[s][x]), _correct(runs_a[s], res_a[s], cols_a[s][ctl]))
+                   for s in seeds]
+        comparisons.append({**paired_comparison(f"{label_b} {x}", f"{label_a} {ctl}", err_b, err_a, correct, seeds,
+                                                effect=effect), "column": x, "control": ctl, "b_is_best_single": False})
+    rows += [{"name": ctl, label_a: _summary([cols_a[s][ctl]["test_error"] for s in seeds]), label_b: None}
+             for ctl in borrowed]
     return {
         "kind": KIND, "a": str(a), "b": str(b), "labels": [label_a, label_b], "seeds": seeds,
         "differ_in": _differences(runs_a[seeds[0]], runs_b[seeds[0]]), "left_out": unlike,
         "only_in_a": sorted(set(runs_a) - set(seeds)), "only_in_b": sorted(set(runs_b) - set(seeds)),
         "dataset": res_a[seeds[0]].get("dataset"), "model": res_a[seeds[0]].get("model"),
         "loss_weights": [res_a[seeds[0]].get("loss_weights"), res_b[seeds[0]].get("loss_weights")],
-        "columns": rows, "comparisons": comparisons, "adjust": adjust_p_values(comparisons, adjust),
+        "columns": rows, "comparisons": comparisons, "borrowed_controls": borrowed, "adjust": adjust_p_values(comparisons, adjust),
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar_pooled": POOLED_TEST, "power": POWER_NOTE},
     }
@@ -127,7 +143,7 @@ def _differences(run_a: Path, run_b: Path) -> dict[str, list]:
 def _error_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
     label_a, label_b = agg["labels"]
     header = ["Column", f"{label_a}: test error (%)", f"{label_b}: test error (%)"]
-    cell = lambda s: f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
+    cell = lambda s: "-" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f}"  # noqa: E731
     return header, [[r["name"], cell(r[label_a]), cell(r[label_b])] for r in agg["columns"]]
 
 
@@ -138,6 +154,9 @@ def caption(agg: dict) -> str:
     if agg.get("left_out"):
         skipped += (f" Left out: {', '.join(agg['left_out'])} (in both, but averaging other members: not one "
                     "column).")
+    if agg.get("borrowed_controls"):
+        skipped += (f" {label_a}'s controls {', '.join(agg['borrowed_controls'])} (trained without students, so "
+                    f"the same for both) are compared with {label_b}'s networks too.")
     differ = agg.get("differ_in") or {}
     what = ("; the sweeps differ in " + ", ".join(f"{k} ({label_a}: {va}, {label_b}: {vb})"
                                                   for k, (va, vb) in differ.items())) if differ else \
