@@ -95,6 +95,7 @@ def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, caps
     borrowed = [(c["column"], c["control"]) for c in agg["comparisons"] if "control" in c]
     assert borrowed == [("Ens*2", "Ind*2"), ("BAN-1", "longer"), ("Ens*2", "longer")]
     assert agg["borrowed_controls"] == ["Ind*2", "longer"]
+    assert agg["differ_in"] == {"ban.normalize_loss_weights": [True, False]}  # which controls ran is not a difference
     for c in agg["comparisons"]:
         if c.get("control") != "longer":
             continue

@@ -136,7 +136,9 @@ def _differences(run_a: Path, run_b: Path) -> dict[str, list]:
         ca, cb = (recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS) for d in (run_a, run_b))
     except (OSError, UserError):
         return {}
-    ignore = (*keys_that_may_differ(VisionConfig, "pool"), "ban.teacher_run", "output_dir")
+    # which controls ran (and their smoothing candidates) does not change the students being compared
+    ignore = (*keys_that_may_differ(VisionConfig, "pool"), "ban.teacher_run", "output_dir", "ban.controls",
+              "ban.label_smoothing")
     return {k: [ca.get(k), cb.get(k)] for k in changed_keys(ca, cb, ignore=ignore)}
 
 
