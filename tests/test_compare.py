@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -83,24 +84,51 @@ def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
 
 
 def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, capsys):
-    """The controls trained without students (longer, Ind*2) serve B's students too, pair by pair; the doubled-label
-    control depends on the students' weights and is not borrowed."""
+    """The controls trained without students (longer, Ind*2, label smoothing) serve B's students too, pair by pair;
+    the doubled-label control depends on the students' weights and is not borrowed. A sweep that differs in more
+    than the students' loss borrows none; a control missing from one seed is left out, and said."""
     a, b = tmp_path / "A", tmp_path / "B"
-    assert main(["ban", "--output", str(a), *TINY, "ban.controls=[longer,independent,doubled_label]"]) == 0
+    assert main(["ban", "--output", str(a), *TINY, "ban.controls=[longer,independent,label_smoothing,doubled_label]"]) == 0
     assert main(["ban", "--output", str(b), *TINY, "ban.normalize_loss_weights=false",
                  f"ban.teacher_run={a}/seed-{{seed}}/gen0"]) == 0
-    assert main(["report", "--compare", str(a), str(b), "--output", str(tmp_path / "AB")]) == 0
+    assert main(["report", "--compare", str(a), str(b), "--output", str(tmp_path / "AB"), "--adjust", "holm",
+                 "--plots"]) == 0
     out = capsys.readouterr().out
     agg = json.loads((tmp_path / "AB" / "results.json").read_text())
     borrowed = [(c["column"], c["control"]) for c in agg["comparisons"] if "control" in c]
-    assert borrowed == [("Ens*2", "Ind*2"), ("BAN-1", "longer"), ("Ens*2", "longer")]
-    assert agg["borrowed_controls"] == ["Ind*2", "longer"]
+    assert borrowed == [("Ens*2", "Ind*2"), ("BAN-1", "label smoothing"), ("BAN-1", "longer"), ("Ens*2", "longer")]
+    assert agg["borrowed_controls"] == ["Ind*2", "label smoothing", "longer"]
     assert agg["differ_in"] == {"ban.normalize_loss_weights": [True, False]}  # which controls ran is not a difference
+    assert agg["adjust"]["comparisons"] == 4 + 4  # B - A of BAN-1, BAN-2, Ens*2 and All; the four borrowed
     for c in agg["comparisons"]:
-        if c.get("control") != "longer":
+        if "control" not in c:
             continue
-        controls = [json.loads((a / f"seed-{s}" / "results.json").read_text())["controls"]["longer"]["test_error"]
-                    for s in (0, 1)]
+        controls = []
+        for s in (0, 1):
+            results = json.loads((a / f"seed-{s}" / "results.json").read_text())["controls"]
+            controls.append({"longer": lambda: results["longer"]["test_error"],
+                             "label smoothing": lambda: results["label_smoothing"]["test_error"],
+                             "Ind*2": lambda: results["independent"]["ensembles"][0]["test_error"]}[c["control"]]())
         expected = [_errors(b / f"seed-{s}", c["column"]) - controls[i] for i, s in enumerate((0, 1))]
         assert c["differences"] == pytest.approx(expected)  # B's network minus A's control of the same seed
     assert "B BAN-1 - A longer" in out and "compared with B's networks too" in out
+    assert "| longer |" in (tmp_path / "AB" / "table.md").read_text() and (tmp_path / "AB" / "forest.png").is_file()
+
+    # another schedule for B: the controls (the teacher's recipe) no longer fit B's students
+    c = tmp_path / "C"
+    assert main(["ban", "--output", str(c), *TINY, "train.lr=0.05", "ban.teacher_run_other_schedule=true",
+                 f"ban.teacher_run={a}/seed-{{seed}}/gen0"]) == 0
+    assert main(["report", "--compare", str(a), str(c)]) == 0
+    out = capsys.readouterr().out
+    assert "A's Ind*2, label smoothing, longer not compared with C's networks: the sweeps also differ in train.lr" in out
+    assert "C BAN-1 - A longer" not in out
+
+    # a control missing from one seed: left out, and said
+    shutil.copytree(a, tmp_path / "A2")
+    summary = tmp_path / "A2" / "seed-1" / "results.json"
+    results = json.loads(summary.read_text())
+    del results["controls"]["longer"]
+    summary.write_text(json.dumps(results))
+    assert main(["report", "--compare", str(tmp_path / "A2"), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "Not in every seed of A2, so left out: longer." in out and "A2 longer" not in out

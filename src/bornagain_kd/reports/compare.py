@@ -19,7 +19,7 @@ import torch
 
 from bornagain_kd.errors import UserError
 from bornagain_kd.files import atomic_write_text, read_json, write_json
-from bornagain_kd.reports.ensembles import SINGLE_CONTROLS, generation_dir, load_probs
+from bornagain_kd.reports.ensembles import generation_dir, load_probs
 from bornagain_kd.reports.plots import plot_forest
 from bornagain_kd.config import keys_that_may_differ, load_yaml
 from bornagain_kd.engine.settings import changed_keys, recorded
@@ -103,42 +103,72 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
         comparisons.append({**paired_comparison(f"{label_b} {name}", f"{label_a} {name}", err_b, err_a, correct,
                                                 seeds, effect=effect), "column": name, "b_is_best_single": False})
         rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
-    # A's controls that do not depend on the students' loss (Ind*K, label smoothing, longer: trained without the
-    # students) control B's students as well, seed by seed over the same teachers: B need not train them again
-    borrowed = [n for n, c in cols_a[seeds[0]].items() if c["kind"] == "control" and n not in names
-                and n != SINGLE_CONTROLS["doubled_label"] and all(n in cols_a[s] and n not in cols_b[s] for s in seeds)]
-    b_names = [n for n in cols_b[seeds[0]] if all(n in cols_b[s] for s in seeds)]
-    for x, ctl in [p for p in comparisons_of([*b_names, *borrowed], None) if p[1] in borrowed]:
+    differ = _differences(runs_a[seeds[0]], runs_b[seeds[0]], compared_smoothing="label smoothing" in names)
+    borrowed, not_borrowed = _borrow(cols_a, cols_b, seeds, names, differ)
+    for x, ctl in borrowed:
         err_b = [cols_b[s][x]["test_error"] for s in seeds]
         err_a = [cols_a[s][ctl]["test_error"] for s in seeds]
         correct = [(_correct(runs_b[s], res_b[s], cols_b[s][x]), _correct(runs_a[s], res_a[s], cols_a[s][ctl]))
                    for s in seeds]
         comparisons.append({**paired_comparison(f"{label_b} {x}", f"{label_a} {ctl}", err_b, err_a, correct, seeds,
                                                 effect=effect), "column": x, "control": ctl, "b_is_best_single": False})
+    controls = list(dict.fromkeys(ctl for _, ctl in borrowed))
     rows += [{"name": ctl, label_a: _summary([cols_a[s][ctl]["test_error"] for s in seeds]), label_b: None}
-             for ctl in borrowed]
+             for ctl in controls]
+    partial = {label: sorted({n for s in seeds for n in cols[s]} - {n for n in cols[seeds[0]]
+                                                                    if all(n in cols[s] for s in seeds)})
+               for label, cols in ((label_a, cols_a), (label_b, cols_b))}
     return {
         "kind": KIND, "a": str(a), "b": str(b), "labels": [label_a, label_b], "seeds": seeds,
-        "differ_in": _differences(runs_a[seeds[0]], runs_b[seeds[0]]), "left_out": unlike,
+        "differ_in": differ, "left_out": unlike, "not_in_every_seed": {k: v for k, v in partial.items() if v},
         "only_in_a": sorted(set(runs_a) - set(seeds)), "only_in_b": sorted(set(runs_b) - set(seeds)),
         "dataset": res_a[seeds[0]].get("dataset"), "model": res_a[seeds[0]].get("model"),
         "loss_weights": [res_a[seeds[0]].get("loss_weights"), res_b[seeds[0]].get("loss_weights")],
-        "columns": rows, "comparisons": comparisons, "borrowed_controls": borrowed, "adjust": adjust_p_values(comparisons, adjust),
+        "columns": rows, "comparisons": comparisons, "borrowed_controls": controls,
+        "controls_not_borrowed": not_borrowed, "adjust": adjust_p_values(comparisons, adjust),
         "tests": {"paired": f"{TEST_NAMES[PAIRED]} over seeds on test error (scipy.stats.ttest_rel), two-sided",
                   "mcnemar_pooled": POOLED_TEST, "power": POWER_NOTE},
     }
 
 
-def _differences(run_a: Path, run_b: Path) -> dict[str, list]:
-    """{dotted key: [A's value, B's value]} of the settings the two sweeps' runs differ in (the seed, how they ran and
-    where the teacher came from left out): what the comparison is about."""
+# Controls trained without the students (pipelines/ban_controls.py): Ind*K (the teacher and K - 1 more of its
+# recipe), the label-smoothing student, `longer` (the teacher's recipe, twice the epochs). Not doubled label: it is
+# BAN-1 with the students' weights.
+BORROWABLE = ("Ind*", "label smoothing", "longer")
+# The settings that change the students' loss or which students there are, and nothing a borrowable control uses
+STUDENT_ONLY_KEYS = ("ban.loss", "ban.label_weight", "ban.teacher_weight", "ban.temperature",
+                     "ban.normalize_loss_weights", "ban.student_warmup_epochs", "ban.generations", "ban.ensembles",
+                     "ban.include_teacher_in_ensembles", "ban.student_baseline")
+
+
+def _borrow(cols_a: dict, cols_b: dict, seeds: list[int], names: list[str],
+            differ: dict) -> tuple[list[tuple[str, str]], str | None]:
+    """(B's column, A's control) pairs where A trained a control that B did not and that does not depend on the
+    students' loss: a control of B's students too, as long as the sweeps differ in nothing else (else the reason
+    none is borrowed)."""
+    candidates = [n for n in cols_a[seeds[0]] if n.startswith(BORROWABLE) and n not in names
+                  and all(n in cols_a[s] and n not in cols_b[s] for s in seeds)]
+    if not candidates:
+        return [], None
+    other = [k for k in differ if k not in STUDENT_ONLY_KEYS]
+    if other:
+        return [], (f"{', '.join(candidates)} not compared with B's networks: the sweeps also differ in "
+                    f"{', '.join(other)}, which the controls depend on")
+    b_names = [n for n in cols_b[seeds[0]] if all(n in cols_b[s] for s in seeds)]
+    return [p for p in comparisons_of([*b_names, *candidates], None) if p[1] in candidates], None
+
+
+def _differences(run_a: Path, run_b: Path, *, compared_smoothing: bool) -> dict[str, list]:
+    """{dotted key: [A's value, B's value]} of the settings the two sweeps' runs differ in (the seed, how they ran,
+    where the teacher came from and which controls ran left out): what the comparison is about."""
     try:
         ca, cb = (recorded(load_yaml(d / "config.yaml"), VisionConfig.ADDED_KEYS) for d in (run_a, run_b))
     except (OSError, UserError):
         return {}
-    # which controls ran (and their smoothing candidates) does not change the students being compared
+    # which controls ran does not change the students; the smoothing candidates matter only where both sweeps'
+    # label-smoothing controls are compared
     ignore = (*keys_that_may_differ(VisionConfig, "pool"), "ban.teacher_run", "output_dir", "ban.controls",
-              "ban.label_smoothing")
+              *(() if compared_smoothing else ("ban.label_smoothing",)))
     return {k: [ca.get(k), cb.get(k)] for k in changed_keys(ca, cb, ignore=ignore)}
 
 
@@ -159,6 +189,10 @@ def caption(agg: dict) -> str:
     if agg.get("borrowed_controls"):
         skipped += (f" {label_a}'s controls {', '.join(agg['borrowed_controls'])} (trained without students, so "
                     f"the same for both) are compared with {label_b}'s networks too.")
+    if agg.get("controls_not_borrowed"):
+        skipped += f" {label_a}'s " + agg["controls_not_borrowed"].replace("B's", f"{label_b}'s") + "."
+    for label, names in (agg.get("not_in_every_seed") or {}).items():
+        skipped += f" Not in every seed of {label}, so left out: {', '.join(names)}."
     differ = agg.get("differ_in") or {}
     what = ("; the sweeps differ in " + ", ".join(f"{k} ({label_a}: {va}, {label_b}: {vb})"
                                                   for k, (va, vb) in differ.items())) if differ else \
