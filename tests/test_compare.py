@@ -83,7 +83,7 @@ def test_holm_adjustment_by_hand_and_in_the_pooled_table(sweeps, capsys):
     assert "top-1 agreement with its teacher (%)" in out  # each student's agreement, pooled over the seeds
 
 
-def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, capsys):
+def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, capsys, cli_error):
     """The controls trained without students (longer, Ind*2, label smoothing) serve B's students too, pair by pair;
     the doubled-label control depends on the students' weights and is not borrowed. A sweep that differs in more
     than the students' loss borrows none; a control missing from one seed is left out, and said."""
@@ -123,6 +123,16 @@ def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, caps
     assert "A's Ind*2, label smoothing, longer not compared with C's networks: the sweeps also differ in train.lr" in out
     assert "C BAN-1 - A longer" not in out
 
+    # the sweeps given the other way round: the second sweep's controls are not borrowed, and the caption says why
+    assert main(["report", "--compare", str(b), str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "A's controls Ind*2, label smoothing, longer serve the first sweep's networks only when that sweep comes " \
+           "second: --compare A B compares them" in out
+
+    # an --output inside a run being reported would replace its files: refused
+    assert "inside the run" in cli_error(["report", "--compare", str(a), str(b), "--output", str(a / "seed-1")])
+    assert "inside the run" in cli_error(["report", str(a), "--output", str(a)])
+
     # a control missing from one seed: left out, and said
     shutil.copytree(a, tmp_path / "A2")
     summary = tmp_path / "A2" / "seed-1" / "results.json"
@@ -132,3 +142,13 @@ def test_compare_tests_b_against_the_controls_that_only_a_trained(tmp_path, caps
     assert main(["report", "--compare", str(tmp_path / "A2"), str(b)]) == 0
     out = capsys.readouterr().out
     assert "Not in every seed of A2, so left out: longer." in out and "A2 longer" not in out
+
+
+def test_a_teacher_run_that_is_a_whole_sequence_names_its_gen0(sweeps, cli_error, tmp_path):
+    """ban.teacher_run pointed at a ban run (or a sweep) instead of its teacher: one message naming the folder inside,
+    before anything is written."""
+    message = cli_error(["ban", "--output", str(tmp_path / "x"), *TINY, f"ban.teacher_run={sweeps / 'A'}/seed-{{seed}}"])
+    assert f"point it at the teacher inside, ban.teacher_run={sweeps / 'A'}/seed-0/gen0" in message
+    message = cli_error(["ban", "--output", str(tmp_path / "y"), f"ban.teacher_run={sweeps / 'A'}"])
+    assert f"ban.teacher_run={sweeps / 'A'}/seed-{{seed}}/gen0" in message
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

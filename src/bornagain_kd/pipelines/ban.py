@@ -368,6 +368,10 @@ def check_teacher_run(cfg: VisionConfig, output: Path | None = None) -> Path:
     if not is_finished(run_dir):
         raise UserError(unfinished_teacher_message(run_dir, name))
     result = read_json(run_dir / "results.json")
+    if "generations" in result or result.get("kind") == "ban-seeds":  # a sequence (or a sweep), not one network
+        inner = "seed-{seed}/gen0" if result.get("kind") == "ban-seeds" else "gen0"  # a sweep: one teacher a seed
+        raise UserError(f"ban.teacher_run={run_dir} is a `bornagain ban` run, not one network: point it at the "
+                        f"teacher inside, ban.teacher_run={run_dir}/{inner}")
     if result.get("model") != name:
         raise UserError(f"ban.teacher_run={run_dir} holds a {result.get('model')} but model.name={name}: "
                         "point it at a run of the same model")

@@ -144,15 +144,18 @@ STUDENT_ONLY_KEYS = ("ban.loss", "ban.label_weight", "ban.teacher_weight", "ban.
 def _borrow(cols_a: dict, cols_b: dict, seeds: list[int], names: list[str],
             differ: dict) -> tuple[list[tuple[str, str]], str | None]:
     """(B's column, A's control) pairs where A trained a control that B did not and that does not depend on the
-    students' loss: a control of B's students too, as long as the sweeps differ in nothing else (else the reason
-    none is borrowed)."""
+    students' loss: a control of B's students too, as long as the sweeps differ in nothing else; and why none is
+    borrowed where that is worth saying (a sentence with {A} and {B} for the sweeps' names)."""
     candidates = [n for n in cols_a[seeds[0]] if n.startswith(BORROWABLE) and n not in names
                   and all(n in cols_a[s] and n not in cols_b[s] for s in seeds)]
-    if not candidates:
-        return [], None
+    b_only = [n for n in cols_b[seeds[0]] if n.startswith(BORROWABLE) and n not in names
+              and all(n in cols_b[s] and n not in cols_a[s] for s in seeds)]
+    if not candidates:  # only the first sweep's controls serve the other's students
+        return [], (f"{{B}}'s controls {', '.join(b_only)} serve the first sweep's networks only when that sweep "
+                    "comes second: --compare {B} {A} compares them" if b_only else None)
     other = [k for k in differ if k not in STUDENT_ONLY_KEYS]
     if other:
-        return [], (f"{', '.join(candidates)} not compared with B's networks: the sweeps also differ in "
+        return [], (f"{{A}}'s {', '.join(candidates)} not compared with {{B}}'s networks: the sweeps also differ in "
                     f"{', '.join(other)}, which the controls depend on")
     b_names = [n for n in cols_b[seeds[0]] if all(n in cols_b[s] for s in seeds)]
     return [p for p in comparisons_of([*b_names, *candidates], None) if p[1] in candidates], None
@@ -189,8 +192,8 @@ def caption(agg: dict) -> str:
     if agg.get("borrowed_controls"):
         skipped += (f" {label_a}'s controls {', '.join(agg['borrowed_controls'])} (trained without students, so "
                     f"the same for both) are compared with {label_b}'s networks too.")
-    if agg.get("controls_not_borrowed"):
-        skipped += f" {label_a}'s " + agg["controls_not_borrowed"].replace("B's", f"{label_b}'s") + "."
+    if agg.get("controls_not_borrowed"):  # a sentence with {A} and {B} for the two sweeps' names
+        skipped += " " + agg["controls_not_borrowed"].format(A=label_a, B=label_b) + "."
     for label, names in (agg.get("not_in_every_seed") or {}).items():
         skipped += f" Not in every seed of {label}, so left out: {', '.join(names)}."
     differ = agg.get("differ_in") or {}

@@ -276,7 +276,7 @@ def plot_forest(output: str | Path, agg: dict, formats: tuple[str, ...] = BOTH) 
     ax.set_yticks(range(len(comparisons)),
                   [f"{c['a']} - {c['b']}" for c in reversed(comparisons)])
     n = len(agg.get("seeds", [])) or max(len(c["differences"]) for c in comparisons)
-    ax.set(xlabel="test-error difference a - b (points; negative: a better)",
+    ax.set(xlabel="test-error difference, first - second (points; negative: the first is better)",
            title=f"Paired differences over {n} seeds")
     ax.grid(alpha=0.3, axis="x")
     handles, labels = ax.get_legend_handles_labels()

@@ -104,6 +104,12 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         raise UserError("bornagain report needs at least one run directory")
     if fmt not in REPORT_FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(REPORT_FORMATS)}")
+    if output:  # the tables written there would replace a run's own results.json and tables
+        out = Path(output).resolve()
+        for d in run_dirs:
+            if out == Path(d).resolve() or Path(d).resolve() in out.parents:
+                raise UserError(f"--output {output} is inside the run '{d}' being reported: its tables would "
+                                "replace the run's own files; give a new folder, e.g. --output runs/report")
     if compare:  # two sweeps over the same teachers, pair by pair (reports/compare.py)
         return compare_command(run_dirs, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     kinds = [kind_of(Path(d)) for d in run_dirs]

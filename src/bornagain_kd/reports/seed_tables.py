@@ -57,7 +57,7 @@ def metric_rows(agg: dict, *, pm: str = "±") -> tuple[list[str], list[list[str]
 
 
 def comparison_rows(agg: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Comparison (a - b)", "Mean difference (points)", "95% interval", "Minimum detectable effect",
+    header = ["Comparison (first - second)", "Mean difference (points)", "95% interval", "Minimum detectable effect",
               "Paired t over seeds", "McNemar exact p per seed", "McNemar pooled over seeds"]
     rows = []
     for c in agg["comparisons"]:
