@@ -104,3 +104,27 @@ def test_a_missing_tracker_library_refuses_the_sweep_before_its_directory(tmp_pa
     assert main(["sweep", "train", "--output", str(out), "--seeds", "0", *TINY[:-4],
                  "train.trackers=[mlflow]"]) == 2
     assert 'pip install "bornagain-kd[mlflow]"' in capsys.readouterr().err and not out.exists()
+
+
+def test_report_of_a_train_sweep_gives_each_grid_points_mean_over_seeds_and_marks_the_best_by_validation(
+        tmp_path, capsys):
+    """The learning-rate choice docs/ban.md recommends: `sweep train` over a grid, then `report DIR`: one row per
+    point, validation and test accuracy as mean ± std over its seeds (from each run's results.json), the best mean
+    validation accuracy in bold."""
+    out = tmp_path / "lr"
+    assert main(["sweep", "train", "--output", str(out), "--seeds", "0,1", "train.lr=[0.01,0.2]",
+                 *[a for a in TINY if not a.startswith("ban.")]]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    means = {}
+    for point in ("train.lr=0.01", "train.lr=0.2"):
+        runs = [json.loads((out / point / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+        means[point] = sum(r["val_accuracy"] for r in runs) / 2
+        row = next(line for line in text.splitlines() if f"{point}" in line and "|" in line)
+        assert f"| 2 of 2 | {means[point]:.2f} ± " in row
+    best = max(means, key=means.get)
+    assert f"| **{best}** |" in text and f"Best mean validation accuracy: {best}" in text
+    assert main(["report", str(out), "--format", "csv"]) == 0 and "**" not in capsys.readouterr().out
+    assert main(["report", str(out), "--output", str(tmp_path / "r")]) == 2
+    assert "reported alone" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from bornagain_kd.reports.ban_tables import load_run_results, markdown, render, 
 from bornagain_kd.reports.plots import plot_run
 from bornagain_kd.reports.compare import compare_command
 from bornagain_kd.reports.seeds import pool_command, pools
+from bornagain_kd.reports.sweeps import sweep_command
 
 # The fields of a single run's results.json shown first, in this order, when present.
 _SHOWN = ("run", "model", "task", "arm", "seed", "dataset", "params", "test_error", "test_nll", "test_ece",
@@ -35,6 +36,8 @@ def kind_of(run_dir: Path) -> str:
         return "run"
     if (run_dir / "teachers" / "summary.json").is_file():
         return "glue-teachers"
+    if (run_dir / "sweep.json").is_file():
+        return "sweep"
     if (run_dir / "checkpoint.safetensors").is_file():
         raise UserError(f"'{run_dir}' is an unfinished run (a checkpoint, no results.json): finish it with "
                         "--resume first")
@@ -113,6 +116,11 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
     if compare:  # two sweeps over the same teachers, pair by pair (reports/compare.py)
         return compare_command(run_dirs, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     kinds = [kind_of(Path(d)) for d in run_dirs]
+    if "sweep" in kinds:  # a `bornagain sweep` output: one row per grid point (reports/sweeps.py)
+        if len(run_dirs) != 1 or output or plots or per_run or effect is not None or adjust != "none":
+            raise UserError("a `bornagain sweep` output is reported alone and printed (no --output, --plots, "
+                            "--per-run, --effect or --adjust): bornagain report DIR")
+        return sweep_command(Path(run_dirs[0]), fmt)
     if "ban-seeds" in kinds or (not per_run and set(kinds) == {"ban"} and pools(run_dirs)):
         return pool_command(run_dirs, kinds, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     if adjust != "none":
