@@ -58,6 +58,7 @@ def test_compare_refuses_sweeps_whose_teachers_differ(sweeps, cli_error):
     assert "two sweeps" in cli_error(["report", "--compare", str(sweeps / "A")])
     assert "twice" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "A")])
     assert "does not exist" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "nope")])
+    assert "drop --per-run" in cli_error(["report", "--compare", str(sweeps / "A"), str(sweeps / "B"), "--per-run"])
 
 
 def test_compare_leaves_out_a_column_that_averages_other_members(sweeps, capsys):

@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "they differ only in seed; any other run directory (a generation, a GLUE "
                                         "teacher, a BAM student, a bam output) printed alone")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--output", help="also write table.md, table.csv and table.tex here")
-    p.add_argument("--plots", action="store_true", help="(re)draw the plots (PNG and PDF) in each run")
+    p.add_argument("--output", help="also write table.md, table.csv and table.tex here (--compare: table.md, "
+                   "table.csv and results.json)")
+    p.add_argument("--plots", action="store_true",
+                   help="(re)draw the plots (PNG and PDF) in each run (pooled runs and --compare: in --output)")
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown",
                    help="what to print (--output writes all three)")
     p.add_argument("--per-run", action="store_true",

@@ -113,6 +113,9 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
             if out == Path(d).resolve() or Path(d).resolve() in out.parents:
                 raise UserError(f"--output {output} is inside the run '{d}' being reported: its tables would "
                                 "replace the run's own files; give a new folder, e.g. --output runs/report")
+    if compare and per_run:
+        raise UserError("--compare pairs the two sweeps' seeds: drop --per-run (report each sweep with --per-run "
+                        "for one row per run)")
     if compare:  # two sweeps over the same teachers, pair by pair (reports/compare.py)
         return compare_command(run_dirs, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     kinds = [kind_of(Path(d)) for d in run_dirs]
