@@ -119,7 +119,7 @@ def _ban(tmp_path, name, *extra, epochs=1):
     return str(out)
 
 
-def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, capsys):
+def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, capsys, monkeypatch):
     a = _ban(tmp_path, "a", "seed=0")
     b = _ban(tmp_path, "b", "seed=1", "train.checkpoint_every_steps=2")  # how it ran: may differ
     assert main(["report", a, b, "--output", str(tmp_path / "pooled")]) == 0
@@ -127,6 +127,12 @@ def test_report_pools_seeds_refuses_other_configs_and_writes_latex(tmp_path, cap
     assert "over n = 2 seeds (0, 1)" in out and "| BAN-1 - Teacher |" in out
     pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
     assert pooled["kind"] == "ban-seeds" and pooled["seeds"] == [0, 1]
+    # the written folder reports again: it finds its runs, also where they were given relative to the working folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "a", "b", "--output", "reports/pooled"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "reports" / "pooled")]) == 0
+    assert "over n = 2 seeds (0, 1)" in capsys.readouterr().out
     assert main(["report", a, b, "--format", "latex"]) == 0
     latex = capsys.readouterr().out
     assert "\\begin{tabular}" in latex and "$\\pm$" in latex and "Ens$\\ast$2" in latex

@@ -51,6 +51,8 @@ def test_compare_gives_each_columns_per_seed_differences_over_the_same_teachers(
     assert agg["differ_in"] == {"ban.normalize_loss_weights": [True, False]}  # what the comparison is about
     assert "the sweeps differ in ban.normalize_loss_weights (A: True, B: False)" in out
     assert (sweeps / "AB" / "forest.png").is_file() and (sweeps / "AB" / "table.md").is_file()
+    assert main(["report", str(sweeps / "AB")]) == 0  # the written comparison prints again
+    assert "B BAN-1 - A BAN-1" in capsys.readouterr().out
 
 
 def test_compare_refuses_sweeps_whose_teachers_differ(sweeps, cli_error):

@@ -12,7 +12,7 @@ from bornagain_kd.files import atomic_write_text, read_json
 from bornagain_kd.reports.bam_tables import render_markdown
 from bornagain_kd.reports.ban_tables import load_run_results, markdown, render, render_latex, write_tables
 from bornagain_kd.reports.plots import plot_run
-from bornagain_kd.reports.compare import compare_command
+from bornagain_kd.reports.compare import KIND as COMPARISON, compare_command, render as render_comparison
 from bornagain_kd.reports.seeds import pool_command, pools
 from bornagain_kd.reports.sweeps import sweep_command
 
@@ -29,6 +29,8 @@ def kind_of(run_dir: Path) -> str:
         r = read_json(results)
         if r.get("kind") == "ban-seeds":  # a `ban.seeds` output: the aggregate of its seed-<s> runs
             return "ban-seeds"
+        if r.get("kind") == COMPARISON:  # a `report --compare --output` folder
+            return COMPARISON
         if "generations" in r:
             return "ban"
         if "rows" in r and "tests" in r:
@@ -119,6 +121,13 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
     if compare:  # two sweeps over the same teachers, pair by pair (reports/compare.py)
         return compare_command(run_dirs, output, plots=plots, fmt=fmt, effect=effect, adjust=adjust)
     kinds = [kind_of(Path(d)) for d in run_dirs]
+    if COMPARISON in kinds:  # printed again from its results.json
+        if len(run_dirs) != 1 or output or plots:
+            raise UserError(f"'{run_dirs[kinds.index(COMPARISON)]}' is a `report --compare` output: report it alone, "
+                            "without --output or --plots (they were written with it)")
+        if fmt == "latex":
+            raise UserError("--compare prints markdown or csv: drop --format latex")
+        return render_comparison(read_json(Path(run_dirs[0]) / "results.json"), fmt)
     if "sweep" in kinds:  # a `bornagain sweep` output: one row per grid point (reports/sweeps.py)
         if len(run_dirs) != 1 or output or plots or per_run or effect is not None or adjust != "none":
             raise UserError("a `bornagain sweep` output is reported alone and printed (no --output, --plots, "

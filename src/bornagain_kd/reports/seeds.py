@@ -25,6 +25,7 @@ from the first run's results.json: runs pooled over seeds have equal configs (ch
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -275,6 +276,8 @@ def pool_command(run_dirs: list[str], kinds: list[str], output: str | None, *, p
     check_poolable(dirs)
     agg = aggregate(dirs, labels=labels, effect=effect, adjust=adjust)
     if output:
+        if top is None:  # the runs as seen from the output folder, so that `report OUTPUT` finds them again
+            agg["runs"] = [os.path.relpath(d.resolve(), Path(output).resolve()) for d in dirs]
         write_aggregate(agg, dirs, Path(output), plots=plots)
     elif plots:
         plot_runs(top, dirs, [read_json(d / "results.json") for d in dirs])
