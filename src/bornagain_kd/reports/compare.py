@@ -94,27 +94,21 @@ def compare_sweeps(a: Path, b: Path, *, labels: tuple[str, str] | None = None, e
     unlike = [n for n in shared if n not in names]
     if not names:
         raise UserError(f"'{a}' and '{b}' have no column in common besides the teacher: nothing to compare")
-    comparisons, rows = [], []
-    for name in names:
-        err_a = [cols_a[s][name]["test_error"] for s in seeds]
-        err_b = [cols_b[s][name]["test_error"] for s in seeds]
-        correct = [(_correct(runs_b[s], res_b[s], cols_b[s][name]), _correct(runs_a[s], res_a[s], cols_a[s][name]))
-                   for s in seeds]
-        comparisons.append({**paired_comparison(f"{label_b} {name}", f"{label_a} {name}", err_b, err_a, correct,
-                                                seeds, effect=effect), "column": name, "b_is_best_single": False})
-        rows.append({"name": name, label_a: _summary(err_a), label_b: _summary(err_b)})
     differ = _differences(runs_a[seeds[0]], runs_b[seeds[0]], compared_smoothing="label smoothing" in names)
     borrowed, not_borrowed = _borrow(cols_a, cols_b, seeds, names, differ)
-    for x, ctl in borrowed:
+    comparisons = []
+    # B's column against A's same column, then against A's borrowed controls: (B's column, A's column, extra keys)
+    for x, y, extra in [*((n, n, {}) for n in names), *((x, c, {"control": c}) for x, c in borrowed)]:
         err_b = [cols_b[s][x]["test_error"] for s in seeds]
-        err_a = [cols_a[s][ctl]["test_error"] for s in seeds]
-        correct = [(_correct(runs_b[s], res_b[s], cols_b[s][x]), _correct(runs_a[s], res_a[s], cols_a[s][ctl]))
+        err_a = [cols_a[s][y]["test_error"] for s in seeds]
+        correct = [(_correct(runs_b[s], res_b[s], cols_b[s][x]), _correct(runs_a[s], res_a[s], cols_a[s][y]))
                    for s in seeds]
-        comparisons.append({**paired_comparison(f"{label_b} {x}", f"{label_a} {ctl}", err_b, err_a, correct, seeds,
-                                                effect=effect), "column": x, "control": ctl, "b_is_best_single": False})
-    controls = list(dict.fromkeys(ctl for _, ctl in borrowed))
-    rows += [{"name": ctl, label_a: _summary([cols_a[s][ctl]["test_error"] for s in seeds]), label_b: None}
-             for ctl in controls]
+        comparisons.append({**paired_comparison(f"{label_b} {x}", f"{label_a} {y}", err_b, err_a, correct, seeds,
+                                                effect=effect), "column": x, **extra, "b_is_best_single": False})
+    controls = list(dict.fromkeys(c for _, c in borrowed))
+    error = lambda cols, n: _summary([cols[s][n]["test_error"] for s in seeds])  # noqa: E731
+    rows = ([{"name": n, label_a: error(cols_a, n), label_b: error(cols_b, n)} for n in names]
+            + [{"name": c, label_a: error(cols_a, c), label_b: None} for c in controls])
     partial = {label: sorted({n for s in seeds for n in cols[s]} - {n for n in cols[seeds[0]]
                                                                     if all(n in cols[s] for s in seeds)})
                for label, cols in ((label_a, cols_a), (label_b, cols_b))}
@@ -212,6 +206,12 @@ def notes(agg: dict) -> str:
             f"{agg['labels'][1]} right / only {agg['labels'][0]} right); pooled: " + agg["tests"]["mcnemar_pooled"] + ". " + agg["tests"]["power"])
 
 
+def check_format(fmt: str) -> None:
+    """A comparison prints as markdown or csv (its tables have no LaTeX form)."""
+    if fmt == "latex":
+        raise UserError("--compare prints markdown or csv: drop --format latex")
+
+
 def render(agg: dict, fmt: str = "markdown") -> str:
     h1, r1 = _error_rows(agg)
     h2, r2 = comparison_rows(agg)
@@ -228,8 +228,7 @@ def compare_command(run_dirs: list[str], output: str | None, *, plots: bool, fmt
     --plots) the forest plot written there."""
     if len(run_dirs) != 2:
         raise UserError(f"--compare takes two sweeps (A B: differences B - A), got {len(run_dirs)} folders")
-    if fmt == "latex":
-        raise UserError("--compare prints markdown or csv: drop --format latex")
+    check_format(fmt)
     if plots and not output:
         raise UserError("--compare --plots needs --output DIR (where to draw the forest plot)")
     agg = compare_sweeps(Path(run_dirs[0]), Path(run_dirs[1]), effect=effect, adjust=adjust)

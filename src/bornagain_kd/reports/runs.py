@@ -12,7 +12,8 @@ from bornagain_kd.files import atomic_write_text, read_json
 from bornagain_kd.reports.bam_tables import render_markdown
 from bornagain_kd.reports.ban_tables import load_run_results, markdown, render, render_latex, write_tables
 from bornagain_kd.reports.plots import plot_run
-from bornagain_kd.reports.compare import KIND as COMPARISON, compare_command, render as render_comparison
+from bornagain_kd.reports.compare import KIND as COMPARISON, compare_command
+from bornagain_kd.reports.compare import check_format as check_comparison_format, render as render_comparison
 from bornagain_kd.reports.seeds import pool_command, pools
 from bornagain_kd.reports.sweeps import sweep_command
 
@@ -125,8 +126,7 @@ def report_command(run_dirs: list[str], output: str | None = None, *, plots: boo
         if len(run_dirs) != 1 or output or plots:
             raise UserError(f"'{run_dirs[kinds.index(COMPARISON)]}' is a `report --compare` output: report it alone, "
                             "without --output or --plots (they were written with it)")
-        if fmt == "latex":
-            raise UserError("--compare prints markdown or csv: drop --format latex")
+        check_comparison_format(fmt)
         return render_comparison(read_json(Path(run_dirs[0]) / "results.json"), fmt)
     if "sweep" in kinds:  # a `bornagain sweep` output: one row per grid point (reports/sweeps.py)
         if len(run_dirs) != 1 or output or plots or per_run or effect is not None or adjust != "none":
